@@ -1,0 +1,30 @@
+"""matpac_jax: self-supervised audio pre-training (MATPAC, M2D, BEATs) in JAX."""
+from setuptools import find_packages, setup
+
+setup(
+    name="matpac_jax",
+    version="0.1.0",
+    description="MATPAC, M2D and BEATs audio pre-training in JAX/Flax, TPU-native.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["matpac_jax", "matpac_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.4.35",
+        "flax>=0.10.4",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "grain>=0.2.10",
+        "ml-collections>=0.1.1",
+        "librosa>=0.10.2",
+        "soundfile>=0.12",
+        "tensorflow-datasets>=4.9.7",
+        "numpy>=1.26",
+        "absl-py>=2.0",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "nbformat>=5.9"],
+        "plot": ["matplotlib>=3.8"],
+    },
+)
