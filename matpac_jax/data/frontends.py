@@ -37,9 +37,11 @@ def _periodic_hann() -> np.ndarray:
 def _frames(wave: np.ndarray, length: int = N_FFT, hop: int = HOP) -> np.ndarray:
   """(..., N) -> (..., T, length) strided view, T = 1 + (N - length) // hop."""
   n = wave.shape[-1]
-  num = 0 if n < length else 1 + (n - length) // hop
+  if n < length:
+    return np.zeros(wave.shape[:-1] + (0, length), wave.dtype)
+  num = 1 + (n - length) // hop
   view = np.lib.stride_tricks.sliding_window_view(wave, length, axis=-1)
-  return view[..., : (num - 1) * hop + 1 : hop, :] if num else view[..., :0, :]
+  return view[..., : (num - 1) * hop + 1 : hop, :]
 
 
 def _as_float32(wave) -> np.ndarray:
