@@ -4,6 +4,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 
+def _shape(x):
+    return x if isinstance(x, str) else tuple(x)
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint's keys do not match the model: lists every problem at once.
 
@@ -21,8 +25,9 @@ class CheckpointMismatchError(ValueError):
     ):
         self.missing = sorted(missing)
         self.unexpected = sorted(unexpected)
-        # (key, expected_shape, checkpoint_shape)
-        self.mismatched = sorted((k, tuple(a), tuple(b)) for k, a, b in mismatched)
+        # (key, expected, found): shapes, or a short description for other checks.
+        self.mismatched = sorted(((k, _shape(a), _shape(b)) for k, a, b in mismatched),
+                                 key=lambda m: m[0])
         self.context = context
         super().__init__(self._format())
 
@@ -35,7 +40,7 @@ class CheckpointMismatchError(ValueError):
             lines.append(f"  unexpected ({len(self.unexpected)}):")
             lines += [f"    {k}" for k in self.unexpected]
         if self.mismatched:
-            lines.append(f"  shape mismatch ({len(self.mismatched)}): key: expected vs checkpoint")
+            lines.append(f"  mismatched ({len(self.mismatched)}): key: expected vs checkpoint")
             lines += [f"    {k}: {a} vs {b}" for k, a, b in self.mismatched]
         return "\n".join(lines)
 

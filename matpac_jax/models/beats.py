@@ -1,0 +1,617 @@
+"""BEATs backbone, acoustic tokenizers and codebook (SPEC section 8), Flax NNX.
+
+Numerically the same network as microsoft/unilm `beats/` (post-LN DeepNorm
+layers, conv positional embedding, gated T5 relative position bias), written
+so that the encoder can also run on a subset of patches for masked audio
+modelling. Parameters are float32 with logical axis names
+(docs/ARCHITECTURE.md); `dtype` is the matmul compute dtype; LayerNorm,
+softmax, the residual stream and all codebook maths stay float32.
+
+Official details kept on purpose:
+- attention logits are `q.k / sqrt(d_head)` plus the position bias, which is
+  NOT scaled: the official `alpha = 32` trick (q / 32, subtract row max,
+  times 32) only changes the softmax by a constant shift, so it is dropped;
+- the relative bias table lives in layer 0; every layer gates the same raw
+  (ungated) bias with its own `grep_linear`/`grep_a`, from the unscaled
+  projected query (with bias);
+- relative bucket maths runs in float32, as torch does (bucket edges match).
+Not implemented (training-only, not needed for parity): attention-prob
+dropout, LayerDrop (`encoder_layerdrop`), padding masks (use fixed-length
+clips, SPEC 8), the `glu` activation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Mapping
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Init = jax.nn.initializers.Initializer
+LN_EPS = 1e-5
+_HI = jax.lax.Precision.HIGHEST
+
+
+def partitioned(init: Init, names: Sequence[str | None]) -> Init:
+    """`nnx.with_partitioning` that shards eagerly only when a mesh is set."""
+    if jax.sharding.get_abstract_mesh().empty:
+        return nnx.with_partitioning(init, tuple(names), eager_sharding=False)
+    return nnx.with_partitioning(init, tuple(names))
+
+
+def _param(value: jax.Array, names: Sequence[str | None]) -> nnx.Param:
+    """A Param holding a precomputed value, with logical axis names."""
+    return nnx.Param(partitioned(lambda *_, **__: value, names)(None, value.shape))
+
+
+class CodebookState(nnx.Variable):
+    """Frozen or EMA/k-means maintained state (codebooks, projections, usage).
+
+    Not an `nnx.Param`: `nnx.Optimizer(..., wrt=nnx.Param)` never touches it,
+    and `nnx.grad(..., wrt=nnx.Param)` does not differentiate it.
+    """
+
+
+# ----------------------------------------------------------------------------
+# Config
+
+
+@dataclasses.dataclass(frozen=True)
+class BEATsConfig:
+    """Official `BEATsConfig` / `TokenizersConfig` fields and defaults.
+
+    One deviation: `input_patch_size` defaults to 16 (official placeholder -1;
+    every released cfg sets 16). `quant_n`/`quant_dim` only matter for
+    tokenizers.
+    """
+
+    input_patch_size: int = 16
+    embed_dim: int = 512
+    conv_bias: bool = False
+    encoder_layers: int = 12
+    encoder_embed_dim: int = 768
+    encoder_ffn_embed_dim: int = 3072
+    encoder_attention_heads: int = 12
+    activation_fn: str = "gelu"
+    layer_wise_gradient_decay_ratio: float = 1.0
+    layer_norm_first: bool = False
+    deep_norm: bool = False
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    encoder_layerdrop: float = 0.0
+    dropout_input: float = 0.0
+    conv_pos: int = 128
+    conv_pos_groups: int = 16
+    relative_position_embedding: bool = False
+    num_buckets: int = 320
+    max_distance: int = 1280
+    gru_rel_pos: bool = False
+    finetuned_model: bool = False
+    predictor_dropout: float = 0.1
+    predictor_class: int = 527
+    quant_n: int = 1024
+    quant_dim: int = 256
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any]) -> "BEATsConfig":
+        """From an official cfg dict; unknown keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in dict(cfg).items() if k in names})
+
+    @property
+    def deep_norm_alpha(self) -> float:
+        return (2 * self.encoder_layers) ** 0.25 if self.deep_norm else 1.0
+
+
+_ACTIVATIONS = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # fairseq gelu = erf
+    "gelu_accurate": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "linear": lambda x: x,
+}
+
+
+def _activation(name: str):
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"activation_fn {name!r} not supported; use one of {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]
+
+
+# ----------------------------------------------------------------------------
+# Small helpers
+
+
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
+    """torch F.normalize: x / max(||x||, eps)."""
+    n = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
+    return x / jnp.maximum(n, eps)
+
+
+def patchify(fbank: jax.Array, patch: int = 16) -> jax.Array:
+    """(B, T, F) -> (B, T/p * F/p, p*p), time-major tokens (index t*F/p + f).
+
+    Leftover frames (T % p) are dropped, as the official stride-p conv does;
+    pixels inside a patch are (time, freq) row-major like the conv kernel.
+    """
+    b, t, f = fbank.shape
+    if f % patch:
+        raise ValueError(f"{f} frequency bins not divisible by patch {patch}")
+    gt, gf = t // patch, f // patch
+    x = fbank[:, : gt * patch].reshape(b, gt, patch, gf, patch)
+    return x.transpose(0, 1, 3, 2, 4).reshape(b, gt * gf, patch * patch)
+
+
+def relative_position_bucket(rel: jax.Array, num_buckets: int, max_distance: int) -> jax.Array:
+    """Bidirectional T5 bucket of `rel = key_pos - query_pos` (float32 like torch)."""
+    half = num_buckets // 2
+    max_exact = half // 2
+    bucket = jnp.where(rel > 0, half, 0)
+    n = jnp.abs(rel)
+    scale = jnp.float32(math.log(max_distance / max_exact))
+    ratio = jnp.maximum(n, 1).astype(jnp.float32) / jnp.float32(max_exact)
+    large = max_exact + (jnp.log(ratio) / scale * jnp.float32(half - max_exact)).astype(jnp.int32)
+    large = jnp.minimum(large, half - 1)
+    return bucket + jnp.where(n < max_exact, n, large)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def grad_multiply(x: jax.Array, scale: float) -> jax.Array:
+    """Identity forward, gradient times `scale` (layer-wise gradient decay)."""
+    return x
+
+
+def _gm_fwd(x, scale):
+    return x, None
+
+
+def _gm_bwd(scale, _, g):
+    return (g * scale,)
+
+
+grad_multiply.defvjp(_gm_fwd, _gm_bwd)
+
+
+def _linear(din: int, dout: int, names: tuple, *, dtype, rngs: nnx.Rngs,
+            init: Init | None = None, use_bias: bool = True) -> nnx.Linear:
+    if init is None:  # torch nn.Linear default: U(+-1/sqrt(fan_in)) (bias: zeros here)
+        init = jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+    return nnx.Linear(
+        din, dout, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+        kernel_init=partitioned(init, names),
+        bias_init=partitioned(nnx.initializers.zeros_init(), names[1:]),
+        rngs=rngs)
+
+
+def _layer_norm(dim: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """float32 LayerNorm, eps 1e-5, two-pass variance (as torch)."""
+    return nnx.LayerNorm(
+        dim, epsilon=LN_EPS, dtype=jnp.float32, param_dtype=jnp.float32,
+        use_fast_variance=False,
+        scale_init=partitioned(nnx.initializers.ones_init(), ("norm",)),
+        bias_init=partitioned(nnx.initializers.zeros_init(), ("norm",)),
+        rngs=rngs)
+
+
+def _dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout | None:
+    """No module (and no RNG state) when the rate is 0."""
+    return nnx.Dropout(rate, rngs=rngs) if rate > 0 else None
+
+
+def _drop(layer: nnx.Dropout | None, x: jax.Array) -> jax.Array:
+    return x if layer is None else layer(x)
+
+
+def _xavier_normal(gain: float) -> Init:
+    return jax.nn.initializers.variance_scaling(gain * gain, "fan_avg", "normal")
+
+
+# ----------------------------------------------------------------------------
+# Backbone
+
+
+class ConvPositionalEmbedding(nnx.Module):
+    """Grouped Conv1d (kernel K, pad K/2) with weight norm over the kernel axis.
+
+    `weight = g[k] * v[k] / ||v[k]||` (norm over in/out channels per tap, torch
+    `weight_norm(dim=2)`); the last output frame is dropped (even K), then GELU.
+    Layout: `weight_v` (K, D/G, D) = torch (D, D/G, K) transposed; `weight_g` (K,).
+    """
+
+    def __init__(self, dim: int, kernel: int, groups: int, *, rngs: nnx.Rngs):
+        if dim % groups:
+            raise ValueError(f"width {dim} not divisible by {groups} conv groups")
+        self.kernel, self.groups = kernel, groups
+        std = math.sqrt(4.0 / (kernel * dim))
+        v = std * jax.random.normal(rngs.params(), (kernel, dim // groups, dim), jnp.float32)
+        self.weight_v = _param(v, ("conv", None, "embed"))
+        self.weight_g = _param(jnp.sqrt(jnp.sum(v * v, axis=(1, 2))), ("conv",))
+        self.bias = _param(jnp.zeros((dim,), jnp.float32), ("embed",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        v = self.weight_v.value
+        w = v * (self.weight_g.value / jnp.sqrt(jnp.sum(v * v, axis=(1, 2))))[:, None, None]
+        y = jax.lax.conv_general_dilated(
+            x.astype(jnp.float32), w, window_strides=(1,),
+            padding=[(self.kernel // 2, self.kernel // 2)],
+            dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=self.groups)
+        if self.kernel % 2 == 0:
+            y = y[:, :-1]
+        return jax.nn.gelu(y + self.bias.value, approximate=False)
+
+
+class MultiheadAttention(nnx.Module):
+    """Self-attention with (optionally gated) relative position bias."""
+
+    def __init__(self, cfg: BEATsConfig, *, has_bias_table: bool, dtype, rngs: nnx.Rngs):
+        d, h = cfg.encoder_embed_dim, cfg.encoder_attention_heads
+        if d % h:
+            raise ValueError(f"width {d} not divisible by {h} heads")
+        self.num_heads, self.head_dim = h, d // h
+        self.num_buckets, self.max_distance = cfg.num_buckets, cfg.max_distance
+        self.gated = cfg.gru_rel_pos
+        if cfg.deep_norm:
+            beta = (8 * cfg.encoder_layers) ** -0.25
+            qk_init, vo_init = _xavier_normal(1.0), _xavier_normal(beta)
+        else:
+            qk_init = vo_init = nnx.initializers.normal(0.02)
+        mk = functools.partial(_linear, dtype=dtype, rngs=rngs)
+        self.q_proj = mk(d, d, ("embed", "qkv"), init=qk_init)
+        self.k_proj = mk(d, d, ("embed", "qkv"), init=qk_init)
+        self.v_proj = mk(d, d, ("embed", "qkv"), init=vo_init)
+        self.out_proj = mk(d, d, ("heads", "embed"), init=vo_init)
+        self.relative_attention_bias = nnx.Param(partitioned(
+            nnx.initializers.normal(0.02), (None, None))(rngs.params(), (cfg.num_buckets, h))
+        ) if has_bias_table else None
+        if self.gated:
+            self.grep_linear = mk(self.head_dim, 8, (None, None), init=nnx.initializers.normal(0.02))
+            self.grep_a = _param(jnp.ones((h,), jnp.float32), (None,))
+
+    def compute_bias(self, positions: jax.Array) -> jax.Array:
+        """(B|1, n) patch indices -> raw bias (B|1, H, n, n), float32."""
+        rel = positions[:, None, :] - positions[:, :, None]  # key - query
+        buckets = relative_position_bucket(rel, self.num_buckets, self.max_distance)
+        table = self.relative_attention_bias.value
+        return jnp.moveaxis(table[buckets], -1, 1)
+
+    def __call__(self, x: jax.Array, pos_bias: jax.Array | None) -> jax.Array:
+        b, n, d = x.shape
+        split = lambda y: y.reshape(b, n, self.num_heads, self.head_dim)
+        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+        bias = pos_bias
+        if pos_bias is not None and self.gated:
+            g = self.grep_linear(q).astype(jnp.float32).reshape(b, n, self.num_heads, 2, 4)
+            g = jax.nn.sigmoid(g.sum(-1))
+            gate = g[..., 0] * (g[..., 1] * self.grep_a.value - 1.0) + 2.0  # (B, n, H)
+            bias = jnp.swapaxes(gate, 1, 2)[..., None] * pos_bias
+        if bias is not None:
+            bias = bias.astype(q.dtype)
+        # XLA path computes logits and softmax in float32 for bf16 inputs.
+        o = jax.nn.dot_product_attention(q, k, v, bias=bias)
+        return self.out_proj(o.reshape(b, n, d))
+
+
+class TransformerLayer(nnx.Module):
+    """Post-LN (DeepNorm when alpha > 1) or pre-LN fairseq encoder layer."""
+
+    def __init__(self, cfg: BEATsConfig, *, has_bias_table: bool, dtype, rngs: nnx.Rngs):
+        d, f = cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim
+        self.layer_norm_first = cfg.layer_norm_first
+        self.alpha = cfg.deep_norm_alpha
+        self.act = _activation(cfg.activation_fn)
+        self.self_attn = MultiheadAttention(cfg, has_bias_table=has_bias_table, dtype=dtype, rngs=rngs)
+        self.self_attn_layer_norm = _layer_norm(d, rngs=rngs)
+        init = (_xavier_normal((8 * cfg.encoder_layers) ** -0.25) if cfg.deep_norm
+                else nnx.initializers.normal(0.02))
+        self.fc1 = _linear(d, f, ("embed", "mlp"), init=init, dtype=dtype, rngs=rngs)
+        self.fc2 = _linear(f, d, ("mlp", "embed"), init=init, dtype=dtype, rngs=rngs)
+        self.final_layer_norm = _layer_norm(d, rngs=rngs)
+        self.dropout1 = _dropout(cfg.dropout, rngs)
+        self.dropout2 = _dropout(cfg.activation_dropout, rngs)
+        self.dropout3 = _dropout(cfg.dropout, rngs)
+
+    def _ffn(self, x: jax.Array) -> jax.Array:
+        h = _drop(self.dropout2, self.act(self.fc1(x)))
+        return _drop(self.dropout3, self.fc2(h)).astype(jnp.float32)
+
+    def __call__(self, x: jax.Array, pos_bias: jax.Array | None) -> jax.Array:
+        if self.layer_norm_first:
+            x = x + _drop(self.dropout1, self.self_attn(self.self_attn_layer_norm(x), pos_bias)
+                          ).astype(jnp.float32)
+            return x + self._ffn(self.final_layer_norm(x))
+        a = _drop(self.dropout1, self.self_attn(x, pos_bias)).astype(jnp.float32)
+        x = self.self_attn_layer_norm(x * self.alpha + a)
+        return self.final_layer_norm(x * self.alpha + self._ffn(x))
+
+
+class TransformerEncoder(nnx.Module):
+    """Conv positional embedding + LayerNorm + layers (official `encoder.*`)."""
+
+    def __init__(self, cfg: BEATsConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.relative = cfg.relative_position_embedding
+        self.layer_norm_first = cfg.layer_norm_first
+        self.grad_decay = cfg.layer_wise_gradient_decay_ratio
+        self.pos_conv = ConvPositionalEmbedding(
+            cfg.encoder_embed_dim, cfg.conv_pos, cfg.conv_pos_groups, rngs=rngs)
+        self.layer_norm = _layer_norm(cfg.encoder_embed_dim, rngs=rngs)
+        self.dropout = _dropout(cfg.dropout, rngs)
+        self.layers = nnx.List([
+            TransformerLayer(cfg, has_bias_table=self.relative and i == 0, dtype=dtype, rngs=rngs)
+            for i in range(cfg.encoder_layers)])
+
+    def __call__(self, x: jax.Array, positions: jax.Array | None = None,
+                 num_patches: int | None = None) -> jax.Array:
+        """(B, n, D) -> (B, n, D); see `BEATsEncoder.__call__` for `positions`."""
+        x = x.astype(jnp.float32)
+        b, n, d = x.shape
+        if positions is None:
+            x = x + self.pos_conv(x)
+            positions = jnp.arange(n)[None]
+        else:
+            if num_patches is None:
+                raise ValueError("num_patches (full grid length) is needed with positions")
+            positions = positions.astype(jnp.int32)
+            rows = jnp.arange(b)[:, None]
+            full = jnp.zeros((b, num_patches, d), jnp.float32).at[rows, positions].set(x)
+            x = x + self.pos_conv(full)[rows, positions]
+        if not self.layer_norm_first:
+            x = self.layer_norm(x)
+        x = _drop(self.dropout, x)
+        pos_bias = self.layers[0].self_attn.compute_bias(positions) if self.relative else None
+        for layer in self.layers:
+            if self.grad_decay != 1.0:
+                x = grad_multiply(x, self.grad_decay)
+            x = layer(x, pos_bias)
+        if self.layer_norm_first:
+            x = self.layer_norm(x)
+        return x
+
+
+class BEATsEncoder(nnx.Module):
+    """BEATs: fbank patches -> LayerNorm -> projection -> TransformerEncoder.
+
+    Input of `extract_features` is the normalised fbank (B, T, 128) of
+    `matpac_jax.data.frontends` (`normalize(beats_fbank(wave), 'beats')`).
+    """
+
+    def __init__(self, cfg: BEATsConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.cfg, self.dtype = cfg, dtype
+        p, e, d = cfg.input_patch_size, cfg.embed_dim, cfg.encoder_embed_dim
+        self.patch_embedding = _linear(p * p, e, ("patch", "embed"), use_bias=cfg.conv_bias,
+                                       dtype=dtype, rngs=rngs)
+        self.layer_norm = _layer_norm(e, rngs=rngs)
+        self.post_extract_proj = (
+            _linear(e, d, (None, "embed"), dtype=dtype, rngs=rngs) if e != d else None)
+        self.dropout_input = _dropout(cfg.dropout_input, rngs)
+        self.encoder = TransformerEncoder(cfg, dtype=dtype, rngs=rngs)
+        finetuned = cfg.finetuned_model
+        self.predictor_dropout = _dropout(cfg.predictor_dropout, rngs) if finetuned else None
+        self.predictor = _linear(d, cfg.predictor_class, ("embed", "vocab"),
+                                 dtype=dtype, rngs=rngs) if finetuned else None
+
+    def num_patches(self, num_frames: int) -> int:
+        p = self.cfg.input_patch_size
+        return (num_frames // p) * (128 // p)
+
+    def embed(self, fbank: jax.Array) -> jax.Array:
+        """(B, T, 128) normalised fbank -> (B, N, D) tokens, before the encoder."""
+        x = patchify(fbank.astype(jnp.float32), self.cfg.input_patch_size)
+        x = self.layer_norm(self.patch_embedding(x).astype(jnp.float32))
+        if self.post_extract_proj is not None:
+            x = self.post_extract_proj(x).astype(jnp.float32)
+        return _drop(self.dropout_input, x)
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
+                 num_patches: int | None = None) -> jax.Array:
+        """Encoder on all tokens, or on a subset (masked audio modelling).
+
+        `tokens` (B, n, D) from `embed`. With `positions` (B, n) int, the
+        tokens are the kept patches, `positions` their indices in the full
+        time-major grid of `num_patches` patches. The relative position bias
+        then uses those original indices, and the conv positional embedding
+        is computed on the full grid with the dropped patches set to zero
+        (as the official code zeroes padded frames), then gathered at the
+        kept positions: no information leaks from masked patches.
+        """
+        return self.encoder(tokens, positions, num_patches)
+
+    def extract_features(self, fbank: jax.Array) -> jax.Array:
+        """(B, T, 128) normalised fbank -> (B, N, D) last-layer features."""
+        return self(self.embed(fbank))
+
+    def classify(self, fbank: jax.Array) -> jax.Array:
+        """Fine-tuned checkpoints: sigmoid of the patch-mean logits (B, classes)."""
+        if self.predictor is None:
+            raise ValueError("this BEATs model has no predictor (finetuned_model=False)")
+        x = _drop(self.predictor_dropout, self.extract_features(fbank))
+        return jax.nn.sigmoid(self.predictor(x).astype(jnp.float32).mean(axis=1))
+
+
+# ----------------------------------------------------------------------------
+# Codebooks
+
+
+def codebook_usage(ids: jax.Array, num_codes: int) -> dict[str, jax.Array]:
+    """Counts, perplexity, used and dead (unused in `ids`) codes.
+
+    One-hot sums, so under jit on a sharded batch the counts are global.
+    """
+    counts = jax.nn.one_hot(ids.reshape(-1), num_codes, dtype=jnp.float32).sum(0)
+    p = counts / jnp.maximum(counts.sum(), 1.0)
+    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+    used = jnp.sum(counts > 0)
+    return {"counts": counts, "perplexity": jnp.exp(entropy),
+            "used_codes": used, "dead_codes": num_codes - used}
+
+
+def spherical_kmeans(z: jax.Array, num_codes: int, key: jax.Array, iters: int = 10,
+                     axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
+    """Cosine k-means of unit vectors z (M, d) -> (unit means (K, d), bins (K,)).
+
+    As the official `kmeans(use_cosine_sim=True)`: means start from K samples
+    (without replacement when M >= K), empty clusters keep their mean, `bins`
+    are the counts of the last assignment. All statistics are one-hot
+    contractions over the sample axis: under `jax.jit` on a batch sharded
+    over devices (or hosts: a global `jax.Array`) XLA all-reduces them, so the
+    result equals the unsharded one. Inside `shard_map`/`pmap` pass
+    `axis_name`: sums are `psum`med and the first shard's samples seed all.
+    """
+    z = z.astype(jnp.float32)
+    m = z.shape[0]
+    idx = (jax.random.permutation(key, m)[:num_codes] if m >= num_codes
+           else jax.random.randint(key, (num_codes,), 0, m))
+    means = z[idx]
+    if axis_name is not None:
+        means = jax.lax.all_gather(means, axis_name)[0]
+
+    def step(_, carry):
+        means, _ = carry
+        ids = jnp.argmax(jnp.dot(z, means.T, precision=_HI), axis=-1)
+        onehot = jax.nn.one_hot(ids, num_codes, dtype=jnp.float32)
+        bins = onehot.sum(0)
+        sums = jnp.dot(onehot.T, z, precision=_HI)
+        if axis_name is not None:
+            bins, sums = jax.lax.psum((bins, sums), axis_name)
+        new = l2_normalize(sums / jnp.maximum(bins, 1.0)[:, None])
+        return jnp.where((bins == 0)[:, None], means, new), bins
+
+    return jax.lax.fori_loop(0, iters, step, (means, jnp.zeros((num_codes,), jnp.float32)))
+
+
+class VectorQuantizer(nnx.Module):
+    """Normalised EMA vector quantizer (official `NormEMAVectorQuantizer`).
+
+    State (all `CodebookState`, never optimised): `embedding` (K, d) unit
+    codewords, `cluster_size` (K,) EMA of assignment counts, `initted` ().
+    Input vectors are L2-normalised; the label is the nearest codeword
+    (official distance `|z|^2 + |w|^2 - 2 z.w`, float32 at full precision).
+    """
+
+    def __init__(self, num_codes: int = 1024, dim: int = 256, *, decay: float = 0.99,
+                 beta: float = 1.0, kmeans_iters: int = 10):
+        self.num_codes, self.dim = num_codes, dim
+        self.decay, self.beta, self.kmeans_iters = decay, beta, kmeans_iters
+        self.embedding = CodebookState(jnp.zeros((num_codes, dim), jnp.float32))
+        self.cluster_size = CodebookState(jnp.zeros((num_codes,), jnp.float32))
+        self.initted = CodebookState(jnp.array(False))
+
+    def nearest(self, z: jax.Array) -> jax.Array:
+        """(..., d) unit vectors -> (...) int32 codeword indices."""
+        w = self.embedding.value
+        z = z.astype(jnp.float32)
+        d = (jnp.sum(z * z, -1, keepdims=True) + jnp.sum(w * w, -1)
+             - 2 * jnp.einsum("...d,kd->...k", z, w, precision=_HI))
+        return jnp.argmin(d, axis=-1).astype(jnp.int32)
+
+    def lookup(self, ids: jax.Array) -> jax.Array:
+        return self.embedding.value[ids]
+
+    def kmeans_init(self, z: jax.Array, key: jax.Array, axis_name: str | None = None) -> None:
+        """Spherical k-means on a first batch (..., d); marks the codebook initialised."""
+        z = l2_normalize(jax.lax.stop_gradient(z.astype(jnp.float32))).reshape(-1, self.dim)
+        means, bins = spherical_kmeans(z, self.num_codes, key, self.kmeans_iters, axis_name)
+        self.embedding.value, self.cluster_size.value = means, bins
+        self.initted.value = jnp.array(True)
+
+    def ema_update(self, z: jax.Array, ids: jax.Array, axis_name: str | None = None) -> None:
+        """EMA of the normalised mean of each code's vectors; unused codes stay."""
+        z = jax.lax.stop_gradient(z.astype(jnp.float32)).reshape(-1, self.dim)
+        onehot = jax.nn.one_hot(ids.reshape(-1), self.num_codes, dtype=jnp.float32)
+        bins = onehot.sum(0)
+        sums = jnp.dot(onehot.T, z, precision=_HI)
+        if axis_name is not None:
+            bins, sums = jax.lax.psum((bins, sums), axis_name)
+        self.cluster_size.value = self.decay * self.cluster_size.value + (1 - self.decay) * bins
+        w = self.embedding.value
+        mean = l2_normalize(sums / jnp.maximum(bins, 1.0)[:, None])
+        mean = jnp.where((bins == 0)[:, None], w, mean)
+        self.embedding.value = l2_normalize(self.decay * w + (1 - self.decay) * mean)
+
+    def __call__(self, z: jax.Array, *, update: bool = False, init_key: jax.Array | None = None,
+                 axis_name: str | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """z (..., d) -> (straight-through z_q, commitment loss, ids).
+
+        `init_key` runs k-means on this batch if the codebook is not yet
+        initialised (a `lax.cond`, so it is jit-safe and free afterwards).
+        `update=True` applies the EMA codebook update after quantising, as
+        the official training forward does (z_q uses the pre-update codebook).
+        """
+        z = l2_normalize(z.astype(jnp.float32))
+        if init_key is not None:
+            flat = jax.lax.stop_gradient(z).reshape(-1, self.dim)
+            means, bins = jax.lax.cond(
+                self.initted.value,
+                lambda: (self.embedding.value, self.cluster_size.value),
+                lambda: spherical_kmeans(flat, self.num_codes, init_key, self.kmeans_iters,
+                                         axis_name))
+            self.embedding.value, self.cluster_size.value = means, bins
+            self.initted.value = jnp.array(True)
+        ids = self.nearest(z)
+        z_q = self.lookup(ids)
+        if update:
+            self.ema_update(z, ids, axis_name)
+        loss = self.beta * jnp.mean(jnp.square(jax.lax.stop_gradient(z_q) - z))
+        return z + jax.lax.stop_gradient(z_q - z), loss, ids
+
+
+class QuantizeLayer(nnx.Module):
+    """Linear(D, D) -> Tanh -> Linear(D, quant_dim) (official `quantize_layer.{0,2}`)."""
+
+    def __init__(self, dim: int, quant_dim: int, *, dtype, rngs: nnx.Rngs):
+        self.linear1 = _linear(dim, dim, ("embed", None), dtype=dtype, rngs=rngs)
+        self.linear2 = _linear(dim, quant_dim, (None, None), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.linear2(jnp.tanh(self.linear1(x))).astype(jnp.float32)
+
+
+class BEATsTokenizer(BEATsEncoder):
+    """BEATs backbone + quantize layer + normalised codebook -> patch labels."""
+
+    def __init__(self, cfg: BEATsConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        super().__init__(cfg, dtype=dtype, rngs=rngs)
+        self.quantize_layer = QuantizeLayer(cfg.encoder_embed_dim, cfg.quant_dim,
+                                            dtype=dtype, rngs=rngs)
+        self.quantize = VectorQuantizer(cfg.quant_n, cfg.quant_dim, decay=0.99, beta=1.0)
+
+    def quantize_input(self, fbank: jax.Array) -> jax.Array:
+        """(B, T, 128) -> (B, N, quant_dim) vectors before normalisation/quantisation."""
+        return self.quantize_layer(self.extract_features(fbank))
+
+    def extract_labels(self, fbank: jax.Array) -> jax.Array:
+        """(B, T, 128) normalised fbank -> (B, N) int32 codebook labels."""
+        return self.quantize.nearest(l2_normalize(self.quantize_input(fbank)))
+
+
+class RandomProjectionTokenizer(nnx.Module):
+    """BEATs iteration-1 tokenizer: frozen random projection + random codebook.
+
+    Each 16x16 normalised-fbank patch (time-major, as the encoder) is
+    projected to `dim`, L2-normalised, and labelled with the nearest of
+    `num_codes` random unit codewords. Both are `CodebookState` drawn from
+    `seed`, so the same seed gives the same labels on any machine.
+    """
+
+    def __init__(self, num_codes: int = 1024, dim: int = 256, patch: int = 16, *, seed: int = 0):
+        self.num_codes, self.patch = num_codes, patch
+        kp, kc = jax.random.split(jax.random.key(seed))
+        self.projection = CodebookState(
+            _xavier_normal(1.0)(kp, (patch * patch, dim), jnp.float32))
+        self.codebook = CodebookState(
+            l2_normalize(jax.random.normal(kc, (num_codes, dim), jnp.float32)))
+
+    def extract_labels(self, fbank: jax.Array) -> jax.Array:
+        """(B, T, 128) normalised fbank -> (B, N) int32 labels."""
+        x = patchify(fbank.astype(jnp.float32), self.patch)
+        x = l2_normalize(jnp.dot(x, self.projection.value, precision=_HI))
+        sim = jnp.einsum("bnd,kd->bnk", x, self.codebook.value, precision=_HI)
+        return jnp.argmax(sim, axis=-1).astype(jnp.int32)
+
+    def usage(self, labels: jax.Array) -> dict[str, jax.Array]:
+        """Codebook usage of a batch of labels (log it: SPEC 8)."""
+        return codebook_usage(labels, self.num_codes)
