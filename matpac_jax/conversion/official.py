@@ -1,0 +1,225 @@
+"""Import official M2D / MATPAC weights without torch (SPEC section 9).
+
+Handles M2D training checkpoints (`{'model': sd, ...}`: encoder, predictor
+`decoder_*`, teacher `target_*`), M2D encoder-only state dicts, EVAR fine-tune
+files (keys under `module.ar.runtime.backbone.`; other keys such as the task
+head are ignored and listed in `config['ignored_keys']`) and MATPAC flat dicts
+(`student_encoder.` prefix). Geometry is read from tensor shapes and from the
+fixed sin-cos table itself (which must equal ours: it is not loaded), never
+from file names. Every missing, unexpected or mis-shaped key is reported in one
+`CheckpointMismatchError`; nothing is loaded partially.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any, Callable
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from matpac_jax.conversion import torch_pickle
+from matpac_jax.models.heads import DinoHead
+from matpac_jax.models.vit import Predictor, TransformerStack, ViTEncoder, sincos_pos_table
+from matpac_jax.objectives.masked_latent import Student, Teacher
+
+M2D_DEFAULT_NORM = (-7.1, 4.2)  # 2022 weights carry no norm_stats
+MATPAC_NORM = (-7.056, 4.193)
+
+
+class CheckpointMismatchError(ValueError):
+    """Keys of a checkpoint do not match the model its shapes describe."""
+
+    def __init__(self, source: str, missing=(), unexpected=(), misshaped=()):
+        self.missing, self.unexpected, self.misshaped = list(missing), list(unexpected), list(misshaped)
+        lines = [f"{source}: checkpoint does not match the model its shapes describe"]
+        lines += [f"  missing: {k}" for k in self.missing]
+        lines += [f"  unexpected: {k}" for k in self.unexpected]
+        lines += [f"  mis-shaped: {k}" for k in self.misshaped]
+        super().__init__("\n".join(lines))
+
+
+@dataclasses.dataclass
+class ImportedModel:
+    kind: str                      # 'm2d' | 'matpac'
+    encoder: ViTEncoder
+    student: Student | None        # full M2D training checkpoints only
+    teacher: Teacher | None
+    norm_stats: tuple[float, float]
+    frontend: str                  # 'm2d' (centered mel) | 'matpac' (uncentered)
+    config: dict[str, Any]
+
+
+# torch key -> (variable, numpy converter torch->flax, expected torch shape)
+_Entry = tuple[nnx.Variable, Callable[[np.ndarray], np.ndarray], tuple]
+
+
+def _lin(m: nnx.Linear, prefix: str) -> dict[str, _Entry]:
+    k = m.kernel[...].shape
+    out = {prefix + "weight": (m.kernel, lambda w: w.T, (k[1], k[0]))}
+    if m.bias is not None:
+        out[prefix + "bias"] = (m.bias, lambda w: w, (k[1],))
+    return out
+
+
+def _ln(m: nnx.LayerNorm, prefix: str) -> dict[str, _Entry]:
+    d = m.scale[...].shape
+    return {prefix + "weight": (m.scale, lambda w: w, d), prefix + "bias": (m.bias, lambda w: w, d)}
+
+
+def _stack(s: TransformerStack, blocks: str, norm: str) -> dict[str, _Entry]:
+    out = {}
+    for i, b in enumerate(s.blocks):
+        p = f"{blocks}{i}."
+        out |= _ln(b.norm1, p + "norm1.") | _ln(b.norm2, p + "norm2.")
+        out |= _lin(b.attn.qkv, p + "attn.qkv.") | _lin(b.attn.proj, p + "attn.proj.")
+        out |= _lin(b.mlp.fc1, p + "mlp.fc1.") | _lin(b.mlp.fc2, p + "mlp.fc2.")
+    return out | _ln(s.norm, norm)
+
+
+def _encoder(e: ViTEncoder, blocks: str, norm: str) -> dict[str, _Entry]:
+    p, d = e.patch, e.dim
+    return {
+        "cls_token": (e.cls_token, lambda w: w, (1, 1, d)),
+        "patch_embed.proj.weight": (e.patch_embed.kernel, lambda w: w.reshape(d, p * p).T, (d, 1, p, p)),
+        "patch_embed.proj.bias": (e.patch_embed.bias, lambda w: w, (d,)),
+    } | _stack(e.stack, blocks, norm)
+
+
+def _head(h: DinoHead, prefix: str) -> dict[str, _Entry]:
+    b, k = h.last_v[...].shape
+    return (_lin(h.fc1, prefix + "mlp.0.") | _lin(h.fc2, prefix + "mlp.2.") | _lin(h.fc3, prefix + "mlp.4.")
+            | {prefix + "last_layer.weight_v": (h.last_v, lambda w: w.T, (k, b)),
+               prefix + "last_layer.weight_g": (h.last_g, lambda w: w[:, 0], (k, 1))})
+
+
+def _check_and_assign(source: str, sd: dict, entries: dict[str, _Entry], extra_ok=(),
+                      problems: list[str] | None = None) -> None:
+    """Raise one error for every problem, else copy all tensors in."""
+    missing = [k for k in entries if k not in sd]
+    unexpected = [k for k in sd if k not in entries and k not in extra_ok]
+    misshaped = [f"{k}: checkpoint {tuple(np.shape(sd[k]))}, model expects {entries[k][2]}"
+                 for k in entries if k in sd and tuple(np.shape(sd[k])) != tuple(entries[k][2])]
+    misshaped += problems or []
+    if missing or unexpected or misshaped:
+        raise CheckpointMismatchError(source, missing, unexpected, misshaped)
+    for k, (var, conv, _) in entries.items():
+        var.set_value(jnp.asarray(conv(np.asarray(sd[k], np.float32)), jnp.float32))
+
+
+def _depth(sd: dict, blocks: str) -> int:
+    idx = [int(m.group(1)) for k in sd if (m := re.match(re.escape(blocks) + r"(\d+)\.", k))]
+    return max(idx) + 1 if idx else 0
+
+
+def _grid_from_table(table: np.ndarray, patch: int, default_freq: int = 80) -> tuple[int, int, str | None]:
+    """(grid_f, grid_t, problem) from a (1 + N, D) sin-cos table."""
+    n, d = table.shape[0] - 1, table.shape[1]
+    for gf in range(1, n + 1):
+        if n % gf == 0 and np.allclose(sincos_pos_table(gf, n // gf, d), table, atol=1e-5):
+            return gf, n // gf, None
+    gf = default_freq // patch
+    return gf, max(n // gf, 1), (f"pos_embed {table.shape}: not the fixed 2-D sin-cos table "
+                                 "this model uses (it would be replaced silently)")
+
+
+def _source(path_or_obj) -> tuple[str, Any]:
+    if isinstance(path_or_obj, (str, os.PathLike)):
+        return os.fspath(path_or_obj), torch_pickle.load(path_or_obj)
+    return "<state dict>", path_or_obj
+
+
+def load_heads(sd: dict, prefix: str = "", *, dtype=jnp.float32) -> DinoHead:
+    """A DinoHead from torch `Cls_Head` keys (`{prefix}mlp.0.weight`, ...,
+    `{prefix}last_layer.weight_g/weight_v`); other keys under prefix are errors."""
+    sub = {k: v for k, v in sd.items() if k.startswith(prefix)}
+    try:
+        hidden, in_dim = np.shape(sub[prefix + "mlp.0.weight"])
+        bottleneck = np.shape(sub[prefix + "mlp.4.weight"])[0]
+        out_dim = np.shape(sub[prefix + "last_layer.weight_v"])[0]
+    except KeyError as e:
+        raise CheckpointMismatchError(prefix or "<head>", missing=[e.args[0]]) from None
+    head = DinoHead(int(in_dim), int(out_dim), int(hidden), int(bottleneck), dtype=dtype, rngs=nnx.Rngs(0))
+    _check_and_assign(prefix or "<head>", sub, _head(head, prefix))
+    return head
+
+
+def load_official(path_or_obj, *, num_heads: int | None = None, pred_heads: int | None = None,
+                  dtype=jnp.float32) -> ImportedModel:
+    """Load an official M2D or MATPAC checkpoint (path or already-loaded dict).
+
+    Heads are not in the shapes: `num_heads` defaults to dim // 64 (ViT
+    convention), `pred_heads` to pred_dim // 32 (M2D: 512 -> 16).
+    """
+    source, obj = _source(path_or_obj)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{source}: expected a state dict, got {type(obj).__name__}")
+    if "cfg" in obj and "model" in obj:
+        raise ValueError(f"{source}: a BEATs checkpoint; use matpac_jax.conversion.beats.load_beats")
+    sd = obj["model"] if isinstance(obj.get("model"), dict) else obj
+
+    cls_keys = [k for k in sd if k == "cls_token" or k.endswith(".cls_token")]
+    if len(cls_keys) != 1:
+        raise CheckpointMismatchError(source, missing=["cls_token"] if not cls_keys else [],
+                                      unexpected=cls_keys[1:])
+    root = cls_keys[0][: -len("cls_token")]
+    ignored = sorted(k for k in sd if not k.startswith(root))  # EVAR task head, front end, ...
+    sd = {k[len(root):]: v for k, v in sd.items() if k.startswith(root)}
+
+    kind = "matpac" if any(k.startswith("student_encoder.") for k in sd) else "m2d"
+    enc_pre = "student_encoder." if kind == "matpac" else ""
+    blocks, norm = enc_pre + "blocks.", enc_pre + "norm."
+
+    dim = int(np.shape(sd["cls_token"])[-1])
+    pw = sd.get("patch_embed.proj.weight")
+    patch = int(np.shape(pw)[-1]) if pw is not None else 16
+    fc1 = sd.get(blocks + "0.mlp.fc1.weight")
+    mlp_ratio = np.shape(fc1)[0] / dim if fc1 is not None else 4.0
+    problems = []
+    if "pos_embed" in sd:
+        gf, gt, bad = _grid_from_table(np.asarray(sd["pos_embed"], np.float32)[0], patch)
+        problems += [bad] if bad else []
+    else:
+        raise CheckpointMismatchError(source, missing=["pos_embed (needed for the input geometry)"])
+    heads = num_heads or max(dim // 64, 1)
+    config = dict(in_freq=gf * patch, max_frames=gt * patch, patch=patch, dim=dim,
+                  depth=_depth(sd, blocks), num_heads=heads, mlp_ratio=mlp_ratio)
+    rngs = nnx.Rngs(0)
+    encoder = ViTEncoder(**config, dtype=dtype, rngs=rngs)
+    entries = _encoder(encoder, blocks, norm)
+    extra_ok = {"pos_embed"}
+
+    student = teacher = None
+    if kind == "m2d" and "norm_stats" in sd:
+        extra_ok.add("norm_stats")
+    if kind == "m2d" and "decoder_embed.weight" in sd:
+        pred_dim = int(np.shape(sd["decoder_embed.weight"])[0])
+        config |= dict(pred_dim=pred_dim, pred_depth=_depth(sd, "decoder_blocks."),
+                       pred_heads=pred_heads or max(pred_dim // 32, 1))
+        predictor = Predictor(grid_f=gf, grid_t=gt, dim=dim, pred_dim=pred_dim,
+                              depth=config["pred_depth"], num_heads=config["pred_heads"],
+                              mlp_ratio=mlp_ratio, dtype=dtype, rngs=rngs)
+        entries |= {"mask_token": (predictor.mask_token, lambda w: w, (1, 1, pred_dim))}
+        entries |= _lin(predictor.embed, "decoder_embed.") | _lin(predictor.pred, "decoder_pred.")
+        entries |= _stack(predictor.stack, "decoder_blocks.", "decoder_norm.")
+        extra_ok.add("decoder_pos_embed")
+        if "decoder_pos_embed" in sd:
+            dpe = np.asarray(sd["decoder_pos_embed"], np.float32)[0]
+            if dpe.shape != (1 + gf * gt, pred_dim) or not np.allclose(
+                    dpe, sincos_pos_table(gf, gt, pred_dim), atol=1e-5):
+                problems.append(f"decoder_pos_embed {dpe.shape}: not the fixed sin-cos table")
+        teacher_stack = TransformerStack(dim, config["depth"], heads, mlp_ratio, dtype=dtype, rngs=rngs)
+        entries |= _stack(teacher_stack, "target_blocks.", "target_norm.")
+        student, teacher = Student(encoder, predictor), Teacher(teacher_stack)
+
+    _check_and_assign(source, sd, entries, extra_ok, problems)
+    if kind == "m2d":
+        ns = sd.get("norm_stats")
+        norm_stats = (float(ns[0]), float(ns[1])) if ns is not None else M2D_DEFAULT_NORM
+    else:
+        norm_stats = MATPAC_NORM
+    config |= dict(key_prefix=root, ignored_keys=ignored)
+    return ImportedModel(kind=kind, encoder=encoder, student=student, teacher=teacher,
+                         norm_stats=norm_stats, frontend=kind, config=config)

@@ -1,0 +1,48 @@
+"""DINO-style classification head of MATPAC (SPEC section 4)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from matpac_jax.models.vit import _linear, partitioned
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """torch F.normalize: x / max(||x||, eps)."""
+    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+    return x / jnp.maximum(norm, eps)
+
+
+class DinoHead(nnx.Module):
+    """Linear-GELU-Linear-GELU-Linear, L2-normalise, weight-normed Linear (no bias).
+
+    The last layer keeps weight norm's two parts: `last_v` (bottleneck, K) and
+    `last_g` (K,), W = g * v / ||v|| per output unit, both trainable (the
+    official head trains g; DINO's option to freeze it is not used).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int = 2048, hidden_dim: int = 2048,
+                 bottleneck_dim: int = 256, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.fc1 = _linear(in_dim, hidden_dim, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+        self.fc2 = _linear(hidden_dim, hidden_dim, (None, "mlp"), dtype=dtype, rngs=rngs)
+        self.fc3 = _linear(hidden_dim, bottleneck_dim, ("mlp", None), dtype=dtype, rngs=rngs)
+        # torch nn.Linear default init for v (its direction is all that matters).
+        bound = bottleneck_dim ** -0.5
+        v_init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+            key, shape, dtype, -bound, bound)
+        self.last_v = nnx.Param(partitioned(v_init, (None, "vocab"))(
+            rngs.params(), (bottleneck_dim, out_dim)))
+        self.last_g = nnx.Param(partitioned(nnx.initializers.ones_init(), ("vocab",))(
+            rngs.params(), (out_dim,)))
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(..., in_dim) -> (..., K) float32 logits."""
+        x = jax.nn.gelu(self.fc1(x), approximate=False)
+        x = jax.nn.gelu(self.fc2(x), approximate=False)
+        x = l2_normalize(self.fc3(x).astype(jnp.float32))
+        v = self.last_v[...]
+        w = self.last_g[...] * v / jnp.sqrt(jnp.sum(jnp.square(v), axis=0, keepdims=True))
+        return jnp.dot(x.astype(self.dtype), w.astype(self.dtype),
+                       preferred_element_type=jnp.float32)

@@ -1,0 +1,159 @@
+"""Masked latent prediction (M2D) + classification (MATPAC): SPEC sections 2-5.
+
+One loss function serves both methods: M2D is `alpha=1, standardize_target=True`
+with no heads; MATPAC is `alpha=0.5, standardize_target=False` with heads.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from matpac_jax.models.heads import DinoHead, l2_normalize
+from matpac_jax.models.vit import Predictor, TransformerStack, ViTEncoder
+
+
+def random_masking(rng: jax.Array, batch: int, num_tokens: int, ratio: float):
+    """Per-sample shuffle by argsort of uniform noise.
+
+    Returns (ids_shuffle, ids_restore, len_keep): the first `len_keep` of
+    `ids_shuffle` are visible to the student, the rest go to the teacher.
+    """
+    len_keep = int(num_tokens * (1 - ratio))
+    noise = jax.random.uniform(rng, (batch, num_tokens))
+    ids_shuffle = jnp.argsort(noise, axis=1)
+    ids_restore = jnp.argsort(ids_shuffle, axis=1)
+    return ids_shuffle, ids_restore, len_keep
+
+
+class Student(nnx.Module):
+    """Encoder (patch embed, CLS, blocks) + predictor (+ MATPAC head)."""
+
+    def __init__(self, encoder: ViTEncoder, predictor: Predictor, head: DinoHead | None = None):
+        self.encoder = encoder
+        self.predictor = predictor
+        self.head = nnx.data(head)  # data even when None, so a head can be set later
+
+    @classmethod
+    def create(cls, *, in_freq: int = 80, max_frames: int = 608, patch: int = 16,
+               dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
+               pred_dim: int = 512, pred_depth: int = 8, pred_heads: int = 16,
+               head_out_dim: int | None = 2048, head_hidden_dim: int = 2048,
+               head_bottleneck_dim: int = 256, dtype=jnp.float32,
+               rngs: nnx.Rngs) -> "Student":
+        """ViT-B defaults; `head_out_dim=None` gives M2D (no head)."""
+        enc = ViTEncoder(in_freq=in_freq, max_frames=max_frames, patch=patch, dim=dim,
+                         depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                         dtype=dtype, rngs=rngs)
+        pred = Predictor(grid_f=enc.grid_f, grid_t=enc.grid_t, dim=dim, pred_dim=pred_dim,
+                         depth=pred_depth, num_heads=pred_heads, mlp_ratio=mlp_ratio,
+                         dtype=dtype, rngs=rngs)
+        head = None
+        if head_out_dim is not None:
+            head = DinoHead(dim, head_out_dim, head_hidden_dim, head_bottleneck_dim,
+                            dtype=dtype, rngs=rngs)
+        return cls(enc, pred, head)
+
+
+class Teacher(nnx.Module):
+    """EMA target: its state mirrors `student.encoder.stack` and `student.head`."""
+
+    def __init__(self, stack: TransformerStack, head: DinoHead | None = None):
+        self.stack = stack
+        self.head = nnx.data(head)  # data even when None, so a head can be set later
+
+    @classmethod
+    def create(cls, student: Student, *, rngs: nnx.Rngs) -> "Teacher":
+        """Blocks initialised independently (as both official codes do); head
+        copied from the student head (as MATPAC does)."""
+        s = student.encoder.stack
+        stack = TransformerStack(s.dim, s.depth, s.num_heads, s.mlp_ratio,
+                                 dtype=s.dtype, rngs=rngs)
+        head = None if student.head is None else nnx.clone(student.head)
+        return cls(stack, head)
+
+
+def _ema(target: nnx.Module, source: nnx.Module, momentum) -> None:
+    t, s = nnx.state(target, nnx.Param), nnx.state(source, nnx.Param)
+    nnx.update(target, jax.tree.map(lambda a, b: momentum * a + (1 - momentum) * b, t, s))
+
+
+def ema_update(teacher: Teacher, student: Student, momentum_encoder, momentum_head=None) -> None:
+    """teacher <- m * teacher + (1 - m) * student (blocks + final LN, and heads)."""
+    _ema(teacher.stack, student.encoder.stack, momentum_encoder)
+    if teacher.head is not None:
+        _ema(teacher.head, student.head, momentum_head)
+
+
+def teacher_temp_schedule(step, warmup_steps: int = 9827, start: float = 0.04,
+                          end: float = 0.07):
+    """Linear start -> end over the warm-up, then constant."""
+    frac = jnp.clip(jnp.asarray(step, jnp.float32) / warmup_steps, 0.0, 1.0)
+    return start + (end - start) * frac
+
+
+def ema_momentum_schedule(step, total_steps: int, start: float, end: float):
+    """Linear start -> end over the run (per update), then `end`."""
+    frac = jnp.clip(jnp.asarray(step, jnp.float32) / total_steps, 0.0, 1.0)
+    return start + (end - start) * frac
+
+
+def _gather(x: jax.Array, ids: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(x, ids[..., None], axis=1)
+
+
+def prediction_loss(pred: jax.Array, target: jax.Array, standardize_target: bool) -> jax.Array:
+    """Mean over all masked tokens of 2 - 2 cos(pred, target)."""
+    pred, target = pred.astype(jnp.float32), target.astype(jnp.float32)
+    if standardize_target:  # M2D: per token, unbiased variance (torch .var default)
+        mean = target.mean(-1, keepdims=True)
+        var = target.var(-1, keepdims=True, ddof=1)
+        target = (target - mean) / jnp.sqrt(var + 1e-6)
+    cos = jnp.sum(l2_normalize(pred) * l2_normalize(target), axis=-1)
+    return jnp.mean(2 - 2 * cos)
+
+
+def masked_latent_loss(student: Student, teacher: Teacher, center: jax.Array | None,
+                       x: jax.Array, ids_shuffle: jax.Array, ids_restore: jax.Array,
+                       len_keep: int, *, alpha: float = 1.0, standardize_target: bool = True,
+                       student_temp: float = 0.1, teacher_temp=0.07,
+                       center_momentum: float = 0.9) -> tuple[jax.Array, dict[str, Any]]:
+    """One M2D/MATPAC forward; returns (loss, aux).
+
+    All means are plain means over the (global) batch, so under jit with a
+    sharded batch they are the global means the official all-reduces give.
+    `center` (1, 1, K) is the center from previous steps; aux['new_center']
+    is the one to use next step. The teacher branch is under stop_gradient.
+    """
+    tokens = student.encoder.embed_patches(x)
+    b = tokens.shape[0]
+    cls = student.encoder.cls(b)
+    visible = _gather(tokens, ids_shuffle[:, :len_keep])
+    masked = jax.lax.stop_gradient(_gather(tokens, ids_shuffle[:, len_keep:]))
+
+    latent = student.encoder.encode_tokens(jnp.concatenate([cls, visible], axis=1))
+    pred = student.predictor(latent, ids_restore, ids_shuffle)
+    target = teacher.stack(jnp.concatenate([jax.lax.stop_gradient(cls), masked], axis=1))[:, 1:]
+    target = jax.lax.stop_gradient(target)
+
+    loss_pred = prediction_loss(pred, target, standardize_target)
+    aux = dict(loss_pred=loss_pred, student_latent=latent, teacher_target=target,
+               prediction=pred)
+    if student.head is None or alpha == 1.0:
+        aux.update(loss_cls=jnp.zeros((), jnp.float32), new_center=center)
+        return loss_pred, aux
+
+    s_logits = student.head(pred).astype(jnp.float32)
+    t_logits = jax.lax.stop_gradient(teacher.head(target)).astype(jnp.float32)
+    center = jax.lax.stop_gradient(center.astype(jnp.float32))
+    t_probs = jax.nn.softmax((t_logits - center) / teacher_temp, axis=-1)
+    new_center = (center * center_momentum
+                  + t_probs.mean(axis=(0, 1), keepdims=True) * (1 - center_momentum))
+    log_p = jax.nn.log_softmax(s_logits / student_temp, axis=-1)
+    loss_cls = jnp.mean(-jnp.sum(t_probs * log_p, axis=-1))
+    loss = alpha * loss_pred + (1 - alpha) * loss_cls
+    aux.update(loss_cls=loss_cls, new_center=new_center, student_logits=s_logits,
+               teacher_probs=t_probs)
+    return loss, aux
