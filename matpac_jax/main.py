@@ -1,0 +1,33 @@
+"""Train MATPAC, M2D or a BEATs stage: `python -m matpac_jax.main --config=... --workdir=...`.
+
+Configs are Python files in configs/ (the run command is in each docstring);
+any field can be overridden with `--config.field=value`. Re-running the same
+command with the same workdir resumes from the latest checkpoint.
+"""
+from __future__ import annotations
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from matpac_jax.training import distributed
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and logs (local or cloud path).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host GPU).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host GPU).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host GPU).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    from matpac_jax.training import trainer  # after distributed init
+
+    logging.info("config:\n%s", _CONFIG.value)
+    final = trainer.train(_CONFIG.value, _WORKDIR.value)
+    logging.info("done: %s", final)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,99 @@
+"""Orbax checkpoints: train state, data-iterator state and config, together.
+
+Orbax writes each step to a temporary directory and renames it when every
+process has finished, so a half-written checkpoint (SIGKILL mid-save) is
+never listed and never restored. The RNG needs no saving: each step's key is
+`fold_in(key(seed), step)`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def checkpoint_dir(workdir: str) -> epath.Path:
+    return epath.Path(workdir) / CHECKPOINT_DIR
+
+
+class Checkpointer:
+    """Saves {state, data, config} every `every` steps, keeping the last `keep`."""
+
+    def __init__(self, workdir: str, *, every: int, keep: int, asynchronous: bool = True):
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=every,
+            max_to_keep=keep,
+            enable_async_checkpointing=asynchronous,
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(
+            checkpoint_dir(workdir),
+            item_names=("state", "data", "config"),
+            options=options,
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_iter: Any, config: ml_collections.ConfigDict,
+             *, force: bool = False) -> bool:
+        args = {"state": ocp.args.StandardSave(state),
+                "config": ocp.args.JsonSave(config.to_dict())}
+        if data_iter is not None:
+            args["data"] = grain.checkpoint.CheckpointSave(data_iter)
+        return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+
+    def restore(self, step: int, abstract_state: Any, data_iter: Any) -> Any:
+        args = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iter is not None:
+            args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+        restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+        return restored["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def latest_checkpoint(workdir: str) -> tuple[int, epath.Path] | None:
+    """(step, path) of the newest finished checkpoint under a workdir, if any."""
+    root = checkpoint_dir(workdir)
+    if not root.exists():
+        return None
+    steps = [int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "state").exists()]
+    if not steps:
+        return None
+    step = max(steps)
+    return step, root / str(step)
+
+
+def load_config(checkpoint_path: epath.Path) -> ml_collections.ConfigDict:
+    """The config a checkpoint was written with (saved beside the state)."""
+    path = epath.Path(checkpoint_path) / "config" / "metadata"
+    if not path.exists():
+        candidates = list((epath.Path(checkpoint_path) / "config").glob("*"))
+        if not candidates:
+            raise FileNotFoundError(f"{checkpoint_path}: no saved config")
+        path = candidates[0]
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def restore_state_only(checkpoint_path: epath.Path, abstract_state: Any) -> Any:
+    """Restore just the train state of one checkpoint (inference, evaluation)."""
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(os.fspath(epath.Path(checkpoint_path) / "state"), abstract_state)
+
+
+def is_primary() -> bool:
+    return jax.process_index() == 0

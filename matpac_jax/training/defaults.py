@@ -1,0 +1,71 @@
+"""Fields every training config has; each file in configs/ starts from these.
+
+ml_collections locks the keys, so `--config.typo=1` fails before anything is
+built; `validate` in trainer.py checks the values that depend on devices.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+AS2M_CLIPS = 2_012_615  # AudioSet-2M clips >= 608 frames (MATPAC's count)
+
+
+def base(method: str, frontend: str) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.method = method
+    c.seed = 0
+    c.total_steps = 294_816  # 300 epochs of AS-2M at batch 2048
+    c.batch_size = 2048  # global
+    c.log_every = 100
+    c.checkpoint_every = 2000
+    c.keep_checkpoints = 3
+    c.async_checkpoints = True
+    c.nonfinite = "stop"  # or "skip": drop the update, keep going
+    c.peak_flops = 0.0  # per device; 0 = look up the device kind
+
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.fsdp = False  # shard parameters/optimizer over the fsdp axis
+
+    c.profile = ml_collections.ConfigDict({"start_step": 10, "num_steps": 0})
+
+    c.data = ml_collections.ConfigDict()
+    c.data.path = "gs://YOUR_BUCKET/as2m_shards"  # a folder of TFRecord shards, or "demo"
+    c.data.frontend = frontend
+    c.data.crop_frames = 608
+    c.data.workers = 0  # grain worker processes per host
+    c.data.short_clips = "pad"
+    c.data.norm_stats = ()  # () = the front end's standard (mean, std)
+
+    c.opt = ml_collections.ConfigDict()
+    c.opt.lr = 3e-4
+    c.opt.warmup_steps = 19_654
+    c.opt.b1 = 0.9
+    c.opt.b2 = 0.95
+    c.opt.eps = 1e-8
+    c.opt.weight_decay = 0.05
+    c.opt.decay_exclude_1d = True
+    c.opt.clip_grad_norm = 3.0
+    return c
+
+
+def vit_b(c: ml_collections.ConfigDict, dtype: str = "bfloat16") -> None:
+    """ViT-B/16 encoder, 8x512 predictor, K=2048 heads (SPEC sections 2-4)."""
+    c.model = ml_collections.ConfigDict(dict(
+        in_freq=80, patch=16, dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
+        pred_dim=512, pred_depth=8, pred_heads=16,
+        head_out_dim=2048, head_hidden_dim=2048, head_bottleneck_dim=256,
+        dtype=dtype,
+    ))
+
+
+def demo(c: ml_collections.ConfigDict) -> None:
+    """Same method, small model, embedded procedural data, minutes on a CPU."""
+    c.model.update(dict(dim=192, depth=4, num_heads=3, pred_dim=128, pred_depth=2,
+                        pred_heads=4, head_out_dim=256, head_hidden_dim=256,
+                        head_bottleneck_dim=64, dtype="float32"))
+    c.data.path = "demo"
+    c.batch_size = 16
+    c.total_steps = 300
+    c.opt.warmup_steps = 30
+    c.log_every = 20
+    c.checkpoint_every = 100

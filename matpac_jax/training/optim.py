@@ -1,0 +1,50 @@
+"""Optimiser and schedules from config (all schedules count optimiser updates)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+def warmup_cosine(peak: float, warmup_steps: int, total_steps: int, end: float = 0.0):
+    """Linear warm-up from 0 to `peak`, then half-cosine to `end` at `total_steps`."""
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=peak,
+        warmup_steps=max(int(warmup_steps), 0),
+        decay_steps=max(int(total_steps), int(warmup_steps) + 1),
+        end_value=end,
+    )
+
+
+def linear(start: float, end: float, steps: int):
+    """Linear ramp over `steps` updates, then constant (EMA momenta, temperatures)."""
+
+    def schedule(step):
+        frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(int(steps), 1), 0.0, 1.0)
+        return start + (end - start) * frac
+
+    return schedule
+
+
+def _decay_mask(params):
+    """Weight decay only on matrices: biases, norms, gains and tokens are excluded."""
+    return jax.tree.map(lambda p: getattr(p, "ndim", 0) > 1, params)
+
+
+def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int):
+    """AdamW (decoupled) with warm-up cosine lr, global-norm clipping, decay mask."""
+    lr = warmup_cosine(opt.lr, opt.warmup_steps, total_steps)
+    mask = _decay_mask if opt.decay_exclude_1d else None
+    tx = optax.adamw(
+        learning_rate=lr,
+        b1=opt.b1,
+        b2=opt.b2,
+        eps=opt.eps,
+        weight_decay=opt.weight_decay,
+        mask=mask,
+    )
+    if opt.clip_grad_norm:
+        tx = optax.chain(optax.clip_by_global_norm(opt.clip_grad_norm), tx)
+    return tx, lr

@@ -1,0 +1,312 @@
+"""The one training loop: MATPAC, M2D and the BEATs stages all run through it.
+
+A method (see `matpac_jax.objectives.registry`) supplies the model and its
+loss; this file owns everything else: mesh and sharding, the jitted step with
+donated state, checkpoint/resume (state + data iterator), preemption,
+non-finite guards, metrics and profiling. Read it top to bottom; fork it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+from matpac_jax.data import loader as data_loader  # noqa: F401 (written by the data layer)
+from matpac_jax.objectives import methods
+from matpac_jax.training import checkpoint as ckpt
+from matpac_jax.training import metrics as metrics_lib
+from matpac_jax.training import optim, sharding
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or gradient became NaN/Inf; the last good checkpoint is kept."""
+
+
+class TrainState(nnx.Module):
+    """Model (student, teacher, method buffers) plus optimiser state."""
+
+    def __init__(self, model: nnx.Module, tx: optax.GradientTransformation, wrt):
+        self.model = model
+        self.optimizer = nnx.Optimizer(model, tx, wrt=wrt)
+        # Step of the first non-finite update (-1: none yet); read on the host
+        # only at log/checkpoint time so the loop never blocks on it.
+        self.first_bad_step = nnx.Variable(jnp.array(-1, jnp.int32))
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything `train` builds before the first step (also used by bench)."""
+
+    config: ml_collections.ConfigDict
+    method: Any
+    mesh: jax.sharding.Mesh
+    graphdef: Any
+    state: Any
+    state_shardings: Any
+    step_fn: Any
+    lr_schedule: Any
+    batch_shape: tuple
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Config errors that must surface before any compilation."""
+    mesh_devices = jax.device_count()
+    mesh = sharding.make_mesh(config.mesh)  # raises if it does not fit
+    dp = sharding.data_parallel_size(mesh)
+    if config.batch_size % dp:
+        raise ValueError(
+            f"config.batch_size={config.batch_size} is not divisible by the data-parallel "
+            f"size {dp} (mesh {dict(mesh.shape)} on {mesh_devices} devices)"
+        )
+    if config.batch_size % jax.process_count():
+        raise ValueError(
+            f"config.batch_size={config.batch_size} is not divisible by the "
+            f"{jax.process_count()} processes"
+        )
+    if config.total_steps <= 0:
+        raise ValueError(f"config.total_steps must be > 0, got {config.total_steps}")
+
+
+def build(config: ml_collections.ConfigDict) -> Run:
+    """Mesh, sharded state, and the compiled-on-first-call train step."""
+    validate(config)
+    method = methods.get(config)
+    mesh = sharding.make_mesh(config.mesh)
+    rules = sharding.logical_rules(config.fsdp, config.mesh.get("tensor", 1) != 1)
+    tx, lr_schedule = optim.make_optimizer(config.opt, config.total_steps)
+
+    def init():
+        model = method.build(nnx.Rngs(config.seed))
+        return TrainState(model, tx, method.trainable)
+
+    # Built without a mesh in scope: variables are created unsharded inside
+    # jit and laid out by `out_shardings` from our logical-axis rules.
+    abstract = nnx.eval_shape(init)
+    graphdef, abstract_state = nnx.split(abstract)
+    state_sh = sharding.state_shardings(abstract_state, mesh, rules)
+    state = jax.jit(lambda: nnx.state(init()), out_shardings=state_sh)()
+
+    batch_shape = (config.batch_size, *method.input_shape)
+    batch_sh = sharding.batch_sharding(mesh, len(batch_shape))
+    skip_nonfinite = config.nonfinite == "skip"
+
+    def train_step(state, x, rng):
+        ts = nnx.merge(graphdef, state)
+        model, step = ts.model, ts.optimizer.step[...]
+        if method.ema_timing == "before":
+            method.ema_update(model, step)
+
+        def loss_fn(model):
+            return method.loss(model, x, rng, step)
+
+        diff = nnx.DiffState(0, method.trainable)
+        (loss, aux), grads = nnx.value_and_grad(loss_fn, argnums=diff, has_aux=True)(model)
+        grad_norm = optax.global_norm(grads)
+        ts.optimizer.update(model, grads)
+        if method.ema_timing == "after":
+            method.ema_update(model, step)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        bad = ts.first_bad_step[...]
+        ts.first_bad_step[...] = jnp.where((bad < 0) & ~finite, step.astype(jnp.int32), bad)
+        new_state = nnx.state(ts)
+        if skip_nonfinite:  # keep the old weights and moments; the step still counts
+            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+            new_state["model"] = keep(new_state["model"], state["model"])
+            new_state["optimizer"]["opt_state"] = keep(
+                new_state["optimizer"]["opt_state"], state["optimizer"]["opt_state"])
+        metrics = {"loss": loss, "grad_norm": grad_norm, **aux}
+        return new_state, metrics
+
+    step_fn = jax.jit(
+        train_step,
+        in_shardings=(state_sh, batch_sh, sharding.replicated(mesh)),
+        out_shardings=(state_sh, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    return Run(config, method, mesh, graphdef, state, state_sh, step_fn, lr_schedule, batch_shape)
+
+
+def data_path(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """`data.path`, or the embedded demo data (generated once into the workdir)."""
+    if config.data.path != "demo":
+        return config.data.path
+    from matpac_jax.data import demo
+
+    return demo.ensure_demo_shards(os.path.join(workdir, "demo_data"), config.data.frontend)
+
+
+def make_data(config: ml_collections.ConfigDict, method: Any, path: str):
+    """This process's part of the global batch, as a checkpointable grain iterator."""
+    per_process = config.batch_size // jax.process_count()
+    return iter(
+        data_loader.make_loader(
+            path,
+            frontend=method.frontend,
+            crop_frames=config.data.crop_frames,
+            batch_size=per_process,
+            seed=config.seed,
+            shuffle=True,
+            worker_count=config.data.workers,
+            shard_index=jax.process_index(),
+            shard_count=jax.process_count(),
+            short_clips=config.data.short_clips,
+            norm_stats=method.norm_stats,
+        )
+    )
+
+
+def _to_global(run: Run, local_x: np.ndarray) -> jax.Array:
+    sh = sharding.batch_sharding(run.mesh, local_x.ndim)
+    return jax.make_array_from_process_local_data(sh, local_x, run.batch_shape)
+
+
+class _Preemption:
+    """SIGTERM (a preempted TPU VM / SLURM job) asks for a save-and-exit."""
+
+    def __init__(self):
+        self.requested = False
+        try:
+            signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not in the main thread (e.g. notebooks)
+            pass
+
+    def _handler(self, signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint, then exiting.")
+        self.requested = True
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            try:
+                return self.requested or multihost_utils.reached_preemption_sync_point(step)
+            except RuntimeError:
+                return self.requested
+        return self.requested
+
+
+def compiled_flops(run: Run, x: jax.Array) -> float | None:
+    """FLOPs of one step for the whole mesh, from XLA's cost analysis."""
+    try:
+        lowered = run.step_fn.lower(run.state, x, jax.random.key(0))
+        cost = lowered.compile().cost_analysis()
+        if isinstance(cost, (list, tuple)):
+            cost = cost[0]
+        flops = float(cost.get("flops", 0.0))
+        return flops * run.mesh.size if flops > 0 else None
+    except Exception as e:  # cost analysis is best-effort on some backends
+        logging.warning("XLA cost analysis unavailable: %s", e)
+        return None
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Train to `config.total_steps`, resuming from `workdir` if it has checkpoints."""
+    if "://" not in workdir:
+        os.makedirs(workdir, exist_ok=True)
+    path = data_path(config, workdir)
+    data_loader.find_shards(path)  # a clear error before any compilation
+    run = build(config)
+    method = run.method
+    data = make_data(config, method, path)
+    checkpointer = ckpt.Checkpointer(
+        workdir, every=config.checkpoint_every, keep=config.keep_checkpoints,
+        asynchronous=config.async_checkpoints,
+    )
+    start = checkpointer.latest_step() or 0
+    if start:
+        logging.info("Resuming from step %d in %s", start, workdir)
+        abstract = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            run.state, run.state_shardings,
+        )
+        run.state = checkpointer.restore(start, abstract, data)
+
+    writer = metrics_lib.EventWriter(_tensorboard_dir(workdir))
+    preemption = _Preemption()
+    peak = metrics_lib.peak_flops(jax.devices()[0], config.get("peak_flops"))
+    flops = None
+    profile_start = config.profile.start_step if config.profile.num_steps else -1
+    bar = _progress_bar(start, config.total_steps)
+    base_key = jax.random.key(config.seed)
+    last = {}
+    t_log, steps_since_log = time.perf_counter(), 0
+
+    for step in range(start, config.total_steps):
+        if step == profile_start:
+            jax.profiler.start_trace(os.path.join(workdir, "profile"))
+        x = _to_global(run, next(data)["x"])
+        if flops is None and step == start:
+            flops = compiled_flops(run, x)
+        run.state, m = run.step_fn(run.state, x, jax.random.fold_in(base_key, step))
+        steps_since_log += 1
+        if step == profile_start + config.profile.num_steps - 1:
+            jax.block_until_ready(m)
+            jax.profiler.stop_trace()
+        done = step + 1
+        if done % config.log_every == 0 or done == config.total_steps:
+            m = jax.device_get(m)
+            _check_finite(run, config)
+            dt = (time.perf_counter() - t_log) / steps_since_log
+            t_log, steps_since_log = time.perf_counter(), 0
+            last = {k: float(v) for k, v in m.items()}
+            last.update(method.schedules(done - 1))
+            last["lr"] = float(run.lr_schedule(done - 1))
+            last["step_time_s"] = dt
+            last["samples_per_s"] = config.batch_size / dt
+            if flops and peak:
+                last["mfu"] = flops / dt / (peak * jax.device_count())
+            writer.scalars(done, last)
+            if bar is None and ckpt.is_primary():
+                print(metrics_lib.format_line(done, config.total_steps, last), flush=True)
+        if bar is not None:
+            bar.update(1)
+            if last:
+                bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}", refresh=False)
+        stop = preemption.reached(done)
+        if done % config.checkpoint_every == 0 or done == config.total_steps or stop:
+            _check_finite(run, config)
+            checkpointer.save(done, run.state, data, config, force=True)
+        if stop:
+            logging.warning("Saved checkpoint %d after preemption; exiting.", done)
+            break
+    checkpointer.close()
+    writer.close()
+    if bar is not None:
+        bar.close()
+    return last
+
+
+def _tensorboard_dir(workdir: str) -> str:
+    """Event files are appended live, which object stores cannot do: a cloud
+    workdir logs to ./tensorboard/<run name> on the host (sync it yourself)."""
+    if "://" in workdir:
+        return os.path.join(os.getcwd(), "tensorboard", os.path.basename(workdir.rstrip("/")))
+    return os.path.join(workdir, "tensorboard")
+
+
+def _check_finite(run: Run, config: ml_collections.ConfigDict) -> None:
+    bad = int(jax.device_get(run.state["first_bad_step"][...]))
+    if bad >= 0 and config.nonfinite != "skip":
+        raise NonFiniteError(
+            f"non-finite loss or gradient at step {bad}; stopping. The last good "
+            "checkpoint is kept (set config.nonfinite='skip' to skip such updates)."
+        )
+
+
+def _progress_bar(start: int, total: int):
+    if not sys.stdout.isatty() or jax.process_index() != 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
