@@ -7,7 +7,7 @@ head are ignored and listed in `config['ignored_keys']`) and MATPAC flat dicts
 (`student_encoder.` prefix). Geometry is read from tensor shapes and from the
 fixed sin-cos table itself (which must equal ours: it is not loaded), never
 from file names. Every missing, unexpected or mis-shaped key is reported in one
-`CheckpointMismatchError`; nothing is loaded partially.
+`conversion.errors.CheckpointMismatchError`; nothing is loaded partially.
 """
 from __future__ import annotations
 
@@ -21,24 +21,13 @@ import numpy as np
 from flax import nnx
 
 from matpac_jax.conversion import torch_pickle
+from matpac_jax.conversion.errors import CheckpointMismatchError
 from matpac_jax.models.heads import DinoHead
 from matpac_jax.models.vit import Predictor, TransformerStack, ViTEncoder, sincos_pos_table
 from matpac_jax.objectives.masked_latent import Student, Teacher
 
 M2D_DEFAULT_NORM = (-7.1, 4.2)  # 2022 weights carry no norm_stats
 MATPAC_NORM = (-7.056, 4.193)
-
-
-class CheckpointMismatchError(ValueError):
-    """Keys of a checkpoint do not match the model its shapes describe."""
-
-    def __init__(self, source: str, missing=(), unexpected=(), misshaped=()):
-        self.missing, self.unexpected, self.misshaped = list(missing), list(unexpected), list(misshaped)
-        lines = [f"{source}: checkpoint does not match the model its shapes describe"]
-        lines += [f"  missing: {k}" for k in self.missing]
-        lines += [f"  unexpected: {k}" for k in self.unexpected]
-        lines += [f"  mis-shaped: {k}" for k in self.misshaped]
-        super().__init__("\n".join(lines))
 
 
 @dataclasses.dataclass
@@ -96,15 +85,14 @@ def _head(h: DinoHead, prefix: str) -> dict[str, _Entry]:
 
 
 def _check_and_assign(source: str, sd: dict, entries: dict[str, _Entry], extra_ok=(),
-                      problems: list[str] | None = None) -> None:
+                      problems: list[tuple[str, str, str]] = ()) -> None:
     """Raise one error for every problem, else copy all tensors in."""
     missing = [k for k in entries if k not in sd]
     unexpected = [k for k in sd if k not in entries and k not in extra_ok]
-    misshaped = [f"{k}: checkpoint {tuple(np.shape(sd[k]))}, model expects {entries[k][2]}"
-                 for k in entries if k in sd and tuple(np.shape(sd[k])) != tuple(entries[k][2])]
-    misshaped += problems or []
-    if missing or unexpected or misshaped:
-        raise CheckpointMismatchError(source, missing, unexpected, misshaped)
+    mismatched = [(k, entries[k][2], np.shape(sd[k])) for k in entries
+                  if k in sd and tuple(np.shape(sd[k])) != tuple(entries[k][2])]
+    if missing or unexpected or mismatched or problems:
+        raise CheckpointMismatchError(missing, unexpected, [*mismatched, *problems], source)
     for k, (var, conv, _) in entries.items():
         var.set_value(jnp.asarray(conv(np.asarray(sd[k], np.float32)), jnp.float32))
 
@@ -114,15 +102,14 @@ def _depth(sd: dict, blocks: str) -> int:
     return max(idx) + 1 if idx else 0
 
 
-def _grid_from_table(table: np.ndarray, patch: int, default_freq: int = 80) -> tuple[int, int, str | None]:
+def _grid_from_table(table: np.ndarray, patch: int, default_freq: int = 80):
     """(grid_f, grid_t, problem) from a (1 + N, D) sin-cos table."""
     n, d = table.shape[0] - 1, table.shape[1]
     for gf in range(1, n + 1):
         if n % gf == 0 and np.allclose(sincos_pos_table(gf, n // gf, d), table, atol=1e-5):
             return gf, n // gf, None
     gf = default_freq // patch
-    return gf, max(n // gf, 1), (f"pos_embed {table.shape}: not the fixed 2-D sin-cos table "
-                                 "this model uses (it would be replaced silently)")
+    return gf, max(n // gf, 1), ("pos_embed", "the fixed 2-D sin-cos table", "other values")
 
 
 def _source(path_or_obj) -> tuple[str, Any]:
@@ -140,7 +127,7 @@ def load_heads(sd: dict, prefix: str = "", *, dtype=jnp.float32) -> DinoHead:
         bottleneck = np.shape(sub[prefix + "mlp.4.weight"])[0]
         out_dim = np.shape(sub[prefix + "last_layer.weight_v"])[0]
     except KeyError as e:
-        raise CheckpointMismatchError(prefix or "<head>", missing=[e.args[0]]) from None
+        raise CheckpointMismatchError(missing=[e.args[0]], context=prefix or "<head>") from None
     head = DinoHead(int(in_dim), int(out_dim), int(hidden), int(bottleneck), dtype=dtype, rngs=nnx.Rngs(0))
     _check_and_assign(prefix or "<head>", sub, _head(head, prefix))
     return head
@@ -162,8 +149,8 @@ def load_official(path_or_obj, *, num_heads: int | None = None, pred_heads: int 
 
     cls_keys = [k for k in sd if k == "cls_token" or k.endswith(".cls_token")]
     if len(cls_keys) != 1:
-        raise CheckpointMismatchError(source, missing=["cls_token"] if not cls_keys else [],
-                                      unexpected=cls_keys[1:])
+        raise CheckpointMismatchError(missing=["cls_token"] if not cls_keys else [],
+                                      unexpected=cls_keys[1:], context=source)
     root = cls_keys[0][: -len("cls_token")]
     ignored = sorted(k for k in sd if not k.startswith(root))  # EVAR task head, front end, ...
     sd = {k[len(root):]: v for k, v in sd.items() if k.startswith(root)}
@@ -182,7 +169,7 @@ def load_official(path_or_obj, *, num_heads: int | None = None, pred_heads: int 
         gf, gt, bad = _grid_from_table(np.asarray(sd["pos_embed"], np.float32)[0], patch)
         problems += [bad] if bad else []
     else:
-        raise CheckpointMismatchError(source, missing=["pos_embed (needed for the input geometry)"])
+        raise CheckpointMismatchError(missing=["pos_embed (gives the input geometry)"], context=source)
     heads = num_heads or max(dim // 64, 1)
     config = dict(in_freq=gf * patch, max_frames=gt * patch, patch=patch, dim=dim,
                   depth=_depth(sd, blocks), num_heads=heads, mlp_ratio=mlp_ratio)
@@ -209,7 +196,7 @@ def load_official(path_or_obj, *, num_heads: int | None = None, pred_heads: int 
             dpe = np.asarray(sd["decoder_pos_embed"], np.float32)[0]
             if dpe.shape != (1 + gf * gt, pred_dim) or not np.allclose(
                     dpe, sincos_pos_table(gf, gt, pred_dim), atol=1e-5):
-                problems.append(f"decoder_pos_embed {dpe.shape}: not the fixed sin-cos table")
+                problems.append(("decoder_pos_embed", "the fixed 2-D sin-cos table", "other values"))
         teacher_stack = TransformerStack(dim, config["depth"], heads, mlp_ratio, dtype=dtype, rngs=rngs)
         entries |= _stack(teacher_stack, "target_blocks.", "target_norm.")
         student, teacher = Student(encoder, predictor), Teacher(teacher_stack)
