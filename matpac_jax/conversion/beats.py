@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -41,15 +42,15 @@ def _t(a):
 
 
 def _linear(out: dict, key: str, layer: nnx.Linear) -> None:
-    k = layer.kernel.value
+    k = layer.kernel
     out[f"{key}.weight"] = (layer.kernel, (k.shape[1], k.shape[0]), _t)
     if layer.bias is not None:
-        out[f"{key}.bias"] = (layer.bias, tuple(layer.bias.value.shape), _same)
+        out[f"{key}.bias"] = (layer.bias, tuple(layer.bias.shape), _same)
 
 
 def _norm(out: dict, key: str, ln: nnx.LayerNorm) -> None:
-    out[f"{key}.weight"] = (ln.scale, tuple(ln.scale.value.shape), _same)
-    out[f"{key}.bias"] = (ln.bias, tuple(ln.bias.value.shape), _same)
+    out[f"{key}.weight"] = (ln.scale, tuple(ln.scale.shape), _same)
+    out[f"{key}.bias"] = (ln.bias, tuple(ln.bias.shape), _same)
 
 
 def torch_layout(model: BEATsEncoder) -> dict[str, Entry]:
@@ -65,7 +66,7 @@ def torch_layout(model: BEATsEncoder) -> dict[str, Entry]:
     if model.post_extract_proj is not None:
         _linear(out, "post_extract_proj", model.post_extract_proj)
     enc = model.encoder
-    k, g_in, d = enc.pos_conv.weight_v.value.shape
+    k, g_in, d = enc.pos_conv.weight_v.shape
     out["encoder.pos_conv.0.weight_v"] = (enc.pos_conv.weight_v, (d, g_in, k),
                                           lambda a: a.transpose(2, 1, 0))
     out["encoder.pos_conv.0.weight_g"] = (enc.pos_conv.weight_g, (1, 1, k), lambda a: a.reshape(k))
@@ -80,7 +81,7 @@ def torch_layout(model: BEATsEncoder) -> dict[str, Entry]:
         if cfg.relative_position_embedding:
             table = enc.layers[0].self_attn.relative_attention_bias
             out[f"{pre}.self_attn.relative_attention_bias.weight"] = (
-                table, tuple(table.value.shape), _same)
+                table, tuple(table.shape), _same)
         if cfg.gru_rel_pos:
             _linear(out, f"{pre}.self_attn.grep_linear", att.grep_linear)
             out[f"{pre}.self_attn.grep_a"] = (att.grep_a, (1, h, 1, 1), lambda a: a.reshape(h))
@@ -124,7 +125,8 @@ def load_beats(obj_or_path: Any, path: str | os.PathLike | None = None, *,
     cfg = BEATsConfig.from_dict(ckpt["cfg"])
     is_tokenizer = any(k.startswith(("quantize.", "quantize_layer.")) for k in sd)
     cls = BEATsTokenizer if is_tokenizer else BEATsEncoder
-    model = cls(cfg, dtype=dtype, rngs=nnx.Rngs(0))
+    # Shapes only: every parameter comes from the checkpoint, so skip random init.
+    model = nnx.eval_shape(lambda: cls(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
     layout = torch_layout(model)
 
     ignored = set(_IGNORED_TOKENIZER_KEYS) if is_tokenizer else set()
@@ -142,7 +144,22 @@ def load_beats(obj_or_path: Any, path: str | os.PathLike | None = None, *,
         raise CheckpointMismatchError(missing, unexpected, mismatched,
                                       f"{where} as {cls.__name__}")
     for key, (var, _, convert) in layout.items():
-        value = convert(sd[key])
-        var.value = jnp.asarray(value, dtype=var.value.dtype)
+        var.set_value(jnp.asarray(convert(sd[key]), dtype=var.dtype))
+    _fill_unloaded(model, cls(cfg, dtype=dtype, rngs=nnx.Rngs(0)) if _unloaded(model) else None)
     model.eval()
     return model
+
+
+def _unloaded(model: nnx.Module) -> list[tuple]:
+    return [path for path, v in nnx.iter_graph(model)
+            if isinstance(v, nnx.Variable) and isinstance(v.get_value(), jax.ShapeDtypeStruct)]
+
+
+def _fill_unloaded(model: nnx.Module, fresh: nnx.Module | None) -> None:
+    """Non-checkpoint state (dropout RNG streams only) from a concretely built model."""
+    if fresh is None:
+        return
+    values = dict(nnx.iter_graph(fresh))
+    for path, v in nnx.iter_graph(model):
+        if isinstance(v, nnx.Variable) and isinstance(v.get_value(), jax.ShapeDtypeStruct):
+            v.set_value(values[path].get_value())

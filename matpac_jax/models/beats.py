@@ -177,7 +177,7 @@ def _gm_bwd(scale, _, g):
 grad_multiply.defvjp(_gm_fwd, _gm_bwd)
 
 
-def _linear(din: int, dout: int, names: tuple, *, dtype, rngs: nnx.Rngs,
+def linear(din: int, dout: int, names: tuple, *, dtype, rngs: nnx.Rngs,
             init: Init | None = None, use_bias: bool = True) -> nnx.Linear:
     if init is None:  # torch nn.Linear default: U(+-1/sqrt(fan_in)) (bias: zeros here)
         init = jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
@@ -188,7 +188,7 @@ def _linear(din: int, dout: int, names: tuple, *, dtype, rngs: nnx.Rngs,
         rngs=rngs)
 
 
-def _layer_norm(dim: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
+def layer_norm(dim: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
     """float32 LayerNorm, eps 1e-5, two-pass variance (as torch)."""
     return nnx.LayerNorm(
         dim, epsilon=LN_EPS, dtype=jnp.float32, param_dtype=jnp.float32,
@@ -234,15 +234,15 @@ class ConvPositionalEmbedding(nnx.Module):
         self.bias = _param(jnp.zeros((dim,), jnp.float32), ("embed",))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        v = self.weight_v.value
-        w = v * (self.weight_g.value / jnp.sqrt(jnp.sum(v * v, axis=(1, 2))))[:, None, None]
+        v = self.weight_v[...]
+        w = v * (self.weight_g[...] / jnp.sqrt(jnp.sum(v * v, axis=(1, 2))))[:, None, None]
         y = jax.lax.conv_general_dilated(
             x.astype(jnp.float32), w, window_strides=(1,),
             padding=[(self.kernel // 2, self.kernel // 2)],
             dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=self.groups)
         if self.kernel % 2 == 0:
             y = y[:, :-1]
-        return jax.nn.gelu(y + self.bias.value, approximate=False)
+        return jax.nn.gelu(y + self.bias[...], approximate=False)
 
 
 class MultiheadAttention(nnx.Module):
@@ -260,7 +260,7 @@ class MultiheadAttention(nnx.Module):
             qk_init, vo_init = _xavier_normal(1.0), _xavier_normal(beta)
         else:
             qk_init = vo_init = nnx.initializers.normal(0.02)
-        mk = functools.partial(_linear, dtype=dtype, rngs=rngs)
+        mk = functools.partial(linear, dtype=dtype, rngs=rngs)
         self.q_proj = mk(d, d, ("embed", "qkv"), init=qk_init)
         self.k_proj = mk(d, d, ("embed", "qkv"), init=qk_init)
         self.v_proj = mk(d, d, ("embed", "qkv"), init=vo_init)
@@ -276,7 +276,7 @@ class MultiheadAttention(nnx.Module):
         """(B|1, n) patch indices -> raw bias (B|1, H, n, n), float32."""
         rel = positions[:, None, :] - positions[:, :, None]  # key - query
         buckets = relative_position_bucket(rel, self.num_buckets, self.max_distance)
-        table = self.relative_attention_bias.value
+        table = self.relative_attention_bias[...]
         return jnp.moveaxis(table[buckets], -1, 1)
 
     def __call__(self, x: jax.Array, pos_bias: jax.Array | None) -> jax.Array:
@@ -287,7 +287,7 @@ class MultiheadAttention(nnx.Module):
         if pos_bias is not None and self.gated:
             g = self.grep_linear(q).astype(jnp.float32).reshape(b, n, self.num_heads, 2, 4)
             g = jax.nn.sigmoid(g.sum(-1))
-            gate = g[..., 0] * (g[..., 1] * self.grep_a.value - 1.0) + 2.0  # (B, n, H)
+            gate = g[..., 0] * (g[..., 1] * self.grep_a[...] - 1.0) + 2.0  # (B, n, H)
             bias = jnp.swapaxes(gate, 1, 2)[..., None] * pos_bias
         if bias is not None:
             bias = bias.astype(q.dtype)
@@ -305,12 +305,12 @@ class TransformerLayer(nnx.Module):
         self.alpha = cfg.deep_norm_alpha
         self.act = _activation(cfg.activation_fn)
         self.self_attn = MultiheadAttention(cfg, has_bias_table=has_bias_table, dtype=dtype, rngs=rngs)
-        self.self_attn_layer_norm = _layer_norm(d, rngs=rngs)
+        self.self_attn_layer_norm = layer_norm(d, rngs=rngs)
         init = (_xavier_normal((8 * cfg.encoder_layers) ** -0.25) if cfg.deep_norm
                 else nnx.initializers.normal(0.02))
-        self.fc1 = _linear(d, f, ("embed", "mlp"), init=init, dtype=dtype, rngs=rngs)
-        self.fc2 = _linear(f, d, ("mlp", "embed"), init=init, dtype=dtype, rngs=rngs)
-        self.final_layer_norm = _layer_norm(d, rngs=rngs)
+        self.fc1 = linear(d, f, ("embed", "mlp"), init=init, dtype=dtype, rngs=rngs)
+        self.fc2 = linear(f, d, ("mlp", "embed"), init=init, dtype=dtype, rngs=rngs)
+        self.final_layer_norm = layer_norm(d, rngs=rngs)
         self.dropout1 = _dropout(cfg.dropout, rngs)
         self.dropout2 = _dropout(cfg.activation_dropout, rngs)
         self.dropout3 = _dropout(cfg.dropout, rngs)
@@ -338,7 +338,7 @@ class TransformerEncoder(nnx.Module):
         self.grad_decay = cfg.layer_wise_gradient_decay_ratio
         self.pos_conv = ConvPositionalEmbedding(
             cfg.encoder_embed_dim, cfg.conv_pos, cfg.conv_pos_groups, rngs=rngs)
-        self.layer_norm = _layer_norm(cfg.encoder_embed_dim, rngs=rngs)
+        self.layer_norm = layer_norm(cfg.encoder_embed_dim, rngs=rngs)
         self.dropout = _dropout(cfg.dropout, rngs)
         self.layers = nnx.List([
             TransformerLayer(cfg, has_bias_table=self.relative and i == 0, dtype=dtype, rngs=rngs)
@@ -382,16 +382,16 @@ class BEATsEncoder(nnx.Module):
     def __init__(self, cfg: BEATsConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.cfg, self.dtype = cfg, dtype
         p, e, d = cfg.input_patch_size, cfg.embed_dim, cfg.encoder_embed_dim
-        self.patch_embedding = _linear(p * p, e, ("patch", "embed"), use_bias=cfg.conv_bias,
+        self.patch_embedding = linear(p * p, e, ("patch", "embed"), use_bias=cfg.conv_bias,
                                        dtype=dtype, rngs=rngs)
-        self.layer_norm = _layer_norm(e, rngs=rngs)
+        self.layer_norm = layer_norm(e, rngs=rngs)
         self.post_extract_proj = (
-            _linear(e, d, (None, "embed"), dtype=dtype, rngs=rngs) if e != d else None)
+            linear(e, d, (None, "embed"), dtype=dtype, rngs=rngs) if e != d else None)
         self.dropout_input = _dropout(cfg.dropout_input, rngs)
         self.encoder = TransformerEncoder(cfg, dtype=dtype, rngs=rngs)
         finetuned = cfg.finetuned_model
         self.predictor_dropout = _dropout(cfg.predictor_dropout, rngs) if finetuned else None
-        self.predictor = _linear(d, cfg.predictor_class, ("embed", "vocab"),
+        self.predictor = linear(d, cfg.predictor_class, ("embed", "vocab"),
                                  dtype=dtype, rngs=rngs) if finetuned else None
 
     def num_patches(self, num_frames: int) -> int:
@@ -502,21 +502,22 @@ class VectorQuantizer(nnx.Module):
 
     def nearest(self, z: jax.Array) -> jax.Array:
         """(..., d) unit vectors -> (...) int32 codeword indices."""
-        w = self.embedding.value
+        w = self.embedding[...]
         z = z.astype(jnp.float32)
         d = (jnp.sum(z * z, -1, keepdims=True) + jnp.sum(w * w, -1)
              - 2 * jnp.einsum("...d,kd->...k", z, w, precision=_HI))
         return jnp.argmin(d, axis=-1).astype(jnp.int32)
 
     def lookup(self, ids: jax.Array) -> jax.Array:
-        return self.embedding.value[ids]
+        return self.embedding[...][ids]
 
     def kmeans_init(self, z: jax.Array, key: jax.Array, axis_name: str | None = None) -> None:
         """Spherical k-means on a first batch (..., d); marks the codebook initialised."""
         z = l2_normalize(jax.lax.stop_gradient(z.astype(jnp.float32))).reshape(-1, self.dim)
         means, bins = spherical_kmeans(z, self.num_codes, key, self.kmeans_iters, axis_name)
-        self.embedding.value, self.cluster_size.value = means, bins
-        self.initted.value = jnp.array(True)
+        self.embedding.set_value(means)
+        self.cluster_size.set_value(bins)
+        self.initted.set_value(jnp.array(True))
 
     def ema_update(self, z: jax.Array, ids: jax.Array, axis_name: str | None = None) -> None:
         """EMA of the normalised mean of each code's vectors; unused codes stay."""
@@ -526,11 +527,11 @@ class VectorQuantizer(nnx.Module):
         sums = jnp.dot(onehot.T, z, precision=_HI)
         if axis_name is not None:
             bins, sums = jax.lax.psum((bins, sums), axis_name)
-        self.cluster_size.value = self.decay * self.cluster_size.value + (1 - self.decay) * bins
-        w = self.embedding.value
+        self.cluster_size.set_value(self.decay * self.cluster_size[...] + (1 - self.decay) * bins)
+        w = self.embedding[...]
         mean = l2_normalize(sums / jnp.maximum(bins, 1.0)[:, None])
         mean = jnp.where((bins == 0)[:, None], w, mean)
-        self.embedding.value = l2_normalize(self.decay * w + (1 - self.decay) * mean)
+        self.embedding.set_value(l2_normalize(self.decay * w + (1 - self.decay) * mean))
 
     def __call__(self, z: jax.Array, *, update: bool = False, init_key: jax.Array | None = None,
                  axis_name: str | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -545,12 +546,13 @@ class VectorQuantizer(nnx.Module):
         if init_key is not None:
             flat = jax.lax.stop_gradient(z).reshape(-1, self.dim)
             means, bins = jax.lax.cond(
-                self.initted.value,
-                lambda: (self.embedding.value, self.cluster_size.value),
+                self.initted[...],
+                lambda: (self.embedding[...], self.cluster_size[...]),
                 lambda: spherical_kmeans(flat, self.num_codes, init_key, self.kmeans_iters,
                                          axis_name))
-            self.embedding.value, self.cluster_size.value = means, bins
-            self.initted.value = jnp.array(True)
+            self.embedding.set_value(means)
+            self.cluster_size.set_value(bins)
+            self.initted.set_value(jnp.array(True))
         ids = self.nearest(z)
         z_q = self.lookup(ids)
         if update:
@@ -563,8 +565,8 @@ class QuantizeLayer(nnx.Module):
     """Linear(D, D) -> Tanh -> Linear(D, quant_dim) (official `quantize_layer.{0,2}`)."""
 
     def __init__(self, dim: int, quant_dim: int, *, dtype, rngs: nnx.Rngs):
-        self.linear1 = _linear(dim, dim, ("embed", None), dtype=dtype, rngs=rngs)
-        self.linear2 = _linear(dim, quant_dim, (None, None), dtype=dtype, rngs=rngs)
+        self.linear1 = linear(dim, dim, ("embed", None), dtype=dtype, rngs=rngs)
+        self.linear2 = linear(dim, quant_dim, (None, None), dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.linear2(jnp.tanh(self.linear1(x))).astype(jnp.float32)
@@ -608,8 +610,8 @@ class RandomProjectionTokenizer(nnx.Module):
     def extract_labels(self, fbank: jax.Array) -> jax.Array:
         """(B, T, 128) normalised fbank -> (B, N) int32 labels."""
         x = patchify(fbank.astype(jnp.float32), self.patch)
-        x = l2_normalize(jnp.dot(x, self.projection.value, precision=_HI))
-        sim = jnp.einsum("bnd,kd->bnk", x, self.codebook.value, precision=_HI)
+        x = l2_normalize(jnp.dot(x, self.projection[...], precision=_HI))
+        sim = jnp.einsum("bnd,kd->bnk", x, self.codebook[...], precision=_HI)
         return jnp.argmax(sim, axis=-1).astype(jnp.int32)
 
     def usage(self, labels: jax.Array) -> dict[str, jax.Array]:
