@@ -112,10 +112,10 @@ def _grid_from_table(table: np.ndarray, patch: int, default_freq: int = 80):
     return gf, max(n // gf, 1), ("pos_embed", "the fixed 2-D sin-cos table", "other values")
 
 
-def _source(path_or_obj) -> tuple[str, Any]:
+def _source(path_or_obj, name: str | None) -> tuple[str, Any]:
     if isinstance(path_or_obj, (str, os.PathLike)):
         return os.fspath(path_or_obj), torch_pickle.load(path_or_obj)
-    return "<state dict>", path_or_obj
+    return name or "<state dict>", path_or_obj
 
 
 def load_heads(sd: dict, prefix: str = "", *, dtype=jnp.float32) -> DinoHead:
@@ -134,13 +134,14 @@ def load_heads(sd: dict, prefix: str = "", *, dtype=jnp.float32) -> DinoHead:
 
 
 def load_official(path_or_obj, *, num_heads: int | None = None, pred_heads: int | None = None,
-                  dtype=jnp.float32) -> ImportedModel:
+                  dtype=jnp.float32, name: str | None = None) -> ImportedModel:
     """Load an official M2D or MATPAC checkpoint (path or already-loaded dict).
 
     Heads are not in the shapes: `num_heads` defaults to dim // 64 (ViT
-    convention), `pred_heads` to pred_dim // 32 (M2D: 512 -> 16).
+    convention), `pred_heads` to pred_dim // 32 (M2D: 512 -> 16). `name`
+    labels errors when a loaded dict is passed.
     """
-    source, obj = _source(path_or_obj)
+    source, obj = _source(path_or_obj, name)
     if not isinstance(obj, dict):
         raise ValueError(f"{source}: expected a state dict, got {type(obj).__name__}")
     if "cfg" in obj and "model" in obj:

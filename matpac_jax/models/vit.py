@@ -87,11 +87,13 @@ class Attention(nnx.Module):
         self.qkv = _linear(dim, 3 * dim, ("embed", "qkv"), dtype=dtype, rngs=rngs)
         self.proj = _linear(dim, dim, ("heads", "embed"), dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
+        """key_mask (B, n) bool: False keys are ignored (padding)."""
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
+        mask = None if key_mask is None else key_mask[:, None, None, :]
         # XLA path computes logits and softmax in float32 for bf16 inputs.
-        o = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+        o = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask=mask)
         return self.proj(o.reshape(b, n, d))
 
 
@@ -114,8 +116,8 @@ class Block(nnx.Module):
         self.norm2 = _layer_norm(dim, rngs=rngs)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = x + self.attn(self.norm1(x)).astype(x.dtype)
+    def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
+        x = x + self.attn(self.norm1(x), key_mask).astype(x.dtype)
         return x + self.mlp(self.norm2(x)).astype(x.dtype)
 
 
@@ -130,10 +132,10 @@ class TransformerStack(nnx.Module):
             [Block(dim, num_heads, mlp_ratio, dtype=dtype, rngs=rngs) for _ in range(depth)])
         self.norm = _layer_norm(dim, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
         x = x.astype(jnp.float32)
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x, key_mask)
         return self.norm(x)
 
 
@@ -188,10 +190,21 @@ class ViTEncoder(nnx.Module):
     def encode_tokens(self, tokens_with_cls: jax.Array) -> jax.Array:
         return self.stack(tokens_with_cls)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Unmasked encoder: (B, F, T) -> (B, 1 + L, D) after the final LN."""
+    def __call__(self, x: jax.Array, valid_frames: jax.Array | None = None) -> jax.Array:
+        """Unmasked encoder: (B, F, T) -> (B, 1 + L, D) after the final LN.
+
+        `valid_frames` (B,) (multiples of `patch`) marks time-padded inputs:
+        padded tokens are hidden from attention, so valid outputs equal those
+        of the unpadded input (one compiled shape serves many lengths).
+        """
         tokens = self.embed_patches(x)
-        return self.stack(jnp.concatenate([self.cls(tokens.shape[0]), tokens], axis=1))
+        key_mask = None
+        if valid_frames is not None:
+            cols = tokens.shape[1] // self.grid_f
+            t_idx = jnp.tile(jnp.arange(cols), self.grid_f)  # frequency-major tokens
+            key_mask = t_idx[None, :] < (valid_frames[:, None] // self.patch)
+            key_mask = jnp.concatenate([jnp.ones_like(key_mask[:, :1]), key_mask], axis=1)
+        return self.stack(jnp.concatenate([self.cls(tokens.shape[0]), tokens], axis=1), key_mask)
 
 
 class Predictor(nnx.Module):

@@ -1,0 +1,207 @@
+"""Clip and frame embeddings from any supported checkpoint (SPEC section 6).
+
+`load(path)` dispatches on the file's content, never on its name:
+- official M2D / MATPAC state dicts -> `conversion.official` (ViT path);
+- official BEATs `{'cfg', 'model'}` -> `conversion.beats.load_beats`;
+- a training workdir of this project -> `training` (see `_load_workdir`).
+
+ViT path (M2D/MATPAC): normalised log-mel, zero-padded (after normalisation)
+to a multiple of 16 frames, cut into chunks of the checkpoint's time grid;
+the last, shorter chunk uses the time-truncated table. Chunks of all inputs
+run through the encoder together in padded batches of a few compiled shapes:
+batch sizes are powers of two up to `batch_size`, chunk lengths are a few
+time buckets, and time padding is masked out of attention so results equal
+chunk-by-chunk calls. Frame features are `b (f t) d -> b t (f d)` per 16-frame
+step (160 ms); the clip embedding is their mean over time.
+
+BEATs path: normalised Kaldi fbank, whole clip through the encoder (no
+chunking, as the official `extract_features`); its padding mask is wrong
+(SPEC section 8), so only clips of equal length share a batch. Frames are
+patch features averaged over the 8 frequency patches; the clip embedding is
+the mean over all patches.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from matpac_jax.conversion import torch_pickle
+
+SR = 16000
+HOP = 160  # samples per front-end frame (10 ms)
+
+Wave = np.ndarray | str | os.PathLike
+
+
+def _pow2_at_least(n: int, cap: int) -> int:
+    return min(cap, 1 << max(n - 1, 0).bit_length())
+
+
+def _batched(fn: Callable, items: list[np.ndarray], extra: list[int], batch_size: int) -> list[np.ndarray]:
+    """Run jitted `fn(x, extra)` on stacked `items` (equal shapes) in batches
+    padded to a power of two, returning one output per item."""
+    out = []
+    for i in range(0, len(items), batch_size):
+        x, e = items[i:i + batch_size], extra[i:i + batch_size]
+        n = len(x)
+        pad = _pow2_at_least(n, batch_size) - n
+        xb = np.stack(x + [np.zeros_like(x[0])] * pad)
+        eb = np.asarray(e + [e[0]] * pad, np.int32)
+        y = np.asarray(fn(jnp.asarray(xb), jnp.asarray(eb)))
+        out.extend(y[:n])
+    return out
+
+
+@dataclasses.dataclass
+class Embedder:
+    """Embeddings of 16 kHz mono audio. Build with `matpac_jax.load(path)`."""
+
+    model: nnx.Module
+    kind: str                        # 'm2d' | 'matpac' | 'beats'
+    frontend: str                    # front end in matpac_jax.data.frontends
+    norm_stats: tuple[float, float] | None
+    batch_size: int = 16
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        graphdef, state = nnx.split(self.model)
+        if self.kind == "beats":
+            def run(state, x, _):
+                return nnx.merge(graphdef, state).extract_features(x)
+        else:
+            def run(state, x, valid):
+                enc = nnx.merge(graphdef, state)
+                y = enc(x, valid)[:, 1:]
+                b, n, d = y.shape  # b (f t) d -> b t (f d)
+                y = y.reshape(b, enc.grid_f, n // enc.grid_f, d).transpose(0, 2, 1, 3)
+                return y.reshape(b, n // enc.grid_f, enc.grid_f * d)
+        jitted = jax.jit(run)
+        self._encode = lambda x, e: jitted(state, x, e)
+
+    # -- front end ---------------------------------------------------------
+    @property
+    def step_seconds(self) -> float:
+        return 16 * HOP / SR
+
+    def features(self, wave: Wave, sr: int = SR) -> np.ndarray:
+        """Normalised front-end features of one input: (80, T) or (T, 128)."""
+        from matpac_jax.data import audio, frontends
+
+        if isinstance(wave, (str, os.PathLike)):
+            w = audio.load_audio(wave, SR)
+        else:
+            w = np.asarray(wave, np.float32)
+            if w.ndim != 1:
+                raise ValueError(f"expected a mono 1-D waveform, got shape {w.shape}")
+            w = audio.resample(w, sr, SR)
+        feat = frontends.normalize(frontends.compute(self.frontend, w), self.frontend,
+                                   self.norm_stats)
+        t = feat.shape[0] if self.kind == "beats" else feat.shape[-1]
+        if t < (16 if self.kind == "beats" else 1):
+            raise ValueError(f"input too short for one {self.kind} patch ({t} frames)")
+        return feat
+
+    # -- ViT path ----------------------------------------------------------
+    def _time_buckets(self) -> list[int]:
+        unit = self.model.max_frames
+        return sorted({max(16, math.ceil(unit * f / 16) * 16) for f in (0.25, 0.5, 1.0)})
+
+    def _vit_frames(self, feats: list[np.ndarray]) -> list[np.ndarray]:
+        unit, p = self.model.max_frames, self.model.patch
+        buckets = self._time_buckets()
+        groups: dict[int, list[tuple[int, int, np.ndarray, int]]] = {}
+        n_chunks = []
+        for i, f in enumerate(feats):
+            f = np.pad(f, ((0, 0), (0, -f.shape[1] % p)))  # zeros after normalisation
+            n = math.ceil(f.shape[1] / unit)
+            n_chunks.append(n)
+            for c in range(n):
+                chunk = f[:, c * unit:(c + 1) * unit]
+                length = chunk.shape[1]
+                b = next(b for b in buckets if b >= length)
+                chunk = np.pad(chunk, ((0, 0), (0, b - length)))
+                groups.setdefault(b, []).append((i, c, chunk, length))
+        results: dict[tuple[int, int], np.ndarray] = {}
+        for b, items in groups.items():
+            ys = _batched(self._encode, [it[2] for it in items], [it[3] for it in items],
+                          self.batch_size)
+            for (i, c, _, length), y in zip(items, ys):
+                results[i, c] = y[: length // p]
+        return [np.concatenate([results[i, c] for c in range(n)]) for i, n in enumerate(n_chunks)]
+
+    # -- BEATs path --------------------------------------------------------
+    def _beats_frames(self, feats: list[np.ndarray]) -> list[np.ndarray]:
+        groups: dict[int, list[int]] = {}
+        feats = [f[: f.shape[0] // 16 * 16] for f in feats]  # leftover frames are dropped
+        for i, f in enumerate(feats):
+            groups.setdefault(f.shape[0], []).append(i)
+        out: list[np.ndarray | None] = [None] * len(feats)
+        for _, idx in groups.items():
+            ys = _batched(self._encode, [feats[i] for i in idx], [0] * len(idx), self.batch_size)
+            for i, y in zip(idx, ys):
+                n, d = y.shape  # time-major patches: t * 8 + f
+                out[i] = y.reshape(n // 8, 8, d).mean(axis=1)
+        return out
+
+    # -- public API --------------------------------------------------------
+    def frames(self, waves: Sequence[Wave], sr: int = SR) -> list[np.ndarray]:
+        """Frame features (T_i, D) of each input, batched across inputs."""
+        feats = [self.features(w, sr) for w in waves]
+        fn = self._beats_frames if self.kind == "beats" else self._vit_frames
+        return [np.asarray(y, np.float32) for y in fn(feats)]
+
+    def frame_embeddings(self, wave: Wave, sr: int = SR) -> tuple[np.ndarray, np.ndarray]:
+        """(features (T, D), timestamps (T,) in seconds: start of each 160 ms step)."""
+        y = self.frames([wave], sr)[0]
+        return y, np.arange(y.shape[0], dtype=np.float32) * np.float32(self.step_seconds)
+
+    def clip_embeddings(self, waves: Sequence[Wave] | np.ndarray, sr: int = SR) -> np.ndarray:
+        """(N, D) float32: mean over time of each input's frame features."""
+        if isinstance(waves, np.ndarray) and waves.ndim == 1:
+            waves = [waves]
+        return np.stack([y.mean(axis=0) for y in self.frames(list(waves), sr)]).astype(np.float32)
+
+
+def _load_workdir(path: str, **kwargs) -> Embedder:
+    """A training workdir of this project: its latest checkpoint."""
+    from matpac_jax.training import checkpoint
+
+    if checkpoint.latest_checkpoint(path) is None:
+        raise ValueError(f"no checkpoint found in {path}")
+    # The trainer owns the state layout; it provides the encoder.
+    from matpac_jax.training import trainer
+
+    loader = getattr(trainer, "embedder_from_workdir", None)
+    if loader is None:
+        raise ValueError(f"{path}: loading training checkpoints for embedding is not "
+                         "available in this version (matpac_jax.training.trainer."
+                         "embedder_from_workdir is missing)")
+    return loader(path, **kwargs)
+
+
+def load(path_or_obj: str | os.PathLike | dict, *, batch_size: int = 16,
+         dtype=jnp.float32) -> Embedder:
+    """Any supported checkpoint -> Embedder (see module docstring)."""
+    if isinstance(path_or_obj, (str, os.PathLike)) and os.path.isdir(path_or_obj):
+        return _load_workdir(os.fspath(path_or_obj), batch_size=batch_size, dtype=dtype)
+    obj, name = path_or_obj, None
+    if isinstance(path_or_obj, (str, os.PathLike)):
+        name, obj = os.fspath(path_or_obj), torch_pickle.load(path_or_obj)
+    if isinstance(obj, dict) and "cfg" in obj and "model" in obj:
+        from matpac_jax.conversion.beats import load_beats
+
+        model = load_beats(obj, name, dtype=dtype)
+        if not hasattr(model, "extract_features") or type(model).__name__ != "BEATsEncoder":
+            raise ValueError(f"{name}: a BEATs tokenizer, not an encoder: no embeddings")
+        return Embedder(model, "beats", "beats", None, batch_size)
+    from matpac_jax.conversion.official import load_official
+
+    m = load_official(obj, dtype=dtype, name=name)
+    return Embedder(m.encoder, m.kind, m.frontend, m.norm_stats, batch_size, m.config)
