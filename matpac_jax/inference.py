@@ -111,7 +111,7 @@ class Embedder:
     # -- ViT path ----------------------------------------------------------
     def _time_buckets(self) -> list[int]:
         unit = self.model.max_frames
-        return sorted({max(16, math.ceil(unit * f / 16) * 16) for f in (0.25, 0.5, 1.0)})
+        return sorted({max(16, math.ceil(unit * f / 16) * 16) for f in (0.25, 0.5, 0.75, 1.0)})
 
     def _vit_frames(self, feats: list[np.ndarray]) -> list[np.ndarray]:
         unit, p = self.model.max_frames, self.model.patch
