@@ -118,3 +118,16 @@ def test_ema_update_mirrors_student():
     # head started as a copy of the student head, so it stays equal
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
                  nnx.state(t.head, nnx.Param), nnx.state(s.head, nnx.Param))
+
+
+def test_bfloat16_compute_float32_params():
+    s = ml.Student.create(max_frames=64, dim=64, depth=1, num_heads=2, pred_dim=32, pred_depth=1,
+                          pred_heads=2, head_out_dim=16, head_hidden_dim=32, head_bottleneck_dim=8,
+                          dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    t = ml.Teacher.create(s, rngs=nnx.Rngs(1))
+    ids_s, ids_r, keep = ml.random_masking(jax.random.key(0), 2, 20, 0.7)
+    loss, aux = jax.jit(lambda: ml.masked_latent_loss(
+        s, t, jnp.zeros((1, 1, 16)), jnp.ones((2, 80, 64)), ids_s, ids_r, keep, alpha=0.5,
+        standardize_target=False, teacher_temp=0.05))()
+    assert np.isfinite(loss) and aux["student_logits"].dtype == jnp.float32
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(s, nnx.Param)))
