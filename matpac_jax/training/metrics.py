@@ -102,6 +102,62 @@ class EventWriter:
             self._file = None
 
 
+def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        b = buf[i]
+        n |= (b & 0x7F) << shift
+        i, shift = i + 1, shift + 7
+        if not b & 0x80:
+            return n, i
+
+
+def _fields(buf: bytes):
+    """(field number, value) pairs of one protobuf message (wire types 0/1/2/5)."""
+    i = 0
+    while i < len(buf):
+        key, i = _read_varint(buf, i)
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _read_varint(buf, i)
+        elif wire == 1:
+            value, i = buf[i:i + 8], i + 8
+        elif wire == 2:
+            n, i = _read_varint(buf, i)
+            value, i = buf[i:i + n], i + n
+        elif wire == 5:
+            value, i = buf[i:i + 4], i + 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        yield num, value
+
+
+def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+    """All scalars of the event files in `logdir`: {tag: [(step, value), ...]}."""
+    from matpac_jax.data.tfrecord import read_records
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for name in sorted(os.listdir(logdir)):
+        if not name.startswith("events.out.tfevents."):
+            continue
+        for record in read_records(os.path.join(logdir, name)):
+            fields = list(_fields(record))
+            step = next((v for n, v in fields if n == 2), 0)
+            for n, summary in fields:
+                if n != 5:
+                    continue
+                for _, value in _fields(summary):
+                    tag, simple = None, None
+                    for vn, vv in _fields(value):
+                        if vn == 1:
+                            tag = vv.decode()
+                        elif vn == 2:
+                            simple = struct.unpack("<f", vv)[0]
+                    if tag is not None and simple is not None:
+                        out.setdefault(tag, []).append((step, simple))
+    return out
+
+
 def format_line(step: int, total: int, scalars: Mapping[str, float]) -> str:
     parts = [f"step {step}/{total}"]
     for k, v in scalars.items():

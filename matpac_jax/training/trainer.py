@@ -59,10 +59,10 @@ class Run:
     batch_shape: tuple
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
+def validate(config: ml_collections.ConfigDict, devices=None) -> None:
     """Config errors that must surface before any compilation."""
-    mesh_devices = jax.device_count()
-    mesh = sharding.make_mesh(config.mesh)  # raises if it does not fit
+    mesh = sharding.make_mesh(config.mesh, devices)  # raises if it does not fit
+    mesh_devices = mesh.size
     dp = sharding.data_parallel_size(mesh)
     if config.batch_size % dp:
         raise ValueError(
@@ -78,11 +78,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.total_steps must be > 0, got {config.total_steps}")
 
 
-def build(config: ml_collections.ConfigDict) -> Run:
+def build(config: ml_collections.ConfigDict, devices=None) -> Run:
     """Mesh, sharded state, and the compiled-on-first-call train step."""
-    validate(config)
+    validate(config, devices)
     method = methods.get(config)
-    mesh = sharding.make_mesh(config.mesh)
+    mesh = sharding.make_mesh(config.mesh, devices)
     rules = sharding.logical_rules(config.fsdp, config.mesh.get("tensor", 1) != 1)
     tx, lr_schedule = optim.make_optimizer(config.opt, config.total_steps)
 
@@ -102,6 +102,9 @@ def build(config: ml_collections.ConfigDict) -> Run:
     skip_nonfinite = config.nonfinite == "skip"
 
     def train_step(state, x, rng):
+        # merge() reuses the Variables of `state`, which the update mutates:
+        # keep a snapshot of the old values for the skip-update path.
+        old = jax.tree.map(lambda a: a, state) if skip_nonfinite else None
         ts = nnx.merge(graphdef, state)
         model, step = ts.model, ts.optimizer.step[...]
         if method.ema_timing == "before":
@@ -112,7 +115,7 @@ def build(config: ml_collections.ConfigDict) -> Run:
 
         diff = nnx.DiffState(0, method.trainable)
         (loss, aux), grads = nnx.value_and_grad(loss_fn, argnums=diff, has_aux=True)(model)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         ts.optimizer.update(model, grads)
         if method.ema_timing == "after":
             method.ema_update(model, step)
@@ -122,9 +125,9 @@ def build(config: ml_collections.ConfigDict) -> Run:
         new_state = nnx.state(ts)
         if skip_nonfinite:  # keep the old weights and moments; the step still counts
             keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-            new_state["model"] = keep(new_state["model"], state["model"])
+            new_state["model"] = keep(new_state["model"], old["model"])
             new_state["optimizer"]["opt_state"] = keep(
-                new_state["optimizer"]["opt_state"], state["optimizer"]["opt_state"])
+                new_state["optimizer"]["opt_state"], old["optimizer"]["opt_state"])
         metrics = {"loss": loss, "grad_norm": grad_norm, **aux}
         return new_state, metrics
 

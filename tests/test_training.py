@@ -1,0 +1,175 @@
+"""Training system: meshes, resume after SIGKILL, SIGTERM, non-finite guard, config errors.
+
+Runs the real CLI (`python -m matpac_jax.main`) in subprocesses where a
+process has to die, with a tiny model so each run compiles in seconds.
+"""
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from matpac_jax.data import demo
+from matpac_jax.training import checkpoint, metrics, trainer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "matpac_as2m.py")
+
+TINY = {
+    "model.dim": 32, "model.depth": 1, "model.num_heads": 2, "model.pred_dim": 32,
+    "model.pred_depth": 1, "model.pred_heads": 2, "model.head_out_dim": 32,
+    "model.head_hidden_dim": 32, "model.head_bottleneck_dim": 16,
+    "data.crop_frames": 64, "batch_size": 8, "total_steps": 8, "checkpoint_every": 4,
+    "log_every": 2, "opt.warmup_steps": 2,
+}
+
+
+def tiny_config(shards: str, **overrides):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("config_file", CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("demo")
+    config.lock()  # as main.py does: unknown keys are errors
+    for key, value in {**TINY, "data.path": shards, **overrides}.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def cli(workdir, shards, env_extra=None, **overrides):
+    flags = [f"--config.{k}={v}" for k, v in {**TINY, "data.path": shards, **overrides}.items()]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+           "JAX_PLATFORMS": "cpu", **(env_extra or {})}
+    cmd = [sys.executable, "-m", "matpac_jax.main", f"--config={CONFIG}:demo",
+           f"--workdir={workdir}", *flags]
+    return cmd, env
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return demo.ensure_demo_shards(str(tmp_path_factory.mktemp("demo")), "matpac", num_clips=16)
+
+
+def _params(workdir):
+    step, path = checkpoint.latest_checkpoint(str(workdir))
+    config = checkpoint.load_config(path)
+    run = trainer.build(config)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            run.state, run.state_shardings)
+    state = checkpoint.restore_state_only(path, abstract)
+    return step, [np.asarray(x) for x in jax.tree.leaves(state)]
+
+
+def test_same_loss_on_1_and_8_devices_in_several_meshes(shards):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 80, 64)).astype(np.float32)
+    losses = {}
+    for name, mesh, devices in [
+        ("1 device", {"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]),
+        ("data 8", {"data": -1, "fsdp": 1, "tensor": 1}, None),
+        ("2x2x2", {"data": 2, "fsdp": 2, "tensor": 2}, None),
+        ("fsdp 8", {"data": 1, "fsdp": 8, "tensor": 1}, None),
+    ]:
+        config = tiny_config(shards, mesh=mesh, fsdp=mesh["fsdp"] > 1)
+        run = trainer.build(config, devices)
+        out = []
+        for step in range(2):
+            gx = trainer._to_global(run, x)
+            run.state, m = run.step_fn(run.state, gx, jax.random.fold_in(jax.random.key(0), step))
+            out.append(float(m["loss"]))
+        losses[name] = out
+    ref = losses.pop("1 device")
+    for name, out in losses.items():
+        np.testing.assert_allclose(out, ref, rtol=2e-5, err_msg=name)
+
+
+def test_config_errors_before_compilation(shards, tmp_path):
+    with pytest.raises(ValueError, match="needs 6 devices"):
+        trainer.validate(tiny_config(shards, mesh={"data": 3, "fsdp": 2, "tensor": 1}))
+    with pytest.raises(ValueError, match="batch_size=12 is not divisible"):
+        trainer.validate(tiny_config(shards, batch_size=12))
+    with pytest.raises((AttributeError, KeyError)):
+        tiny_config(shards, **{"opt.no_such_field": 1})
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(Exception, match="no .*shards"):
+        trainer.train(tiny_config(str(empty)), str(tmp_path / "wd"))
+    cmd, env = cli(tmp_path / "wd2", shards, **{"model.no_such_field": 1})
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "no_such_field" in proc.stderr
+
+
+def test_sigkill_then_resume_is_bitwise_identical(shards, tmp_path):
+    # Uninterrupted reference.
+    ref_dir = tmp_path / "ref"
+    trainer.train(tiny_config(shards), str(ref_dir))
+    # Killed right after its first checkpoint finished (mid-run), then resumed.
+    run_dir = tmp_path / "killed"
+    cmd, env = cli(run_dir, shards)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while checkpoint.latest_checkpoint(str(run_dir)) is None:
+        assert proc.poll() is None, "training exited before writing a checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = checkpoint.latest_checkpoint(str(run_dir))[0]
+    assert killed_at < 8
+    trainer.train(tiny_config(shards), str(run_dir))  # same command, same workdir
+    ref_step, ref_params = _params(ref_dir)
+    step, params = _params(run_dir)
+    assert step == ref_step == 8
+    for a, b in zip(ref_params, params):
+        np.testing.assert_array_equal(a, b)
+    # TensorBoard scalars were written and are readable.
+    scalars = metrics.read_scalars(str(ref_dir / "tensorboard"))
+    for tag in ("loss", "loss_pred", "loss_cls", "lr", "ema_momentum", "teacher_temp",
+                "center_entropy", "teacher_perplexity", "grad_norm", "samples_per_s"):
+        assert tag in scalars, tag
+    assert [s for s, _ in scalars["loss"]] == [2, 4, 6, 8]
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(shards, tmp_path):
+    cmd, env = cli(tmp_path / "wd", shards, total_steps=100000, checkpoint_every=100000,
+                   log_every=1)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    for line in proc.stdout:  # wait until training steps run
+        if line.startswith("step 2/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-2000:]
+    step, _ = checkpoint.latest_checkpoint(str(tmp_path / "wd"))
+    assert 2 <= step < 100000
+
+
+def test_nonfinite_stops_with_step_or_skips(shards, tmp_path):
+    config = tiny_config(shards, total_steps=4, log_every=1)
+    run = trainer.build(config)
+    x = np.full((8, 80, 64), np.nan, np.float32)
+    before = [np.array(a) for a in jax.tree.leaves(run.state["model"])]
+    run.state, _ = run.step_fn(run.state, trainer._to_global(run, x), jax.random.key(0))
+    with pytest.raises(trainer.NonFiniteError, match="step 0"):
+        trainer._check_finite(run, config)
+
+    config = tiny_config(shards, total_steps=4, nonfinite="skip")
+    run = trainer.build(config)
+    before = [np.array(a) for a in jax.tree.leaves(run.state["model"])]
+    run.state, _ = run.step_fn(run.state, trainer._to_global(run, x), jax.random.key(0))
+    trainer._check_finite(run, config)  # no raise
+    after = [np.asarray(a) for a in jax.tree.leaves(run.state["model"])]
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    assert int(run.state["optimizer"]["step"][...]) == 1
