@@ -169,21 +169,18 @@ class Embedder:
         return np.stack([y.mean(axis=0) for y in self.frames(list(waves), sr)]).astype(np.float32)
 
 
-def _load_workdir(path: str, **kwargs) -> Embedder:
-    """A training workdir of this project: its latest checkpoint."""
+def _load_workdir(path: str, *, batch_size: int, dtype=None) -> Embedder:
+    """A training workdir of this project: its latest checkpoint (the model keeps
+    the compute dtype it was trained with; `dtype` is ignored here)."""
     from matpac_jax.training import checkpoint
 
     if checkpoint.latest_checkpoint(path) is None:
         raise ValueError(f"no checkpoint found in {path}")
-    # The trainer owns the state layout; it provides the encoder.
     from matpac_jax.training import trainer
 
-    loader = getattr(trainer, "embedder_from_workdir", None)
-    if loader is None:
-        raise ValueError(f"{path}: loading training checkpoints for embedding is not "
-                         "available in this version (matpac_jax.training.trainer."
-                         "embedder_from_workdir is missing)")
-    return loader(path, **kwargs)
+    method, model, config = trainer.restore_model(path)
+    return Embedder(method.encoder(model), method.kind, method.frontend,
+                    method.default_norm_stats(), batch_size, config.to_dict())
 
 
 def load(path_or_obj: str | os.PathLike | dict, *, batch_size: int = 16,

@@ -50,6 +50,7 @@ class MaskedLatentMethod:
         self.input_shape = (config.model.in_freq, config.data.crop_frames)
         self.ema_timing = self.obj.ema_timing
         self.use_head = config.method == "matpac" and self.obj.alpha < 1.0
+        self.kind = config.method
 
     def build(self, rngs: nnx.Rngs) -> MaskedLatentModel:
         m = self.config.model

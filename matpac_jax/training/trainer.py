@@ -290,6 +290,36 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     return last
 
 
+def restore_model(path: str, step: int | None = None):
+    """(method, model, config) from a workdir (latest or given step) or a step dir.
+
+    Restores onto one device without initialising weights first: the
+    abstract state comes from `nnx.eval_shape`. Used by `matpac_jax.load`.
+    """
+    from etils import epath
+
+    root = epath.Path(path)
+    if (root / "state").exists():
+        ckpt_path = root
+    elif step is not None:
+        ckpt_path = ckpt.checkpoint_dir(path) / str(step)
+    else:
+        found = ckpt.latest_checkpoint(path)
+        if found is None:
+            raise ValueError(f"no checkpoint found in {path}")
+        ckpt_path = found[1]
+    config = ckpt.load_config(ckpt_path)
+    method = methods.get(config)
+    tx, _ = optim.make_optimizer(config.opt, config.total_steps)
+    abstract = nnx.eval_shape(lambda: TrainState(method.build(nnx.Rngs(0)), tx, method.trainable))
+    graphdef, abstract_state = nnx.split(abstract)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract_state = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract_state)
+    state = ckpt.restore_state_only(ckpt_path, abstract_state)
+    return method, nnx.merge(graphdef, state).model, config
+
+
 def _tensorboard_dir(workdir: str) -> str:
     """Event files are appended live, which object stores cannot do: a cloud
     workdir logs to ./tensorboard/<run name> on the host (sync it yourself)."""
