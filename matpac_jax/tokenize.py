@@ -1,0 +1,63 @@
+"""Label audio files with a BEATs tokenizer checkpoint.
+
+    python -m matpac_jax.tokenize --checkpoint Tokenizer.pt --out labels.npz a.wav b.flac
+
+Writes `labels` (all files' patch labels concatenated, int32, time-major
+within each file), `lengths` (labels per file, int64) and `files`. Each file
+is labelled whole (16 kHz mono, Kaldi fbank, normalised); files shorter than
+16 frames (~0.17 s) get zero labels.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from matpac_jax.conversion.beats import load_beats
+from matpac_jax.data.audio import load_audio
+from matpac_jax.data.frontends import beats_fbank, normalize
+from matpac_jax.models.beats import BEATsTokenizer
+
+
+@nnx.jit
+def _labels(tokenizer: BEATsTokenizer, fbank: jnp.ndarray) -> jnp.ndarray:
+    return tokenizer.extract_labels(fbank)
+
+
+def tokenize_files(tokenizer: BEATsTokenizer, paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """-> (concatenated int32 labels, per-file lengths)."""
+    patch = tokenizer.cfg.input_patch_size
+    out = []
+    for path in paths:
+        fbank = normalize(beats_fbank(load_audio(path, sr=16000)), "beats")
+        if fbank.shape[0] < patch:
+            out.append(np.zeros((0,), np.int32))
+            continue
+        out.append(np.asarray(_labels(tokenizer, jnp.asarray(fbank[None])))[0])
+    lengths = np.array([len(x) for x in out], np.int64)
+    labels = np.concatenate(out) if out else np.zeros((0,), np.int32)
+    return labels.astype(np.int32), lengths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m matpac_jax.tokenize", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="official BEATs Tokenizer .pt")
+    parser.add_argument("--out", required=True, help="output .npz")
+    parser.add_argument("audio", nargs="+", help="audio files")
+    args = parser.parse_args(argv)
+    model = load_beats(args.checkpoint)
+    if not isinstance(model, BEATsTokenizer):
+        parser.error(f"{args.checkpoint} is a BEATs encoder, not a tokenizer (no quantize.* keys)")
+    labels, lengths = tokenize_files(model, args.audio)
+    np.savez(args.out, labels=labels, lengths=lengths, files=np.array(args.audio))
+    print(f"{len(args.audio)} files, {labels.size} labels -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
