@@ -11,7 +11,7 @@ from matpac_jax.models.beats import (
     BEATsConfig, BEATsEncoder, BEATsTokenizer, RandomProjectionTokenizer)
 from matpac_jax.objectives.beats_mam import LabelPredictor, MaskIndices, mam_loss, random_mask
 from matpac_jax.objectives.beats_tokenizer import (
-    CodebookState, Estimator, VectorQuantizer, spherical_kmeans,
+    CodebookState, Estimator, VectorQuantizer, kmeans_init, spherical_kmeans,
     tokenizer_loss)
 
 CFG = BEATsConfig(
@@ -30,10 +30,12 @@ def _fbank(seed=0):
 
 @pytest.fixture(scope="module")
 def mam():
-    rngs = nnx.Rngs(0)
-    enc = BEATsEncoder(CFG, rngs=rngs)
-    pred = LabelPredictor(CFG, num_classes=16, num_layers=1, num_heads=4, rngs=rngs)
-    return enc, pred
+    @nnx.jit  # one compiled init instead of many eager ops
+    def build():
+        rngs = nnx.Rngs(0)
+        return (BEATsEncoder(CFG, rngs=rngs),
+                LabelPredictor(CFG, num_classes=16, num_layers=1, num_heads=4, rngs=rngs))
+    return build()
 
 
 @nnx.jit
@@ -120,9 +122,11 @@ def test_kmeans_init_unit_codewords_and_ema_moves_used_codes():
 
 
 def test_commitment_straight_through_reaches_encoder_side():
-    rngs = nnx.Rngs(0)
-    tok = BEATsTokenizer(CFG, rngs=rngs)
-    est = Estimator(CFG, teacher_dim=24, num_layers=1, rngs=rngs)
+    @nnx.jit
+    def build():
+        rngs = nnx.Rngs(0)
+        return BEATsTokenizer(CFG, rngs=rngs), Estimator(CFG, teacher_dim=24, num_layers=1, rngs=rngs)
+    tok, est = build()
     teacher = jax.random.normal(jax.random.key(7), (B, N, 24))
     x = _fbank()
     params = nnx.state(tok, nnx.Param)
@@ -155,6 +159,11 @@ def test_commitment_straight_through_reaches_encoder_side():
     assert 1 <= float(aux["perplexity"]) <= int(aux["used_codes"]) + 1e-4
     assert int(aux["used_codes"]) + int(aux["dead_codes"]) == 16
     assert int(aux["ema_dead_codes"]) <= 16
+    # explicit first-batch init (instead of the lazy one above)
+    nnx.jit(kmeans_init)(tok, x, jax.random.key(1))
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(tok.quantize.embedding[...]), axis=1),
+                               1, atol=1e-5)
+    assert float(tok.quantize.cluster_size[...].sum()) == B * N
     # straight-through: the commitment-free path also carries gradient to the encoder side
     vq = tok.quantize
     z = jax.random.normal(jax.random.key(9), (5, 8))
