@@ -127,3 +127,11 @@ note() {  # a comment line in the dry-run listing, a progress line otherwise
     printf '[%s] %s\n' "$(date '+%F %T')" "$*" >&2
   fi
 }
+
+main_command() {  # main_command PYTHON: MAIN=(the training command) from CONFIG, WORKDIR, DATA, ARGS
+  MAIN=("$1" -m matpac_jax.main "--config=$CONFIG" "--workdir=$WORKDIR")
+  if [[ -n $DATA ]]; then
+    MAIN+=("--config.data.path=$DATA")
+  fi
+  MAIN+=("${ARGS[@]}")
+}

@@ -15,11 +15,7 @@ source "$(dirname "$0")/tpu.sh"
 tpu_parse "$@"
 need CONFIG WORKDIR
 
-main=(python -m matpac_jax.main "--config=$CONFIG" "--workdir=$WORKDIR")
-if [[ -n $DATA ]]; then
-  main+=("--config.data.path=$DATA")
-fi
-main+=("${ARGS[@]}")
-tpu_ssh all "cd matpac_jax && nohup bash launch/tpu/worker_run.sh $(shell_quote "${main[@]}") \
+main_command python
+tpu_ssh all "cd matpac_jax && nohup bash launch/tpu/worker_run.sh $(shell_quote "${MAIN[@]}") \
 >/dev/null 2>&1 </dev/null &"
 note "started; follow it with launch/tpu/logs.sh (same --name/--zone)"
