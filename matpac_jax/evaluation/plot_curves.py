@@ -1,0 +1,79 @@
+"""Training curves of one or more workdirs from their TensorBoard event files.
+
+  python -m matpac_jax.evaluation.plot_curves --workdir /tmp/matpac_demo \
+      [--workdir m2d=/tmp/m2d_demo ...] --out docs/loss_curves.png
+
+One panel per logged scalar (losses, grad norm, MATPAC's center entropy and
+teacher perplexity: the collapse indicators); schedules and timings are left
+out. Needs matplotlib (`pip install matpac_jax[plot]`).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+SKIP = {"lr", "ema_momentum", "head_ema_momentum", "teacher_temp", "step_time_s",
+        "samples_per_s", "mfu"}
+FIRST = ("loss", "loss_pred", "loss_cls", "center_entropy", "teacher_perplexity", "grad_norm")
+
+
+def load_runs(workdirs: list[str]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """{run name: {tag: [(step, value)]}} for `NAME=PATH` or `PATH` entries."""
+    from matpac_jax.training import metrics
+
+    runs = {}
+    for spec in workdirs:
+        name, _, path = spec.rpartition("=")
+        name = name or os.path.basename(os.path.normpath(path))
+        logdir = os.path.join(path, "tensorboard")
+        if not os.path.isdir(logdir):
+            raise SystemExit(f"{path}: no tensorboard/ folder (not a training workdir?)")
+        runs[name] = metrics.read_scalars(logdir)
+    return runs
+
+
+def plot(runs: dict, out: str) -> list[str]:
+    """Writes the figure to `out`; returns the tags plotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tags = {t for r in runs.values() for t in r if t not in SKIP}
+    tags = [t for t in FIRST if t in tags] + sorted(tags - set(FIRST))
+    cols = min(3, len(tags))
+    rows = math.ceil(len(tags) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, tag in zip(axes.flat, tags):
+        for name, scalars in runs.items():
+            if tag in scalars:
+                points = sorted(dict(scalars[tag]).items())  # last value per step wins
+                ax.plot([s for s, _ in points], [v for _, v in points], label=name)
+        ax.set_title(tag)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(tags):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return tags
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m matpac_jax.evaluation.plot_curves",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", action="append", required=True, help="PATH or NAME=PATH")
+    p.add_argument("--out", required=True, help="output image (.png)")
+    args = p.parse_args(argv)
+    tags = plot(load_runs(args.workdir), args.out)
+    print(f"wrote {args.out}: {', '.join(tags)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
