@@ -66,7 +66,7 @@ while true; do
         note "suppose worker 0 answers: $status"
       fi
       case $status in
-        running|unreachable) ;;
+        running|unreachable) note "$NAME is ACTIVE, training: $status" ;;
         0)
           note "training finished"
           break

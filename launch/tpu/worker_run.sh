@@ -5,7 +5,7 @@
 # ./tensorboard/<run name>, see trainer.py) are copied to WORKDIR/tensorboard
 # every minute and fetched back first, so they survive a recreated slice.
 #
-#   cd ~/matpac_jax && bash launch/tpu/worker_run.sh python -m matpac_jax.main --config=... --workdir=...
+#   cd ~/matpac_jax && bash launch/tpu/worker_run.sh [--dry-run] python -m matpac_jax.main --config=... --workdir=...
 #   cd ~/matpac_jax && bash launch/tpu/worker_run.sh --status  # running, stopped, or the exit status
 set -euo pipefail
 # shellcheck source=launch/common.sh
