@@ -120,6 +120,8 @@ def test_tpu_keepalive_recreates_and_reruns():
     create = index("queued-resources create", delete)
     rerun = index("worker_run.sh python -m matpac_jax.main", create)
     assert suspended < delete < create < rerun
+    preempted = index("answers: preempted")
+    assert preempted < index("worker_run.sh python -m matpac_jax.main", preempted) < suspended
     assert "worker_run.sh --status" in text
     assert lines[-2] == "# training finished"
     assert "queued-resources delete" in lines[-1]
@@ -154,6 +156,28 @@ def test_tpu_worker_side(tmp_path):
         MAIN,
         ["gcloud", "storage", "rsync", "--recursive", "tensorboard/matpac",
          "gs://my-bucket/matpac/tensorboard"]]
+
+
+def test_tpu_worker_run_records_status(tmp_path):
+    """worker_run.sh for real, on a copy of launch/ and a stand-in venv."""
+    shutil.copytree(LAUNCH, tmp_path / "repo" / "launch")
+    (tmp_path / "matpac_venv" / "bin").mkdir(parents=True)
+    (tmp_path / "matpac_venv" / "bin" / "activate").write_text("")
+    script = tmp_path / "repo" / "launch" / "tpu" / "worker_run.sh"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+
+    def worker_run(*args: str) -> str:
+        return subprocess.run(["bash", str(script), *args], capture_output=True, text=True,
+                              env=env, timeout=30).stdout.strip()
+
+    assert worker_run("--status") == "stopped"
+    worker_run("bash", "-c", "echo 'Saved checkpoint 8 after preemption; exiting.'")
+    assert worker_run("--status") == "preempted"
+    worker_run("bash", "-c", "exit 3")
+    assert worker_run("--status") == "3"
+    worker_run("true")
+    assert worker_run("--status") == "0"
+    assert (tmp_path / "repo" / "logs" / "train.log").exists()
 
 
 def test_gpu_two_nodes_over_ssh():

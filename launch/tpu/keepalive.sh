@@ -6,12 +6,13 @@
 #                       resumes from the latest checkpoint in WORKDIR
 #   ACTIVE              ask worker 0 how training is: running -> wait;
 #                       exit status 0 -> done (delete.sh with --delete-when-done);
+#                       preempted (checkpoint saved on SIGTERM) -> install.sh + train.sh;
 #                       failed or stopped -> install.sh + train.sh again, at
 #                       most --max-restarts (3) times
 #   anything else       (waiting for capacity, provisioning, ...) wait
 # Takes the options of create.sh, install.sh and train.sh, passed on unchanged.
-# --dry-run walks through one of each case: none, ACTIVE/running, SUSPENDED,
-# ACTIVE/finished.
+# --dry-run walks through the cases: none, ACTIVE/running, ACTIVE/preempted,
+# SUSPENDED, ACTIVE/finished.
 #
 #   launch/tpu/keepalive.sh --name matpac --zone us-central2-b --project MY_PROJECT \
 #       --accelerator v4-32 --spot --bucket MY_BUCKET --workdir gs://MY_BUCKET/matpac \
@@ -45,7 +46,7 @@ training_status() {  # running, stopped, an exit status, or unreachable
     || echo unreachable
 }
 
-dry_states=("" ACTIVE:running SUSPENDED ACTIVE:0)  # --dry-run: state:training status
+dry_states=("" ACTIVE:running ACTIVE:preempted SUSPENDED ACTIVE:0)  # --dry-run: state:training status
 round=0
 restarts=0
 while true; do
@@ -70,6 +71,10 @@ while true; do
         0)
           note "training finished"
           break
+          ;;
+        preempted)
+          note "training saved a checkpoint and stopped on a preemption notice: re-running it"
+          rerun || note "will retry"
           ;;
         *)
           restarts=$((restarts + 1))

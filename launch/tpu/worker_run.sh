@@ -6,7 +6,9 @@
 # every minute and fetched back first, so they survive a recreated slice.
 #
 #   cd ~/matpac_jax && bash launch/tpu/worker_run.sh [--dry-run] python -m matpac_jax.main --config=... --workdir=...
-#   cd ~/matpac_jax && bash launch/tpu/worker_run.sh --status  # running, stopped, or the exit status
+#   cd ~/matpac_jax && bash launch/tpu/worker_run.sh --status
+# --status prints running, stopped (no record: e.g. the VM restarted), preempted
+# (the trainer saved a checkpoint on SIGTERM and exited), or the exit status.
 set -euo pipefail
 # shellcheck source=launch/common.sh
 source "$(dirname "$0")/../common.sh"
@@ -61,14 +63,22 @@ sync_events "$workdir/tensorboard" "$events"
 run_bg "${ARGS[@]}"
 status=0
 if ! ((DRY_RUN)); then
+  next_sync=$((SECONDS + 60))
   while kill -0 "${BG_PIDS[0]}" 2>/dev/null; do
-    sleep 60
-    if [[ -d $events ]]; then
+    sleep 1
+    if ((SECONDS >= next_sync)) && [[ -d $events ]]; then
       sync_events "$events" "$workdir/tensorboard"
+      next_sync=$((SECONDS + 60))
     fi
   done
   wait "${BG_PIDS[0]}" || status=$?
-  echo "$status" >logs/exit_code
+  # The trainer saves and returns normally on SIGTERM or a TPU maintenance
+  # event: exit status 0, but not finished.
+  if ((status == 0)) && grep -q "after preemption; exiting" logs/train.log; then
+    echo preempted >logs/exit_code
+  else
+    echo "$status" >logs/exit_code
+  fi
 fi
 sync_events "$events" "$workdir/tensorboard"
 exit "$status"
