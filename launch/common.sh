@@ -8,6 +8,10 @@
 #   accepted. The first word that is not an option, or everything after '--',
 #   goes to the ARGS array (extra arguments for the command being launched).
 
+if ((BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] < 404)); then
+  echo "$(basename "$0"): needs bash >= 4.4, this is $BASH_VERSION (macOS: brew install bash)" >&2
+  exit 1
+fi
 # shellcheck disable=SC2034  # used by the scripts that source this
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)  # the repository
 DRY_RUN=0
