@@ -173,3 +173,40 @@ def test_nonfinite_stops_with_step_or_skips(shards, tmp_path):
     for a, b in zip(before, after):
         np.testing.assert_array_equal(a, b)
     assert int(run.state["optimizer"]["step"][...]) == 1
+
+
+def test_two_processes_train_save_and_resume(shards, tmp_path):
+    """Real jax.distributed on localhost: 2 processes x 4 CPU devices, gloo collectives."""
+    import portpicker
+
+    workdir = tmp_path / "wd"
+
+    def launch(total_steps):
+        port = portpicker.pick_unused_port()
+        procs = []
+        for i in range(2):
+            cmd, env = cli(workdir, shards, env_extra={
+                "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+                total_steps=total_steps, checkpoint_every=2)
+            cmd += [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                    f"--process_id={i}"]
+            log = open(tmp_path / f"log_{total_steps}_{i}.txt", "w")  # not a pipe: a full
+            procs.append(subprocess.Popen(cmd, env=env, stdout=log,  # pipe would block
+                                          stderr=subprocess.STDOUT))  # one process
+        for p in procs:
+            p.wait(timeout=400)
+        outs = [(tmp_path / f"log_{total_steps}_{i}.txt").read_text() for i in range(2)]
+        codes = [p.returncode for p in procs]
+        assert codes == [0, 0], "\n=====\n".join(o[-3000:] for o in outs)
+        return outs
+
+    outs = launch(2)
+    assert "process 0 of 2, 4 local / 8 global devices" in outs[0]
+    assert checkpoint.latest_checkpoint(str(workdir))[0] == 2
+    # Both processes wrote their own data-iterator state into the checkpoint.
+    data_dir = workdir / "checkpoints" / "2" / "data"
+    assert {p.name for p in data_dir.glob("process_*.json")} == {
+        "process_0-of-2.json", "process_1-of-2.json"}
+    outs = launch(4)  # same command, longer run: both restore step 2 and go on
+    assert all("Resuming from step 2" in out for out in outs)
+    assert checkpoint.latest_checkpoint(str(workdir))[0] == 4

@@ -146,7 +146,8 @@ def data_path(config: ml_collections.ConfigDict, workdir: str) -> str:
         return config.data.path
     from matpac_jax.data import demo
 
-    return demo.ensure_demo_shards(os.path.join(workdir, "demo_data"), config.data.frontend)
+    return demo.ensure_demo_shards(os.path.join(workdir, "demo_data"), config.data.frontend,
+                                   num_clips=config.data.get("demo_clips", 64))
 
 
 def make_data(config: ml_collections.ConfigDict, method: Any, path: str):
@@ -258,7 +259,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             jax.profiler.stop_trace()
         done = step + 1
         if done % config.log_every == 0 or done == config.total_steps:
-            m = jax.device_get(m)
+            m = _to_host(m)
             _check_finite(run, config)
             dt = (time.perf_counter() - t_log) / steps_since_log
             t_log, steps_since_log = time.perf_counter(), 0
@@ -328,8 +329,13 @@ def _tensorboard_dir(workdir: str) -> str:
     return os.path.join(workdir, "tensorboard")
 
 
+def _to_host(tree):
+    """Replicated arrays -> numpy; works when they span several processes."""
+    return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), tree)
+
+
 def _check_finite(run: Run, config: ml_collections.ConfigDict) -> None:
-    bad = int(jax.device_get(run.state["first_bad_step"][...]))
+    bad = int(_to_host(run.state["first_bad_step"][...]))
     if bad >= 0 and config.nonfinite != "skip":
         raise NonFiniteError(
             f"non-finite loss or gradient at step {bad}; stopping. The last good "

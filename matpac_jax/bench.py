@@ -1,0 +1,80 @@
+"""Training-step benchmark: compile time, step time, samples/s, FLOPs and MFU.
+
+  python -m matpac_jax.bench --config=configs/matpac_as2m.py --per_device_batch=4 \
+      --config.model.dtype=float32
+
+Uses random inputs of the config's shape (the data pipeline is benchmarked
+separately by `matpac_jax.data.bench_data`), the real jitted step with
+donated state, and XLA's cost analysis of the compiled step for FLOPs.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from matpac_jax.training import metrics, trainer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+_PER_DEVICE = flags.DEFINE_integer("per_device_batch", 4, "Batch per device.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).")
+_JSON = flags.DEFINE_string("json", None, "Also write the results here.")
+
+
+def benchmark(config, per_device_batch: int, steps: int) -> dict:
+    config.batch_size = per_device_batch * jax.device_count()
+    t0 = time.perf_counter()
+    run = trainer.build(config)
+    init_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    x = trainer._to_global(run, rng.standard_normal(run.batch_shape).astype(np.float32))
+    t0 = time.perf_counter()
+    compiled = run.step_fn.lower(run.state, x, jax.random.key(0)).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) * run.mesh.size or None
+    state, m = compiled(run.state, x, jax.random.key(0))  # warm-up
+    jax.block_until_ready(m)
+    times = []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        state, m = compiled(state, x, jax.random.key(i + 1))
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+    step_s = float(np.median(times))
+    peak = metrics.peak_flops(jax.devices()[0], config.get("peak_flops"))
+    result = {
+        "method": config.method,
+        "device": jax.devices()[0].device_kind,
+        "devices": jax.device_count(),
+        "dtype": config.model.get("dtype", "float32"),
+        "global_batch": config.batch_size,
+        "init_s": round(init_s, 2),
+        "compile_s": round(compile_s, 2),
+        "step_s": round(step_s, 4),
+        "samples_per_s": round(config.batch_size / step_s, 2),
+        "tflop_per_step": round(flops / 1e12, 3) if flops else None,
+        "gflop_per_sample": round(flops / config.batch_size / 1e9, 1) if flops else None,
+        "achieved_tflop_s": round(flops / step_s / 1e12, 3) if flops else None,
+        "mfu": round(flops / step_s / (peak * jax.device_count()), 4) if flops and peak else None,
+        "loss": float(m["loss"]),
+    }
+    return result
+
+
+def main(argv):
+    del argv
+    result = benchmark(_CONFIG.value, _PER_DEVICE.value, _STEPS.value)
+    print(json.dumps(result, indent=1))
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)
