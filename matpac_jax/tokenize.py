@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from matpac_jax.conversion.beats import load_beats
 from matpac_jax.data.audio import load_audio
+from matpac_jax.objectives.beats_methods import load_stage_model
 from matpac_jax.data.frontends import beats_fbank, normalize
 from matpac_jax.models.beats import BEATsTokenizer
 
@@ -46,13 +46,15 @@ def tokenize_files(tokenizer: BEATsTokenizer, paths: Sequence[str]) -> tuple[np.
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m matpac_jax.tokenize", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="official BEATs Tokenizer .pt")
+    parser.add_argument("--checkpoint", required=True,
+                        help="official BEATs Tokenizer .pt, or a beats_tokenizer workdir")
     parser.add_argument("--out", required=True, help="output .npz")
     parser.add_argument("audio", nargs="+", help="audio files")
     args = parser.parse_args(argv)
-    model = load_beats(args.checkpoint)
-    if not isinstance(model, BEATsTokenizer):
-        parser.error(f"{args.checkpoint} is a BEATs encoder, not a tokenizer (no quantize.* keys)")
+    try:
+        model = load_stage_model(args.checkpoint, "tokenizer")
+    except ValueError as e:
+        parser.error(str(e))
     labels, lengths = tokenize_files(model, args.audio)
     np.savez(args.out, labels=labels, lengths=lengths, files=np.array(args.audio))
     print(f"{len(args.audio)} files, {labels.size} labels -> {args.out}")

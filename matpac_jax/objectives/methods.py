@@ -129,6 +129,8 @@ def register(name: str, cls: Any) -> None:
 
 
 def get(config: ml_collections.ConfigDict):
+    from matpac_jax.objectives import beats_methods  # noqa: F401 (registers the BEATs stages)
+
     if config.method not in _METHODS:
         raise ValueError(f"config.method={config.method!r}; known: {sorted(_METHODS)}")
     return _METHODS[config.method](config)

@@ -74,3 +74,43 @@ def demo(c: ml_collections.ConfigDict) -> None:
     c.opt.warmup_steps = 50
     c.log_every = 20
     c.checkpoint_every = 250
+
+
+def beats(c: ml_collections.ConfigDict, dtype: str = "bfloat16") -> None:
+    """BEATs backbone as released (cfg of BEATs_iter3), 10-s crops, 1024 codes.
+
+    The official release has no training code: the optimiser settings below
+    (Adam b=(0.9, 0.98), wd 0.01, 32k warm-up) are ours; steps, batch and
+    peak lr are the paper's (SPEC section 8).
+    """
+    c.data.frontend = "beats"
+    c.data.crop_frames = 992  # 10 s of fbank frames (998), whole 16-frame patches
+    c.batch_size = 560  # 5,600 s of audio per update
+    c.total_steps = 400_000
+    c.opt.update(dict(lr=5e-4, warmup_steps=32_000, b1=0.9, b2=0.98, eps=1e-6,
+                      weight_decay=0.01, decay_exclude_1d=True, clip_grad_norm=0.0))
+    c.model = ml_collections.ConfigDict(dict(
+        input_patch_size=16, embed_dim=512, encoder_layers=12, encoder_embed_dim=768,
+        encoder_ffn_embed_dim=3072, encoder_attention_heads=12, deep_norm=True,
+        layer_norm_first=False, relative_position_embedding=True, gru_rel_pos=True,
+        num_buckets=320, max_distance=800, conv_pos=128, conv_pos_groups=16,
+        layer_wise_gradient_decay_ratio=0.6, dropout=0.0, attention_dropout=0.0,
+        activation_dropout=0.0, dropout_input=0.0, encoder_layerdrop=0.0,
+        quant_n=1024, quant_dim=256, dtype=dtype,
+    ))
+    c.tokenizer_checkpoint = ""
+    c.teacher_checkpoint = ""
+
+
+def beats_demo(c: ml_collections.ConfigDict) -> None:
+    """Small BEATs for the CPU demo on the embedded data."""
+    c.model.update(dict(embed_dim=64, encoder_layers=2, encoder_embed_dim=96,
+                        encoder_ffn_embed_dim=192, encoder_attention_heads=4,
+                        quant_n=256, quant_dim=32, dtype="float32"))
+    c.data.path = "demo"
+    c.data.crop_frames = 512
+    c.batch_size = 16
+    c.total_steps = 300
+    c.opt.warmup_steps = 30
+    c.log_every = 20
+    c.checkpoint_every = 100

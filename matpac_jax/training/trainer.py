@@ -96,6 +96,10 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Run:
     graphdef, abstract_state = nnx.split(abstract)
     state_sh = sharding.state_shardings(abstract_state, mesh, rules)
     state = jax.jit(lambda: nnx.state(init()), out_shardings=state_sh)()
+    if hasattr(method, "initialize"):  # pretrained parts (BEATs teacher/tokenizer)
+        ts = nnx.merge(graphdef, state)
+        method.initialize(ts.model)
+        state = jax.device_put(nnx.state(ts), state_sh)
 
     batch_shape = (config.batch_size, *method.input_shape)
     batch_sh = sharding.batch_sharding(mesh, len(batch_shape))
