@@ -7,7 +7,10 @@ training workdir), `random-init` with `--config FILE[:ARG]` (the untrained
 encoder of that config: the baseline a pre-trained one must beat), or
 `logmel-baseline` (mean and std over time of the 80-bin MATPAC log-mel).
 A task DIR holds `meta.csv` (`file,label,split`). Clip embeddings are cached
-under --cache_dir, so re-runs only train the probes. OUT.json:
+under --cache_dir, so re-runs only train the probes. `--lr` with several
+values trains one probe per value and keeps the best on the validation split
+(a deviation from EVAR's fixed 3e-5, for tasks too small for 3e-5 to
+converge in 200 epochs; see docs/RESULTS.md). OUT.json:
 {"tasks": {NAME: {"metric", "mean", "std", "per_seed", ...}}}.
 """
 from __future__ import annotations
@@ -124,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output JSON")
     p.add_argument("--cache_dir", default=DEFAULT_CACHE, help="embedding cache ('' disables)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--lr", type=float, default=3e-5, help="probe learning rate (EVAR: 3e-5)")
+    p.add_argument("--lr", type=float, nargs="+", default=[3e-5],
+                   help="probe learning rate (EVAR: 3e-5); several: pick per seed on valid")
     p.add_argument("--epochs", type=int, default=200, help="max probe epochs (EVAR: 200)")
     p.add_argument("--init_seed", type=int, default=None, help="random-init seed (config.seed)")
     p.add_argument("--batch_size", type=int, default=16, help="chunks per encoder call")
@@ -132,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from matpac_jax.evaluation import linear_probe as lp
 
-    cfg = lp.ProbeConfig(lr=args.lr, epochs=args.epochs)
+    cfg = lp.ProbeConfig(lr=args.lr[0], epochs=args.epochs)
+    lrs = args.lr if len(args.lr) > 1 else ()
     embed, ckpt_id = make_embed(args.checkpoint, args.config, args.init_seed, args.batch_size)
     results = {}
     for directory in args.task:
@@ -140,12 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         emb, cached = lp.cached_embeddings(embed, ckpt_id, task, args.cache_dir)
         t1 = time.perf_counter()
-        results[task.name] = lp.probe_task(emb, task, args.seeds, cfg)
+        results[task.name] = lp.probe_task(emb, task, args.seeds, cfg, lrs)
         print(f"{task.name}: {len(task.files)} clips, embeddings {emb.shape} "
               f"{'from cache' if cached else 'computed'} in {t1 - t0:.1f}s, "
               f"probe {time.perf_counter() - t1:.1f}s", file=sys.stderr)
     out = {"checkpoint": args.checkpoint, "config": args.config,
-           "probe": dataclasses.asdict(cfg), "tasks": results}
+           "probe": {**dataclasses.asdict(cfg), "lr": args.lr}, "tasks": results}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=2)

@@ -110,12 +110,13 @@ def test_cli_writes_schema_and_reuses_cache(tiny_task, fixtures_dir, tmp_path, m
 def test_random_init_and_logmel_baseline(tiny_task, tmp_path):
     for extra, dim in [(["--checkpoint", "random-init",
                          "--config", f"{ROOT}/configs/matpac_as2m.py:demo"], 5 * 192),
-                       (["--checkpoint", "logmel-baseline"], 160)]:
+                       (["--checkpoint", "logmel-baseline", "--lr", "3e-5", "1e-3"], 160)]:
         out = tmp_path / "out.json"
         assert evaluate.main([*extra, "--task", str(tiny_task), "--out", str(out),
                               "--cache_dir", "", "--seeds", "0"]) == 0
         r = json.loads(out.read_text())["tasks"]["tiny_task0"]
         assert r["dim"] == dim and 0.0 <= r["mean"] <= 1.0 and len(r["per_seed"]) == 1
+        assert r["lr"][0] in (3e-5, 1e-3)  # with several --lr: chosen on valid
 
 
 def test_random_init_needs_config(tiny_task, tmp_path):

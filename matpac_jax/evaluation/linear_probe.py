@@ -237,8 +237,13 @@ def train_probe(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray,
 
 
 def probe_task(emb: np.ndarray, task: Task, seeds: Sequence[int] = (0, 1, 2),
-               cfg: ProbeConfig = ProbeConfig()) -> dict:
-    """Linear probe on `emb` (N, D) in task order: test score per seed."""
+               cfg: ProbeConfig = ProbeConfig(), lrs: Sequence[float] = ()) -> dict:
+    """Linear probe on `emb` (N, D) in task order: test score per seed.
+
+    `lrs`: if given, a probe is trained per learning rate and the one with
+    the best validation score is tested (ties: the first listed); never
+    selected on test. The EVAR protocol is the single `cfg.lr`.
+    """
     y = task.targets()
     test = np.flatnonzero(task.split == "test")
     per_seed, infos = [], []
@@ -249,8 +254,14 @@ def probe_task(emb: np.ndarray, task: Task, seeds: Sequence[int] = (0, 1, 2),
             tr, va = holdout_valid(y[train], seed)
             train, valid = train[tr], train[va]
         x_tr, x_va, x_te = standardize(emb[train], emb[valid], emb[test])
-        params, info = train_probe(x_tr, y[train], x_va, y[valid], multilabel=task.multilabel,
-                                   num_classes=len(task.classes), seed=seed, cfg=cfg)
+        best = None
+        for lr in lrs or (cfg.lr,):
+            params, info = train_probe(
+                x_tr, y[train], x_va, y[valid], multilabel=task.multilabel,
+                num_classes=len(task.classes), seed=seed, cfg=dataclasses.replace(cfg, lr=lr))
+            if best is None or info["valid"] > best[1]["valid"]:
+                best = params, {**info, "lr": lr}
+        params, info = best
         per_seed.append(score(y[test], np.asarray(_predict(params, jnp.asarray(x_te))),
                               task.multilabel))
         infos.append(info)
@@ -258,6 +269,7 @@ def probe_task(emb: np.ndarray, task: Task, seeds: Sequence[int] = (0, 1, 2),
             "mean": float(np.mean(per_seed)), "std": float(np.std(per_seed)),
             "per_seed": [float(s) for s in per_seed],
             "valid": [i["valid"] for i in infos], "epochs": [i["epochs"] for i in infos],
+            "lr": [i["lr"] for i in infos],
             "dim": int(emb.shape[1]), "num_train": int((task.split == "train").sum()),
             "num_test": int(len(test))}
 
