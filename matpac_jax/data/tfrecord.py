@@ -2,9 +2,12 @@
 
 A TFRecord file is a sequence of records:
   uint64 length (LE) | uint32 masked_crc32c(length bytes) | data | uint32 masked_crc32c(data)
-CRC32C (Castagnoli) has no hardware path in numpy, so it is computed on many
+CRC32C (Castagnoli) has no hardware path in numpy. When numba is importable (it
+is: librosa depends on it) a JIT slicing-by-8 loop does ~2 GB/s (~80 us for a
+160 KB record). Without numba (or with MATPAC_NO_NUMBA=1) it is computed on many
 chunks of the record in lockstep (slicing-by-4 tables) and the chunk CRCs are
-combined with GF(2) "append L zero bytes" matrices in a log-depth tree.
+combined with GF(2) "append L zero bytes" matrices in a log-depth tree (~1 ms
+for 160 KB).
 """
 from __future__ import annotations
 
@@ -87,11 +90,57 @@ def _zeros_operator(level: int) -> np.ndarray:
   return _apply(prev, prev)
 
 
+@functools.lru_cache(maxsize=None)
+def _numba_crc():
+  """The numba CRC32C kernel, or None (numba missing, or MATPAC_NO_NUMBA=1)."""
+  if os.environ.get("MATPAC_NO_NUMBA", "") not in ("", "0"):
+    return None
+  try:
+    import numba  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  tables = np.zeros((8, 256), np.uint32)
+  tables[0] = _TABLES[0]
+  for k in range(1, 8):
+    tables[k] = (tables[k - 1] >> np.uint32(8)) ^ _TABLES[0][tables[k - 1] & np.uint32(0xFF)]
+
+  def kernel(buf, t):  # Slicing-by-8 over little-endian word pairs.
+    crc = np.uint32(0xFFFFFFFF)
+    n = buf.size
+    m = n // 8
+    w = buf[:m * 8].view(np.uint32)
+    for j in range(m):
+      a = crc ^ w[2 * j]
+      b = w[2 * j + 1]
+      crc = (t[7, a & 0xFF] ^ t[6, (a >> 8) & 0xFF] ^ t[5, (a >> 16) & 0xFF] ^ t[4, a >> 24]
+             ^ t[3, b & 0xFF] ^ t[2, (b >> 8) & 0xFF] ^ t[1, (b >> 16) & 0xFF] ^ t[0, b >> 24])
+    for i in range(m * 8, n):
+      crc = t[0, (crc ^ buf[i]) & 0xFF] ^ (crc >> 8)
+    return crc ^ np.uint32(0xFFFFFFFF)
+
+  try:
+    jitted = numba.njit(nogil=True, cache=True)(kernel)
+  except Exception:  # pylint: disable=broad-except  (no writable cache location)
+    jitted = numba.njit(nogil=True)(kernel)
+  if np.little_endian:
+    return lambda data: int(jitted(np.frombuffer(data, np.uint8), tables))
+  return None
+
+
 def crc32c(data: bytes) -> int:
-  """Plain CRC32C (init and final xor 0xFFFFFFFF)."""
+  """Plain CRC32C (init and final xor 0xFFFFFFFF) of bytes-like data."""
+  if len(data) >= 4 * _CHUNK:
+    fast = _numba_crc()
+    if fast is not None:
+      return fast(data)
+  return crc32c_numpy(data)
+
+
+def crc32c_numpy(data: bytes) -> int:
+  """crc32c without numba (numpy lockstep chunks + GF(2) combine)."""
   n = len(data)
   if n < 4 * _CHUNK:
-    return _crc_small(data) ^ 0xFFFFFFFF
+    return _crc_small(bytes(data)) ^ 0xFFFFFFFF
   num_chunks = -(-n // _CHUNK)
   buf = np.zeros(num_chunks * _CHUNK, np.uint8)
   # Leading zeros leave an init-0 register at 0; init 0xFFFFFFFF is the same as
@@ -264,3 +313,4 @@ def decode_example(data: bytes) -> dict:
   if "label" in feat:
     out["label"] = feat["label"].bytes_list.value[0].decode("utf-8")
   return out
+
