@@ -154,3 +154,73 @@ def test_demo_shards_end_to_end(tmp_path):
                        shard_index=0, shard_count=1)
   labels = {l.split(",")[1] for l in open(tmp_path / "meta.csv").read().split()[1:]}
   assert labels == set(demo.CLASSES)
+
+
+def test_verify_crc_once_checks_each_record_on_first_read_only(shards, tmp_path):
+  paths = loader.find_shards(shards)
+  n = len(LENGTHS)
+  counts = {}
+  for mode in ("once", True, False):
+    source = loader.ShardSource(paths, verify_crc=mode)
+    for _ in range(2):
+      for i in range(n):
+        source[i]
+    counts[mode] = source.crc_checks
+  assert counts == {"once": n, True: 2 * n, False: 0}
+  # Through the loader (default verify_crc="once"): 3 epochs.
+  it = _loader(shards, num_epochs=3, batch_size=1, drop_remainder=False)
+  assert len(list(it)) == 3 * n
+  with pytest.raises(ValueError, match="verify_crc"):
+    loader.ShardSource(paths, verify_crc="sometimes")
+  # A flipped payload byte is caught on the first read of that record with 'once'.
+  bad = tmp_path / "data-00000-of-00001.tfrecord"
+  data = bytearray((shards / "data-00000-of-00003.tfrecord").read_bytes())
+  index = tfrecord.build_index(str(shards / "data-00000-of-00003.tfrecord"))
+  off = int(index[1, 0])
+  data[off + 12 + int(index[1, 1]) // 2] ^= 0x01  # Inside the logmel bytes.
+  bad.write_bytes(bytes(data))
+  source = loader.ShardSource([str(bad)], verify_crc="once")
+  source[0]
+  with pytest.raises(tfrecord.CorruptRecordError, match=f"offset {off}.*data checksum"):
+    source[1]
+  with pytest.raises(tfrecord.CorruptRecordError, match=f"offset {off}"):
+    source[1]  # Still not marked verified.
+  assert not source._verified[1] and source._verified[0]
+  assert len(loader.ShardSource([str(bad)], verify_crc=False)[1]["logmel"])  # Unchecked.
+
+
+@pytest.mark.parametrize("batch_size", [3, 4])
+def test_drop_mode_batches_are_full_and_resume_exactly(shards, batch_size):
+  kept = {f"clip{i:03d}" for i, t in enumerate(LENGTHS) if t >= 100}
+  reference = _take(_loader(shards, seed=6, short_clips="drop", batch_size=batch_size), 14)
+  assert all(b["x"].shape == (batch_size, 80, 100) for b in reference)
+  ids = [i for b in reference for i in b["id"]]
+  assert set(ids) == kept and sorted(ids[:len(kept)]) == sorted(kept)
+  for cut in (1, 5, 9):
+    it = _loader(shards, seed=6, short_clips="drop", batch_size=batch_size)
+    _take(it, cut)
+    resumed = _loader(shards, seed=6, short_clips="drop", batch_size=batch_size)
+    resumed.set_state(it.get_state())
+    _same(_take(resumed, 14 - cut), reference[cut:])
+  last = list(_loader(shards, num_epochs=1, short_clips="drop", batch_size=batch_size,
+                      drop_remainder=False))
+  assert sum(len(b["id"]) for b in last) == len(kept)
+
+
+def test_widening_kernel_matches_numpy(monkeypatch):
+  rng = np.random.default_rng(0)
+  x = (rng.standard_normal((80, 700)) * 4 - 7).astype(np.float16)
+  x[0, :8] = [0.0, -0.0, 6e-8, -6e-8, 6.1e-5, 65504, np.inf, -np.inf]
+  for frontend, arr in (("matpac", x), ("beats", np.ascontiguousarray(x[:, :128].T.repeat(6, 0)))):
+    crop = loader.CropNormalize(frontend, 608, "pad", (MEAN, STD), False)
+    fast = crop.random_map({"logmel": arr, "id": "a"}, np.random.default_rng(1))["x"]
+    short = crop.random_map({"logmel": arr[:, :300] if crop.time_axis else arr[:300], "id": "a"},
+                            np.random.default_rng(1))["x"]
+    with monkeypatch.context() as m:
+      m.setattr(loader, "_numba_widen", lambda: None)
+      slow = crop.random_map({"logmel": arr, "id": "a"}, np.random.default_rng(1))["x"]
+      short_slow = crop.random_map(
+          {"logmel": arr[:, :300] if crop.time_axis else arr[:300], "id": "a"},
+          np.random.default_rng(1))["x"]
+    np.testing.assert_allclose(fast, slow, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(short, short_slow, rtol=1e-6, atol=1e-6)
