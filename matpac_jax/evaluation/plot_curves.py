@@ -46,18 +46,20 @@ def plot(runs: dict, out: str) -> list[str]:
     cols = min(3, len(tags))
     rows = math.ceil(len(tags) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    color = {name: f"C{i}" for i, name in enumerate(runs)}  # one colour per run in every panel
     for ax, tag in zip(axes.flat, tags):
         for name, scalars in runs.items():
             if tag in scalars:
                 points = sorted(dict(scalars[tag]).items())  # last value per step wins
-                ax.plot([s for s, _ in points], [v for _, v in points], label=name)
+                ax.plot([s for s, _ in points], [v for _, v in points], color=color[name])
         ax.set_title(tag)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(tags):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], color=c) for c in color.values()]
+    fig.legend(handles, list(color), loc="lower center", ncol=min(4, len(color)), fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
