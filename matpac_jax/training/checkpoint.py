@@ -24,6 +24,17 @@ def checkpoint_dir(workdir: str) -> epath.Path:
     return epath.Path(workdir) / CHECKPOINT_DIR
 
 
+class _IteratorSnapshot:
+    """The data-iterator state as of `save()`; the async writer reads it later,
+    when the live iterator has already moved on."""
+
+    def __init__(self, iterator: Any):
+        self._state = json.dumps(iterator.get_state(), indent=1).encode()
+
+    def get_state(self) -> bytes:  # grain's handler writes non-DatasetIterator states as bytes
+        return self._state
+
+
 class Checkpointer:
     """Saves {state, data, config} every `every` steps, keeping the last `keep`."""
 
@@ -48,7 +59,7 @@ class Checkpointer:
         args = {"state": ocp.args.StandardSave(state),
                 "config": ocp.args.JsonSave(config.to_dict())}
         if data_iter is not None:
-            args["data"] = grain.checkpoint.CheckpointSave(data_iter)
+            args["data"] = grain.checkpoint.CheckpointSave(_IteratorSnapshot(data_iter))
         return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
 
     def restore(self, step: int, abstract_state: Any, data_iter: Any) -> Any:
