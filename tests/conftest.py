@@ -1,10 +1,17 @@
 """Test set-up: 8 fake CPU devices, set before JAX is imported anywhere."""
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Tests (and the training subprocesses they start) compile the same tiny
+# steps many times: a persistent XLA cache shared by all of them saves minutes.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(tempfile.gettempdir(), f"matpac_jax_test_xla_cache_{os.getuid()}"),
+)
 
 import pathlib  # noqa: E402
 

@@ -61,13 +61,12 @@ def shards(tmp_path_factory):
 
 
 def _params(workdir):
-    step, path = checkpoint.latest_checkpoint(str(workdir))
-    config = checkpoint.load_config(path)
-    run = trainer.build(config)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            run.state, run.state_shardings)
-    state = checkpoint.restore_state_only(path, abstract)
-    return step, [np.asarray(x) for x in jax.tree.leaves(state)]
+    """Step and every model array (student, teacher, center) of the latest checkpoint."""
+    from flax import nnx
+
+    step, _ = checkpoint.latest_checkpoint(str(workdir))
+    _, model, _ = trainer.restore_model(str(workdir))
+    return step, [np.asarray(x) for x in jax.tree.leaves(nnx.state(model))]
 
 
 def test_same_loss_on_1_and_8_devices_in_several_meshes(shards):
