@@ -25,7 +25,9 @@ def get_config(arg: str | None = None):
     )
     if arg == "demo":
         defaults.demo(c)
-        c.opt.lr = 3e-4 * c.batch_size / 256 * 4
+        # Not batch-scaled: at batch 16 that gives 7.5e-5, with which the loss
+        # plateaus early and the encoder loses to a random one (docs/RESULTS.md).
+        c.opt.lr = 3e-4
         c.objective.ema_start, c.objective.ema_end = 0.99, 0.999
     elif arg:
         raise ValueError(f"unknown config argument {arg!r} (use 'demo' or nothing)")
