@@ -31,16 +31,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-Init = jax.nn.initializers.Initializer
+from matpac_jax.models import layers
+from matpac_jax.models.layers import Init, partitioned  # noqa: F401 (partitioned: re-exported)
 LN_EPS = 1e-5
 _HI = jax.lax.Precision.HIGHEST
-
-
-def partitioned(init: Init, names: Sequence[str | None]) -> Init:
-    """`nnx.with_partitioning` that shards eagerly only when a mesh is set."""
-    if jax.sharding.get_abstract_mesh().empty:
-        return nnx.with_partitioning(init, tuple(names), eager_sharding=False)
-    return nnx.with_partitioning(init, tuple(names))
 
 
 def _param(value: jax.Array, names: Sequence[str | None]) -> nnx.Param:
@@ -178,24 +172,15 @@ grad_multiply.defvjp(_gm_fwd, _gm_bwd)
 
 
 def linear(din: int, dout: int, names: tuple, *, dtype, rngs: nnx.Rngs,
-            init: Init | None = None, use_bias: bool = True) -> nnx.Linear:
-    if init is None:  # torch nn.Linear default: U(+-1/sqrt(fan_in)) (bias: zeros here)
-        init = jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
-    return nnx.Linear(
-        din, dout, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-        kernel_init=partitioned(init, names),
-        bias_init=partitioned(nnx.initializers.zeros_init(), names[1:]),
-        rngs=rngs)
+           init: Init | None = None, use_bias: bool = True) -> nnx.Linear:
+    """Linear with torch's default init unless `init` is given (bias zeros here)."""
+    return layers.linear(din, dout, names, init=init or layers.TORCH_LINEAR, dtype=dtype,
+                         rngs=rngs, use_bias=use_bias)
 
 
 def layer_norm(dim: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """float32 LayerNorm, eps 1e-5, two-pass variance (as torch)."""
-    return nnx.LayerNorm(
-        dim, epsilon=LN_EPS, dtype=jnp.float32, param_dtype=jnp.float32,
-        use_fast_variance=False,
-        scale_init=partitioned(nnx.initializers.ones_init(), ("norm",)),
-        bias_init=partitioned(nnx.initializers.zeros_init(), ("norm",)),
-        rngs=rngs)
+    """float32 LayerNorm, eps 1e-5 (BEATs)."""
+    return layers.layer_norm(dim, eps=LN_EPS, rngs=rngs)
 
 
 def _dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout | None:

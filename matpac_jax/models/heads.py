@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from matpac_jax.models.vit import _linear, partitioned
+from matpac_jax.models.layers import partitioned
+from matpac_jax.models.vit import _linear
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:

@@ -12,21 +12,13 @@ and then needs a mesh. `partitioned` only asks for that when a mesh is set
 from __future__ import annotations
 
 import functools
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-Init = jax.nn.initializers.Initializer
-
-
-def partitioned(init: Init, names: Sequence[str | None]) -> Init:
-    """`nnx.with_partitioning` that shards eagerly only when a mesh is set."""
-    if jax.sharding.get_abstract_mesh().empty:
-        return nnx.with_partitioning(init, tuple(names), eager_sharding=False)
-    return nnx.with_partitioning(init, tuple(names))
+from matpac_jax.models.layers import XAVIER_UNIFORM, layer_norm, linear, partitioned
 
 
 def sincos_pos_table(grid_f: int, grid_t: int, dim: int) -> np.ndarray:
@@ -60,21 +52,12 @@ def _table(grid_f: int, grid_t: int, dim: int, frames: int) -> np.ndarray:
 def _linear(din: int, dout: int, names: tuple, *, dtype, rngs: nnx.Rngs,
             use_bias: bool = True) -> nnx.Linear:
     """Xavier-uniform Linear, zero bias (official init)."""
-    return nnx.Linear(
-        din, dout, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-        kernel_init=partitioned(nnx.initializers.xavier_uniform(), names),
-        bias_init=partitioned(nnx.initializers.zeros_init(), names[1:]),
-        rngs=rngs)
+    return linear(din, dout, names, init=XAVIER_UNIFORM, dtype=dtype, rngs=rngs,
+                  use_bias=use_bias)
 
 
 def _layer_norm(dim: int, *, eps: float = 1e-6, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """float32 LayerNorm with two-pass variance (as torch)."""
-    return nnx.LayerNorm(
-        dim, epsilon=eps, dtype=jnp.float32, param_dtype=jnp.float32,
-        use_fast_variance=False,
-        scale_init=partitioned(nnx.initializers.ones_init(), ("norm",)),
-        bias_init=partitioned(nnx.initializers.zeros_init(), ("norm",)),
-        rngs=rngs)
+    return layer_norm(dim, eps=eps, rngs=rngs)
 
 
 class Attention(nnx.Module):

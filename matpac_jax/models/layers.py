@@ -1,0 +1,44 @@
+"""Building blocks shared by the ViT and BEATs modules: partitioned init,
+Linear and LayerNorm with float32 parameters and logical axis names."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Init = jax.nn.initializers.Initializer
+XAVIER_UNIFORM = nnx.initializers.xavier_uniform()
+TORCH_LINEAR = jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")  # U(+-1/sqrt(fan_in))
+
+
+def partitioned(init: Init, names: Sequence[str | None]) -> Init:
+    """`nnx.with_partitioning` that shards eagerly only when a mesh is set.
+
+    Without a mesh (tests, inference) the logical names stay as metadata;
+    the trainer maps them to mesh axes itself (training/sharding.py).
+    """
+    if jax.sharding.get_abstract_mesh().empty:
+        return nnx.with_partitioning(init, tuple(names), eager_sharding=False)
+    return nnx.with_partitioning(init, tuple(names))
+
+
+def linear(din: int, dout: int, names: tuple, *, init: Init, dtype, rngs: nnx.Rngs,
+           use_bias: bool = True) -> nnx.Linear:
+    """Linear with float32 parameters, `init` kernel, zero bias."""
+    return nnx.Linear(
+        din, dout, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+        kernel_init=partitioned(init, names),
+        bias_init=partitioned(nnx.initializers.zeros_init(), names[1:]),
+        rngs=rngs)
+
+
+def layer_norm(dim: int, *, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """float32 LayerNorm with two-pass variance (as torch)."""
+    return nnx.LayerNorm(
+        dim, epsilon=eps, dtype=jnp.float32, param_dtype=jnp.float32,
+        use_fast_variance=False,
+        scale_init=partitioned(nnx.initializers.ones_init(), ("norm",)),
+        bias_init=partitioned(nnx.initializers.zeros_init(), ("norm",)),
+        rngs=rngs)
