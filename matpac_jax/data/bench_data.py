@@ -11,6 +11,7 @@ machine). verify_crc='once' is the steady state of a multi-epoch run (each
 record was checked on its first read); True re-checks every read, which is
 also the cost of the first epoch under 'once'.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,72 +28,85 @@ from matpac_jax.data import prepare
 
 
 def _write_flacs(directory: str, n: int) -> None:
-  rng = np.random.default_rng(0)
-  for i in range(n):
-    label = demo.CLASSES[i % len(demo.CLASSES)]
-    wave = demo.synthesize(label, rng, seconds=10.0)
-    sf.write(os.path.join(directory, f"{i:04d}.flac"), wave, demo.SR, subtype="PCM_16")
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        label = demo.CLASSES[i % len(demo.CLASSES)]
+        wave = demo.synthesize(label, rng, seconds=10.0)
+        sf.write(os.path.join(directory, f"{i:04d}.flac"), wave, demo.SR, subtype="PCM_16")
 
 
 def bench_prepare(tmp: str, clips: int, frontend: str) -> tuple[float, str]:
-  audio_dir, out = os.path.join(tmp, "flac"), os.path.join(tmp, f"shards_{frontend}")
-  os.makedirs(audio_dir)
-  _write_flacs(audio_dir, clips)
-  prepare.prepare(audio_dir, out, frontend, num_shards=1)  # Warm-up (imports, filterbanks).
-  for f in os.listdir(out):
-    os.remove(os.path.join(out, f))
-  start = time.perf_counter()
-  prepare.prepare(audio_dir, out, frontend, num_shards=2, workers=1)
-  return clips / (time.perf_counter() - start), out
+    audio_dir, out = os.path.join(tmp, "flac"), os.path.join(tmp, f"shards_{frontend}")
+    os.makedirs(audio_dir)
+    _write_flacs(audio_dir, clips)
+    prepare.prepare(audio_dir, out, frontend, num_shards=1)  # Warm-up (imports, filterbanks).
+    for f in os.listdir(out):
+        os.remove(os.path.join(out, f))
+    start = time.perf_counter()
+    prepare.prepare(audio_dir, out, frontend, num_shards=2, workers=1)
+    return clips / (time.perf_counter() - start), out
 
 
-def bench_loader(shards: str, frontend: str, crops: int, verify_crc: bool | str,
-                 read_threads: int = 0) -> tuple[float, float]:
-  """(crops per wall second, crops per CPU-second of this process)."""
-  it = loader.make_loader(shards, frontend=frontend, crop_frames=608, batch_size=64, seed=0,
-                          shard_index=0, shard_count=1, verify_crc=verify_crc,
-                          read_threads=read_threads)
-  records = sum(len(loader.load_index(p)) for p in loader.find_shards(shards))
-  n = 0
-  while n < records + 64:  # Warm-up: numba compile, and the first epoch ('once' checks it).
-    n += next(it)["x"].shape[0]
-  start, cpu = time.perf_counter(), time.process_time()
-  n = 0
-  while n < crops:
-    n += next(it)["x"].shape[0]
-  return n / (time.perf_counter() - start), n / (time.process_time() - cpu)
+def bench_loader(
+    shards: str, frontend: str, crops: int, verify_crc: bool | str, read_threads: int = 0
+) -> tuple[float, float]:
+    """(crops per wall second, crops per CPU-second of this process)."""
+    it = loader.make_loader(
+        shards,
+        frontend=frontend,
+        crop_frames=608,
+        batch_size=64,
+        seed=0,
+        shard_index=0,
+        shard_count=1,
+        verify_crc=verify_crc,
+        read_threads=read_threads,
+    )
+    records = sum(len(loader.load_index(p)) for p in loader.find_shards(shards))
+    n = 0
+    while n < records + 64:  # Warm-up: numba compile, and the first epoch ('once' checks it).
+        n += next(it)["x"].shape[0]
+    start, cpu = time.perf_counter(), time.process_time()
+    n = 0
+    while n < crops:
+        n += next(it)["x"].shape[0]
+    return n / (time.perf_counter() - start), n / (time.process_time() - cpu)
 
 
 def bench_element(shards: str, frontend: str, crops: int) -> float:
-  """Read + decode + crop + normalise in a plain loop: the pipeline minus grain."""
-  source = loader.ShardSource(loader.find_shards(shards), verify_crc=False)
-  crop = loader.CropNormalize(frontend, 608, "pad", None, False)
-  rng = np.random.default_rng(0)
-  start = time.perf_counter()
-  for i in range(crops):
-    crop.random_map(source[i % len(source)], rng)
-  return crops / (time.perf_counter() - start)
+    """Read + decode + crop + normalise in a plain loop: the pipeline minus grain."""
+    source = loader.ShardSource(loader.find_shards(shards), verify_crc=False)
+    crop = loader.CropNormalize(frontend, 608, "pad", None, False)
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    for i in range(crops):
+        crop.random_map(source[i % len(source)], rng)
+    return crops / (time.perf_counter() - start)
 
 
 def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--clips", type=int, default=48)
-  p.add_argument("--crops", type=int, default=6400)
-  p.add_argument("--frontend", default="matpac", choices=("matpac", "m2d", "beats"))
-  p.add_argument("--read-threads", type=int, default=0)
-  args = p.parse_args()
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  with tempfile.TemporaryDirectory() as tmp:
-    rate, shards = bench_prepare(tmp, args.clips, args.frontend)
-    print(f"prepare[{args.frontend}]: {rate:.1f} 10-s FLAC clips/s (1 process; target >= 100)")
-    for verify in ("once", True, False):
-      rate, per_cpu = bench_loader(shards, args.frontend, args.crops, verify, args.read_threads)
-      print(f"loader[{args.frontend}, verify_crc={verify!r}]: {rate:.0f} 608-frame crops/s, "
-            f"{per_cpu:.0f} per CPU-s (in-process; target >= 5000 per core; "
-            f"load {os.getloadavg()[0]:.1f})")
-    rate = bench_element(shards, args.frontend, args.crops)
-    print(f"element[{args.frontend}]: {rate:.0f} crops/s (source + crop, no grain, no CRC)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clips", type=int, default=48)
+    p.add_argument("--crops", type=int, default=6400)
+    p.add_argument("--frontend", default="matpac", choices=("matpac", "m2d", "beats"))
+    p.add_argument("--read-threads", type=int, default=0)
+    args = p.parse_args()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        rate, shards = bench_prepare(tmp, args.clips, args.frontend)
+        print(f"prepare[{args.frontend}]: {rate:.1f} 10-s FLAC clips/s (1 process; target >= 100)")
+        for verify in ("once", True, False):
+            rate, per_cpu = bench_loader(
+                shards, args.frontend, args.crops, verify, args.read_threads
+            )
+            print(
+                f"loader[{args.frontend}, verify_crc={verify!r}]: {rate:.0f} 608-frame crops/s, "
+                f"{per_cpu:.0f} per CPU-s (in-process; target >= 5000 per core; "
+                f"load {os.getloadavg()[0]:.1f})"
+            )
+        rate = bench_element(shards, args.frontend, args.crops)
+        print(f"element[{args.frontend}]: {rate:.0f} crops/s (source + crop, no grain, no CRC)")
 
 
 if __name__ == "__main__":
-  main()
+    main()

@@ -10,6 +10,7 @@ stream position) and normalises into one float32 array.
 Slicing the shuffled stream (not the files) means each epoch's records are
 spread over processes with none read twice and none missing.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,410 +27,449 @@ from matpac_jax.data import tfrecord
 
 
 def find_shards(path: str | os.PathLike) -> list[str]:
-  """Shard files of a prepared folder (manifest.json's list when present)."""
-  path = os.fspath(path)
-  if os.path.isfile(path) and path.endswith(".tfrecord"):
-    return [path]
-  manifest = os.path.join(path, "manifest.json")
-  if os.path.exists(manifest):
-    with open(manifest, encoding="utf-8") as f:
-      shards = [os.path.join(path, s["file"]) for s in json.load(f)["shards"]]
-    missing = [s for s in shards if not os.path.exists(s)]
-    if missing:
-      raise FileNotFoundError(f"{manifest} lists shards that do not exist: {missing[:3]}")
-  else:
-    shards = sorted(glob.glob(os.path.join(glob.escape(path), "**", "*.tfrecord"), recursive=True))
-  if not shards:
-    raise FileNotFoundError(f"no *.tfrecord shards under {path}")
-  return shards
+    """Shard files of a prepared folder (manifest.json's list when present)."""
+    path = os.fspath(path)
+    if os.path.isfile(path) and path.endswith(".tfrecord"):
+        return [path]
+    manifest = os.path.join(path, "manifest.json")
+    if os.path.exists(manifest):
+        with open(manifest, encoding="utf-8") as f:
+            shards = [os.path.join(path, s["file"]) for s in json.load(f)["shards"]]
+        missing = [s for s in shards if not os.path.exists(s)]
+        if missing:
+            raise FileNotFoundError(f"{manifest} lists shards that do not exist: {missing[:3]}")
+    else:
+        shards = sorted(
+            glob.glob(os.path.join(glob.escape(path), "**", "*.tfrecord"), recursive=True)
+        )
+    if not shards:
+        raise FileNotFoundError(f"no *.tfrecord shards under {path}")
+    return shards
 
 
 def _check_frontend(shards: list[str], frontend: str) -> None:
-  """Refuses shards prepared for another front end (manifest or sidecar says)."""
-  for meta in {os.path.join(os.path.dirname(s), "manifest.json") for s in shards}:
-    if os.path.exists(meta):
-      with open(meta, encoding="utf-8") as f:
-        written = json.load(f).get("frontend")
-      if written not in (None, frontend):
-        raise ValueError(f"{meta}: shards were prepared with frontend {written!r}, "
-                         f"loader asked for {frontend!r}")
+    """Refuses shards prepared for another front end (manifest or sidecar says)."""
+    for meta in {os.path.join(os.path.dirname(s), "manifest.json") for s in shards}:
+        if os.path.exists(meta):
+            with open(meta, encoding="utf-8") as f:
+                written = json.load(f).get("frontend")
+            if written not in (None, frontend):
+                raise ValueError(
+                    f"{meta}: shards were prepared with frontend {written!r}, "
+                    f"loader asked for {frontend!r}"
+                )
 
 
 def load_index(path: str) -> np.ndarray:
-  """(offset, length) per record: the cached `<shard>.index.npy` if current, else rebuilt."""
-  cache = path + ".index.npy"
-  size = os.path.getsize(path)
-  if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
-    index = np.load(cache)
-    end = int(index[-1, 0] + index[-1, 1] + 16) if len(index) else 0
-    if end == size:
-      return index
-  index = tfrecord.build_index(path)
-  try:
-    np.save(cache, index)
-  except OSError:
-    pass  # Read-only shard folder: rebuild next time.
-  return index
+    """(offset, length) per record: the cached `<shard>.index.npy` if current, else rebuilt."""
+    cache = path + ".index.npy"
+    size = os.path.getsize(path)
+    if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
+        index = np.load(cache)
+        end = int(index[-1, 0] + index[-1, 1] + 16) if len(index) else 0
+        if end == size:
+            return index
+    index = tfrecord.build_index(path)
+    try:
+        np.save(cache, index)
+    except OSError:
+        pass  # Read-only shard folder: rebuild next time.
+    return index
 
 
-_VERIFY_MODES = {True: "always", "always": "always", "once": "once", False: "never",
-                 "never": "never"}
+_VERIFY_MODES = {
+    True: "always",
+    "always": "always",
+    "once": "once",
+    False: "never",
+    "never": "never",
+}
 
 
 class ShardSource:
-  """grain random-access source: record i of the concatenated shards, via os.pread.
+    """grain random-access source: record i of the concatenated shards, via os.pread.
 
-  verify_crc: 'once' (default) checks the payload CRC32C of a record on its
-  first read in this process and remembers it in a bitmap over the global
-  record index, so a multi-epoch run pays the check in the first epoch only;
-  True / 'always' checks on every read; False / 'never' skips the payload CRC
-  (the length CRC and the framing are always checked). `crc_checks` counts the
-  payload checks done by this process.
-  """
+    verify_crc: 'once' (default) checks the payload CRC32C of a record on its
+    first read in this process and remembers it in a bitmap over the global
+    record index, so a multi-epoch run pays the check in the first epoch only;
+    True / 'always' checks on every read; False / 'never' skips the payload CRC
+    (the length CRC and the framing are always checked). `crc_checks` counts the
+    payload checks done by this process.
+    """
 
-  def __init__(self, paths: list[str], verify_crc: bool | str = "once"):
-    if verify_crc not in _VERIFY_MODES:
-      raise ValueError(f"verify_crc must be True, False, 'once', 'always' or 'never', "
-                       f"got {verify_crc!r}")
-    self.paths = list(paths)
-    self.verify_crc = _VERIFY_MODES[verify_crc]
-    indexes = [load_index(p) for p in self.paths]
-    self._file = np.concatenate(
-        [np.full(len(ix), k, np.int32) for k, ix in enumerate(indexes)] or [np.zeros(0, np.int32)])
-    self._index = np.concatenate(indexes) if indexes else np.zeros((0, 2), np.int64)
-    self._verified = np.zeros(len(self._index) if self.verify_crc == "once" else 0, bool)
-    self.crc_checks = 0
-    self._fds: dict[int, int] = {}
+    def __init__(self, paths: list[str], verify_crc: bool | str = "once"):
+        if verify_crc not in _VERIFY_MODES:
+            raise ValueError(
+                f"verify_crc must be True, False, 'once', 'always' or 'never', "
+                f"got {verify_crc!r}"
+            )
+        self.paths = list(paths)
+        self.verify_crc = _VERIFY_MODES[verify_crc]
+        indexes = [load_index(p) for p in self.paths]
+        self._file = np.concatenate(
+            [np.full(len(ix), k, np.int32) for k, ix in enumerate(indexes)]
+            or [np.zeros(0, np.int32)]
+        )
+        self._index = np.concatenate(indexes) if indexes else np.zeros((0, 2), np.int64)
+        self._verified = np.zeros(len(self._index) if self.verify_crc == "once" else 0, bool)
+        self.crc_checks = 0
+        self._fds: dict[int, int] = {}
 
-  def __len__(self) -> int:
-    return len(self._index)
+    def __len__(self) -> int:
+        return len(self._index)
 
-  def _fd(self, k: int) -> int:
-    fd = self._fds.get(k)
-    if fd is None:
-      fd = self._fds.setdefault(k, os.open(self.paths[k], os.O_RDONLY))
-    return fd
+    def _fd(self, k: int) -> int:
+        fd = self._fds.get(k)
+        if fd is None:
+            fd = self._fds.setdefault(k, os.open(self.paths[k], os.O_RDONLY))
+        return fd
 
-  def read(self, i: int) -> tuple[bytes, str, int]:
-    """(payload, shard path, byte offset) of record i, checked per verify_crc."""
-    k = int(self._file[i])
-    offset, length = (int(v) for v in self._index[i])
-    path = self.paths[k]
-    mode = self.verify_crc
-    verify = mode == "always" or (mode == "once" and not self._verified[i])
-    data = tfrecord.read_record_at(self._fd(k), offset, length, verify, name=path)
-    if verify:
-      self.crc_checks += 1
-      if mode == "once":  # Set only after the check passed; a race just checks twice.
-        self._verified[i] = True
-    return data, path, offset
+    def read(self, i: int) -> tuple[bytes, str, int]:
+        """(payload, shard path, byte offset) of record i, checked per verify_crc."""
+        k = int(self._file[i])
+        offset, length = (int(v) for v in self._index[i])
+        path = self.paths[k]
+        mode = self.verify_crc
+        verify = mode == "always" or (mode == "once" and not self._verified[i])
+        data = tfrecord.read_record_at(self._fd(k), offset, length, verify, name=path)
+        if verify:
+            self.crc_checks += 1
+            if mode == "once":  # Set only after the check passed; a race just checks twice.
+                self._verified[i] = True
+        return data, path, offset
 
-  def __getitem__(self, i: int) -> dict[str, Any]:
-    data, path, offset = self.read(i)
-    try:
-      return tfrecord.decode_example(data)
-    except Exception as err:  # pylint: disable=broad-except
-      raise tfrecord.CorruptRecordError(path, offset, f"undecodable example: {err}") from err
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        data, path, offset = self.read(i)
+        try:
+            return tfrecord.decode_example(data)
+        except Exception as err:
+            raise tfrecord.CorruptRecordError(path, offset, f"undecodable example: {err}") from err
 
-  def __getstate__(self):  # fds do not survive pickling into grain workers.
-    return {**self.__dict__, "_fds": {}}
+    def __getstate__(self):  # fds do not survive pickling into grain workers.
+        return {**self.__dict__, "_fds": {}}
 
-  def __del__(self, _close=os.close):  # os may be gone at interpreter exit.
-    for fd in getattr(self, "_fds", {}).values():
-      try:
-        _close(fd)
-      except OSError:
-        pass
+    def __del__(self, _close=os.close):  # os may be gone at interpreter exit.
+        for fd in getattr(self, "_fds", {}).values():
+            try:
+                _close(fd)
+            except OSError:
+                pass
 
 
 @functools.lru_cache(maxsize=None)
 def _numba_widen():
-  """numba kernel dst[...] = float16(src bits) * mul + add, or None (no numba).
+    """numba kernel dst[...] = float16(src bits) * mul + add, or None (no numba).
 
-  numpy's float16 -> float32 cast has no SIMD path here (~120 us for an 80x608
-  crop); widening the bits by hand in a JIT loop takes ~15 us. `mul` carries
-  the 2**112 exponent rebias of the bit trick (exact for normals, subnormals,
-  zeros; inf/nan keep an all-ones exponent).
-  """
-  if os.environ.get("MATPAC_NO_NUMBA", "") not in ("", "0") or not np.little_endian:
-    return None
-  try:
-    import numba  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
+    numpy's float16 -> float32 cast has no SIMD path here (~120 us for an 80x608
+    crop); widening the bits by hand in a JIT loop takes ~15 us. `mul` carries
+    the 2**112 exponent rebias of the bit trick (exact for normals, subnormals,
+    zeros; inf/nan keep an all-ones exponent).
+    """
+    if os.environ.get("MATPAC_NO_NUMBA", "") not in ("", "0") or not np.little_endian:
+        return None
+    try:
+        import numba
+    except ImportError:
+        return None
 
-  def kernel(src, dst, mul, add):  # src uint16 (R, C), dst float32 (R, C), contiguous rows.
-    rows, cols = dst.shape
-    for r in range(rows):
-      s = src[r]
-      d = dst[r]
-      bits = d.view(np.uint32)
-      for c in range(cols):
-        b = np.uint32(s[c])
-        a = (b & np.uint32(0x7FFF)) << np.uint32(13)
-        a = a | (np.uint32(0x70000000) * np.uint32(a >= np.uint32(0x0F800000)))
-        bits[c] = a | ((b & np.uint32(0x8000)) << np.uint32(16))
-      for c in range(cols):
-        d[c] = d[c] * mul + add
+    def kernel(src, dst, mul, add):  # src uint16 (R, C), dst float32 (R, C), contiguous rows.
+        rows, cols = dst.shape
+        for r in range(rows):
+            s = src[r]
+            d = dst[r]
+            bits = d.view(np.uint32)
+            for c in range(cols):
+                b = np.uint32(s[c])
+                a = (b & np.uint32(0x7FFF)) << np.uint32(13)
+                a = a | (np.uint32(0x70000000) * np.uint32(a >= np.uint32(0x0F800000)))
+                bits[c] = a | ((b & np.uint32(0x8000)) << np.uint32(16))
+            for c in range(cols):
+                d[c] = d[c] * mul + add
 
-  try:
-    return numba.njit(nogil=True, cache=True)(kernel)
-  except Exception:  # pylint: disable=broad-except  (no writable cache location)
-    return numba.njit(nogil=True)(kernel)
+    try:
+        return numba.njit(nogil=True, cache=True)(kernel)
+    except Exception:  (no writable cache location)
+        return numba.njit(nogil=True)(kernel)
 
 
 def _crop_starts(seed: int, positions: np.ndarray) -> np.ndarray:
-  """uint64 per stream position (splitmix64 of seed and position): the crop offsets' source."""
-  with np.errstate(over="ignore"):
-    z = positions.astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15 + 1) % 2**64)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+    """uint64 per stream position (splitmix64 of seed and position): the crop offsets' source."""
+    with np.errstate(over="ignore"):
+        z = positions.astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15 + 1) % 2**64)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
 class CropNormalize:
-  """Random time crop of `crop_frames`, zero-padding short clips in the log domain, then normalising.
+    """Random time crop of `crop_frames`, zero-padding short clips in the log domain, then normalising.
 
-  `batch(source, positions, records)` reads, crops and normalises a whole batch
-  of records into one preallocated float32 array; the crop offset of a record
-  comes from (seed, its position in the global stream), so it is the same
-  whatever the batch size, process count or resume point.
-  """
+    `batch(source, positions, records)` reads, crops and normalises a whole batch
+    of records into one preallocated float32 array; the crop offset of a record
+    comes from (seed, its position in the global stream), so it is the same
+    whatever the batch size, process count or resume point.
+    """
 
-  def __init__(self, frontend: str, crop_frames: int, short_clips: str,
-               norm_stats: tuple[float, float] | None, with_ids: bool, seed: int = 0):
-    if short_clips not in ("pad", "drop"):
-      raise ValueError(f"short_clips must be 'pad' or 'drop', got {short_clips!r}")
-    self.frontend, self.crop, self.short_clips = frontend, crop_frames, short_clips
-    self.time_axis = 1 if frontends.FEATURE_LAYOUT[frontend] == "freq_time" else 0
-    self.mean, self.std = frontends.NORM[frontend] if norm_stats is None else norm_stats
-    self.with_ids, self.seed = with_ids, seed
+    def __init__(
+        self,
+        frontend: str,
+        crop_frames: int,
+        short_clips: str,
+        norm_stats: tuple[float, float] | None,
+        with_ids: bool,
+        seed: int = 0,
+    ):
+        if short_clips not in ("pad", "drop"):
+            raise ValueError(f"short_clips must be 'pad' or 'drop', got {short_clips!r}")
+        self.frontend, self.crop, self.short_clips = frontend, crop_frames, short_clips
+        self.time_axis = 1 if frontends.FEATURE_LAYOUT[frontend] == "freq_time" else 0
+        self.mean, self.std = frontends.NORM[frontend] if norm_stats is None else norm_stats
+        self.with_ids, self.seed = with_ids, seed
 
-  def _write(self, x: np.ndarray, start: int, out: np.ndarray) -> None:
-    """out (crop layout, float32) <- normalised crop of x (float16) from `start` (or padded)."""
-    t = x.shape[self.time_axis]
-    n = min(t - start, self.crop)
-    scale = np.float32(1.0 / self.std)
-    add = np.float32(-self.mean) * scale  # == (0 - mean) / std: the padding value.
-    if self.time_axis:
-      src, dst, rest = x[:, start:start + n], out[:, :n], out[:, n:]
-    else:
-      src, dst, rest = x[start:start + n], out[:n], out[n:]
-    widen = _numba_widen()
-    if widen is not None:
-      widen(src.view(np.uint16), dst, np.float32(2.0**112) * scale, add)
-    else:
-      np.subtract(src, np.float32(self.mean), out=dst, dtype=np.float32)
-      dst *= scale
-    if n < self.crop:
-      rest[...] = add
+    def _write(self, x: np.ndarray, start: int, out: np.ndarray) -> None:
+        """out (crop layout, float32) <- normalised crop of x (float16) from `start` (or padded)."""
+        t = x.shape[self.time_axis]
+        n = min(t - start, self.crop)
+        scale = np.float32(1.0 / self.std)
+        add = np.float32(-self.mean) * scale  # == (0 - mean) / std: the padding value.
+        if self.time_axis:
+            src, dst, rest = x[:, start : start + n], out[:, :n], out[:, n:]
+        else:
+            src, dst, rest = x[start : start + n], out[:n], out[n:]
+        widen = _numba_widen()
+        if widen is not None:
+            widen(src.view(np.uint16), dst, np.float32(2.0**112) * scale, add)
+        else:
+            np.subtract(src, np.float32(self.mean), out=dst, dtype=np.float32)
+            dst *= scale
+        if n < self.crop:
+            rest[...] = add
 
-  def _shape(self, frames: int, num_freq: int) -> tuple[int, int]:
-    return (num_freq, frames) if self.time_axis else (frames, num_freq)
+    def _shape(self, frames: int, num_freq: int) -> tuple[int, int]:
+        return (num_freq, frames) if self.time_axis else (frames, num_freq)
 
-  def batch(self, source: ShardSource, positions: np.ndarray, records: np.ndarray) -> dict | None:
-    """{'x': (n, ...) float32, 'id'?} for the records kept (all of them unless 'drop')."""
-    rand = _crop_starts(self.seed, positions)
-    out = None
-    ids, n = [], 0
-    for j, i in enumerate(records):
-      data, path, offset = source.read(int(i))
-      try:
-        element = tfrecord.decode_example(data)
+    def batch(self, source: ShardSource, positions: np.ndarray, records: np.ndarray) -> dict | None:
+        """{'x': (n, ...) float32, 'id'?} for the records kept (all of them unless 'drop')."""
+        rand = _crop_starts(self.seed, positions)
+        out = None
+        ids, n = [], 0
+        for j, i in enumerate(records):
+            data, path, offset = source.read(int(i))
+            try:
+                element = tfrecord.decode_example(data)
+                x = element["logmel"]
+                if x.ndim != 2:
+                    raise ValueError(f"logmel has shape {x.shape}")
+            except Exception as err:
+                raise tfrecord.CorruptRecordError(
+                    path, offset, f"undecodable example: {err}"
+                ) from err
+            t = x.shape[self.time_axis]
+            if t < self.crop and self.short_clips == "drop":
+                continue
+            if out is None:
+                out = np.empty(
+                    (len(records),) + self._shape(self.crop, x.shape[1 - self.time_axis]),
+                    np.float32,
+                )
+            start = int(rand[j] % np.uint64(t - self.crop + 1)) if t >= self.crop else 0
+            self._write(x, start, out[n])
+            if self.with_ids:
+                ids.append(element["id"])
+            n += 1
+        if n == 0:
+            return None
+        result = {"x": out if n == len(records) else out[:n]}
+        if self.with_ids:
+            result["id"] = np.asarray(ids)
+        return result
+
+    def random_map(self, element: dict, rng: np.random.Generator) -> dict | None:
+        """One element (the per-record form; rng gives the crop offset)."""
         x = element["logmel"]
-        if x.ndim != 2:
-          raise ValueError(f"logmel has shape {x.shape}")
-      except Exception as err:  # pylint: disable=broad-except
-        raise tfrecord.CorruptRecordError(path, offset, f"undecodable example: {err}") from err
-      t = x.shape[self.time_axis]
-      if t < self.crop and self.short_clips == "drop":
-        continue
-      if out is None:
-        out = np.empty((len(records),) + self._shape(self.crop, x.shape[1 - self.time_axis]),
-                       np.float32)
-      start = int(rand[j] % np.uint64(t - self.crop + 1)) if t >= self.crop else 0
-      self._write(x, start, out[n])
-      if self.with_ids:
-        ids.append(element["id"])
-      n += 1
-    if n == 0:
-      return None
-    result = {"x": out if n == len(records) else out[:n]}
-    if self.with_ids:
-      result["id"] = np.asarray(ids)
-    return result
-
-  def random_map(self, element: dict, rng: np.random.Generator) -> dict | None:
-    """One element (the per-record form; rng gives the crop offset)."""
-    x = element["logmel"]
-    t = x.shape[self.time_axis]
-    if t < self.crop and self.short_clips == "drop":
-      return None
-    out = np.empty(self._shape(self.crop, x.shape[1 - self.time_axis]), np.float32)
-    self._write(x, int(rng.integers(0, t - self.crop + 1)) if t >= self.crop else 0, out)
-    return {"x": out, "id": element["id"]} if self.with_ids else {"x": out}
+        t = x.shape[self.time_axis]
+        if t < self.crop and self.short_clips == "drop":
+            return None
+        out = np.empty(self._shape(self.crop, x.shape[1 - self.time_axis]), np.float32)
+        self._write(x, int(rng.integers(0, t - self.crop + 1)) if t >= self.crop else 0, out)
+        return {"x": out, "id": element["id"]} if self.with_ids else {"x": out}
 
 
 class _EpochOrder:
-  """Stream position -> record index: epoch e = position // n visits the records
-  in the order of a permutation drawn from (seed, e) (identity without shuffle).
+    """Stream position -> record index: epoch e = position // n visits the records
+    in the order of a permutation drawn from (seed, e) (identity without shuffle).
 
-  Vectorised over a batch of positions, and each epoch's permutation is built
-  once per process (~30 ms and 16 MB for 2M records). It replaces grain's
-  MapDataset.shuffle, whose per-index Feistel evaluation cost ~0.9 ms per
-  element on a 32-record set and ~9 us on a 2M-record one, here.
-  """
+    Vectorised over a batch of positions, and each epoch's permutation is built
+    once per process (~30 ms and 16 MB for 2M records). It replaces grain's
+    MapDataset.shuffle, whose per-index Feistel evaluation cost ~0.9 ms per
+    element on a 32-record set and ~9 us on a 2M-record one, here.
+    """
 
-  def __init__(self, num_records: int, seed: int, shuffle: bool):
-    self.n, self.seed, self.shuffle = num_records, seed, shuffle
-    self._cache: dict[int, np.ndarray] = {}
+    def __init__(self, num_records: int, seed: int, shuffle: bool):
+        self.n, self.seed, self.shuffle = num_records, seed, shuffle
+        self._cache: dict[int, np.ndarray] = {}
 
-  def _perm(self, epoch: int) -> np.ndarray:
-    perm = self._cache.get(epoch)
-    if perm is None:
-      perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-      if len(self._cache) >= 2:  # Consecutive batches span at most two epochs.
-        self._cache.pop(min(self._cache))
-      self._cache[epoch] = perm
-    return perm
+    def _perm(self, epoch: int) -> np.ndarray:
+        perm = self._cache.get(epoch)
+        if perm is None:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            if len(self._cache) >= 2:  # Consecutive batches span at most two epochs.
+                self._cache.pop(min(self._cache))
+            self._cache[epoch] = perm
+        return perm
 
-  def __call__(self, positions: np.ndarray) -> np.ndarray:
-    if not self.shuffle:
-      return positions % self.n
-    epochs = positions // self.n
-    records = np.empty_like(positions)
-    for e in np.unique(epochs):
-      at = epochs == e
-      records[at] = self._perm(int(e))[positions[at] % self.n]
-    return records
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        if not self.shuffle:
+            return positions % self.n
+        epochs = positions // self.n
+        records = np.empty_like(positions)
+        for e in np.unique(epochs):
+            at = epochs == e
+            records[at] = self._perm(int(e))[positions[at] % self.n]
+        return records
 
 
 class _ReadBatch(grain.transforms.Map):
-  """Stream positions of one batch -> the batch of crops (or None if all dropped)."""
+    """Stream positions of one batch -> the batch of crops (or None if all dropped)."""
 
-  def __init__(self, source: ShardSource, order: _EpochOrder, crop: CropNormalize):
-    self.source, self.order, self.crop = source, order, crop
+    def __init__(self, source: ShardSource, order: _EpochOrder, crop: CropNormalize):
+        self.source, self.order, self.crop = source, order, crop
 
-  def map(self, element):
-    positions = np.asarray(element, np.int64)
-    return self.crop.batch(self.source, positions, self.order(positions))
+    def map(self, element):
+        positions = np.asarray(element, np.int64)
+        return self.crop.batch(self.source, positions, self.order(positions))
 
 
 def _position(position: int, unused_record: int) -> int:
-  return position
+    return position
 
 
 class _Rebatch(grain.IterDataset):
-  """Fixed-size batches from variable-size ones ('drop' mode), with exact resume.
+    """Fixed-size batches from variable-size ones ('drop' mode), with exact resume.
 
-  State: the parent's state before the chunk that holds the next row, and how
-  many rows of that chunk are already out.
-  """
+    State: the parent's state before the chunk that holds the next row, and how
+    many rows of that chunk are already out.
+    """
 
-  def __init__(self, parent: grain.IterDataset, batch_size: int, drop_remainder: bool):
-    super().__init__(parent)
-    self.batch_size, self.drop_remainder = batch_size, drop_remainder
+    def __init__(self, parent: grain.IterDataset, batch_size: int, drop_remainder: bool):
+        super().__init__(parent)
+        self.batch_size, self.drop_remainder = batch_size, drop_remainder
 
-  def __iter__(self):
-    return _RebatchIterator(self._parent.__iter__(), self.batch_size, self.drop_remainder)
+    def __iter__(self):
+        return _RebatchIterator(self._parent.__iter__(), self.batch_size, self.drop_remainder)
 
 
 class _RebatchIterator(grain.DatasetIterator):
 
-  def __init__(self, parent, batch_size: int, drop_remainder: bool):
-    super().__init__(parent)
-    self.batch_size, self.drop_remainder = batch_size, drop_remainder
-    self._chunk_state = self._parent.get_state()
-    self._chunk, self._used = None, 0
+    def __init__(self, parent, batch_size: int, drop_remainder: bool):
+        super().__init__(parent)
+        self.batch_size, self.drop_remainder = batch_size, drop_remainder
+        self._chunk_state = self._parent.get_state()
+        self._chunk, self._used = None, 0
 
-  def _pull(self) -> bool:
-    self._chunk_state = self._parent.get_state()
-    try:
-      self._chunk = next(self._parent)
-    except StopIteration:
-      self._chunk = None
-      return False
-    self._used = 0
-    return True
+    def _pull(self) -> bool:
+        self._chunk_state = self._parent.get_state()
+        try:
+            self._chunk = next(self._parent)
+        except StopIteration:
+            self._chunk = None
+            return False
+        self._used = 0
+        return True
 
-  def __next__(self):
-    parts, have = [], 0
-    while have < self.batch_size:
-      if self._chunk is None or self._used >= len(self._chunk["x"]):
-        if not self._pull():
-          break
-      take = min(self.batch_size - have, len(self._chunk["x"]) - self._used)
-      parts.append({k: v[self._used:self._used + take] for k, v in self._chunk.items()})
-      self._used += take
-      have += take
-    if have == 0 or (have < self.batch_size and self.drop_remainder):
-      raise StopIteration
-    if len(parts) == 1:
-      return parts[0]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    def __next__(self):
+        parts, have = [], 0
+        while have < self.batch_size:
+            if self._chunk is None or self._used >= len(self._chunk["x"]):
+                if not self._pull():
+                    break
+            take = min(self.batch_size - have, len(self._chunk["x"]) - self._used)
+            parts.append({k: v[self._used : self._used + take] for k, v in self._chunk.items()})
+            self._used += take
+            have += take
+        if have == 0 or (have < self.batch_size and self.drop_remainder):
+            raise StopIteration
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-  def get_state(self):
-    return {"parent": self._chunk_state, "used": self._used if self._chunk is not None else 0}
+    def get_state(self):
+        return {"parent": self._chunk_state, "used": self._used if self._chunk is not None else 0}
 
-  def set_state(self, state):
-    self._parent.set_state(state["parent"])
-    self._chunk, self._used = None, 0
-    if state["used"]:
-      self._pull()
-      self._used = state["used"]
-    else:
-      self._chunk_state = state["parent"]
+    def set_state(self, state):
+        self._parent.set_state(state["parent"])
+        self._chunk, self._used = None, 0
+        if state["used"]:
+            self._pull()
+            self._used = state["used"]
+        else:
+            self._chunk_state = state["parent"]
 
 
-def make_dataset(path: str | os.PathLike, *, frontend: str, crop_frames: int, batch_size: int,
-                 seed: int, shuffle: bool = True, num_epochs: int | None = None,
-                 worker_count: int = 0, shard_index: int | None = None,
-                 shard_count: int | None = None, short_clips: str = "pad",
-                 norm_stats: tuple[float, float] | None = None, drop_remainder: bool = True,
-                 verify_crc: bool | str = "once", with_ids: bool = False,
-                 read_threads: int = 1) -> grain.IterDataset:
-  """The pipeline as a grain.IterDataset (iterate it, or use make_loader).
+def make_dataset(
+    path: str | os.PathLike,
+    *,
+    frontend: str,
+    crop_frames: int,
+    batch_size: int,
+    seed: int,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    worker_count: int = 0,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    short_clips: str = "pad",
+    norm_stats: tuple[float, float] | None = None,
+    drop_remainder: bool = True,
+    verify_crc: bool | str = "once",
+    with_ids: bool = False,
+    read_threads: int = 1,
+) -> grain.IterDataset:
+    """The pipeline as a grain.IterDataset (iterate it, or use make_loader).
 
-  grain elements are batches of record indices: one map reads, crops and
-  normalises a whole batch into one array (no per-record grain overhead, no
-  stacking copy). `read_threads` batches are prepared ahead in threads (0: in
-  the consumer's thread); `worker_count` > 0 moves that into grain processes.
-  """
-  frontends.check_frontend(frontend)
-  if shard_index is None or shard_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
-    shard_index = jax.process_index() if shard_index is None else shard_index
-    shard_count = jax.process_count() if shard_count is None else shard_count
-  if not 0 <= shard_index < shard_count:
-    raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
-  shards = find_shards(path)
-  _check_frontend(shards, frontend)
-  source = ShardSource(shards, verify_crc=verify_crc)
-  if len(source) == 0:
-    raise ValueError(f"the shards under {path} hold no records")
-  crop = CropNormalize(frontend, crop_frames, short_clips, norm_stats, with_ids,
-                       seed=(seed + 1) % 2**32)
-  order = _EpochOrder(len(source), seed % 2**32, shuffle)
-  ds = grain.MapDataset.range(len(source)).repeat(num_epochs)
-  ds = ds.map_with_index(_position)  # Position in the global stream (epoch * n + i).
-  ds = ds[shard_index::shard_count]
-  drop = short_clips == "drop"
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder and not drop)
-  ds = ds.map(_ReadBatch(source, order, crop))
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                            prefetch_buffer_size=max(1, 2 * read_threads)))
-  if drop:
-    ds = _Rebatch(ds, batch_size, drop_remainder)
-  if worker_count > 0:
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-  return ds
+    grain elements are batches of record indices: one map reads, crops and
+    normalises a whole batch into one array (no per-record grain overhead, no
+    stacking copy). `read_threads` batches are prepared ahead in threads (0: in
+    the consumer's thread); `worker_count` > 0 moves that into grain processes.
+    """
+    frontends.check_frontend(frontend)
+    if shard_index is None or shard_count is None:
+        import jax
+
+        shard_index = jax.process_index() if shard_index is None else shard_index
+        shard_count = jax.process_count() if shard_count is None else shard_count
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
+    shards = find_shards(path)
+    _check_frontend(shards, frontend)
+    source = ShardSource(shards, verify_crc=verify_crc)
+    if len(source) == 0:
+        raise ValueError(f"the shards under {path} hold no records")
+    crop = CropNormalize(
+        frontend, crop_frames, short_clips, norm_stats, with_ids, seed=(seed + 1) % 2**32
+    )
+    order = _EpochOrder(len(source), seed % 2**32, shuffle)
+    ds = grain.MapDataset.range(len(source)).repeat(num_epochs)
+    ds = ds.map_with_index(_position)  # Position in the global stream (epoch * n + i).
+    ds = ds[shard_index::shard_count]
+    drop = short_clips == "drop"
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder and not drop)
+    ds = ds.map(_ReadBatch(source, order, crop))
+    ds = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(1, 2 * read_threads))
+    )
+    if drop:
+        ds = _Rebatch(ds, batch_size, drop_remainder)
+    if worker_count > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return ds
 
 
 def make_loader(path: str | os.PathLike, **kwargs) -> grain.DatasetIterator:
-  """Iterator of {'x': (B, 80, crop) | (B, crop, 128) float32} with get_state/set_state.
+    """Iterator of {'x': (B, 80, crop) | (B, crop, 128) float32} with get_state/set_state.
 
-  Same keyword arguments as make_dataset. Save the state with
-  `iterator.get_state()` (a small dict) or through orbax with
-  `grain.checkpoint.CheckpointSave(iterator)` / `CheckpointRestore(iterator)`.
-  """
-  return iter(make_dataset(path, **kwargs))
+    Same keyword arguments as make_dataset. Save the state with
+    `iterator.get_state()` (a small dict) or through orbax with
+    `grain.checkpoint.CheckpointSave(iterator)` / `CheckpointRestore(iterator)`.
+    """
+    return iter(make_dataset(path, **kwargs))

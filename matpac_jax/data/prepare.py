@@ -13,6 +13,7 @@ writes the shards s with s % m == i and `manifest-<i>-of-<m>.json`. When all are
 done, `--output OUT --merge` writes the combined `manifest.json`; the loader
 also works without it (it reads every `*.tfrecord` under OUT).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,236 +37,314 @@ from matpac_jax.data import tfrecord
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".aif",
-                    ".aiff", ".au", ".wma", ".webm", ".mp4")
+AUDIO_EXTENSIONS = (
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".mp3",
+    ".m4a",
+    ".aac",
+    ".opus",
+    ".aif",
+    ".aiff",
+    ".au",
+    ".wma",
+    ".webm",
+    ".mp4",
+)
 CLIPS_PER_SHARD = 1024  # ~160 MB of 10 s float16 log-mels.
 MIN_SAMPLES = frontends.N_FFT  # One full 25 ms window, else "too short".
 
 
 @dataclasses.dataclass(frozen=True)
 class Clip:
-  path: str
-  id: str
-  label: str | None = None
+    path: str
+    id: str
+    label: str | None = None
 
 
 def list_inputs(input_path: str) -> list[Clip]:
-  """Clips of an audio folder (recursive) or of a CSV with `file` [+ `label`] columns."""
-  input_path = os.fspath(input_path)
-  if os.path.isdir(input_path):
-    clips = []
-    for root, _, files in os.walk(input_path):
-      for f in files:
-        if f.lower().endswith(AUDIO_EXTENSIONS):
-          path = os.path.join(root, f)
-          clips.append(Clip(path, os.path.relpath(path, input_path).replace(os.sep, "/")))
-    return sorted(clips, key=lambda c: c.id)
-  if os.path.isfile(input_path):
-    base = os.path.dirname(os.path.abspath(input_path))
-    with open(input_path, newline="", encoding="utf-8") as f:
-      reader = csv.DictReader(f)
-      if "file" not in (reader.fieldnames or []):
-        raise ValueError(f"{input_path}: CSV needs a 'file' column (has {reader.fieldnames})")
-      return [Clip(os.path.join(base, row["file"]), row["file"], row.get("label") or None)
-              for row in reader]
-  raise FileNotFoundError(f"--input {input_path}: no such folder or CSV file")
+    """Clips of an audio folder (recursive) or of a CSV with `file` [+ `label`] columns."""
+    input_path = os.fspath(input_path)
+    if os.path.isdir(input_path):
+        clips = []
+        for root, _, files in os.walk(input_path):
+            for f in files:
+                if f.lower().endswith(AUDIO_EXTENSIONS):
+                    path = os.path.join(root, f)
+                    clips.append(Clip(path, os.path.relpath(path, input_path).replace(os.sep, "/")))
+        return sorted(clips, key=lambda c: c.id)
+    if os.path.isfile(input_path):
+        base = os.path.dirname(os.path.abspath(input_path))
+        with open(input_path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if "file" not in (reader.fieldnames or []):
+                raise ValueError(
+                    f"{input_path}: CSV needs a 'file' column (has {reader.fieldnames})"
+                )
+            return [
+                Clip(os.path.join(base, row["file"]), row["file"], row.get("label") or None)
+                for row in reader
+            ]
+    raise FileNotFoundError(f"--input {input_path}: no such folder or CSV file")
 
 
 def shard_path(output: str, name: str, index: int, count: int) -> str:
-  return os.path.join(output, f"{name}-{index:05d}-of-{count:05d}.tfrecord")
+    return os.path.join(output, f"{name}-{index:05d}-of-{count:05d}.tfrecord")
 
 
 def frontend_params(frontend: str) -> dict:
-  """What a reader needs to interpret the shards."""
-  return {"frontend": frontend, "sample_rate": frontends.SR, "n_fft": frontends.N_FFT,
-          "hop_length": frontends.HOP, "num_bins": frontends.NUM_BINS[frontend],
-          "layout": frontends.FEATURE_LAYOUT[frontend], "norm": list(frontends.NORM[frontend]),
-          "log_floor": frontends.LOG_EPS, "dtype": "float16", "normalised": False}
+    """What a reader needs to interpret the shards."""
+    return {
+        "frontend": frontend,
+        "sample_rate": frontends.SR,
+        "n_fft": frontends.N_FFT,
+        "hop_length": frontends.HOP,
+        "num_bins": frontends.NUM_BINS[frontend],
+        "layout": frontends.FEATURE_LAYOUT[frontend],
+        "norm": list(frontends.NORM[frontend]),
+        "log_floor": frontends.LOG_EPS,
+        "dtype": "float16",
+        "normalised": False,
+    }
 
 
 def _fingerprint(frontend: str, clips: list[Clip]) -> str:
-  h = hashlib.sha256(frontend.encode())
-  for c in clips:
-    h.update(f"\0{c.id}\0{c.label}".encode())
-  return h.hexdigest()[:16]
+    h = hashlib.sha256(frontend.encode())
+    for c in clips:
+        h.update(f"\0{c.id}\0{c.label}".encode())
+    return h.hexdigest()[:16]
 
 
 def _featurize(clip: Clip, frontend: str) -> np.ndarray:
-  wave = audio.load_audio(clip.path)
-  if wave.size < MIN_SAMPLES:
-    raise audio.AudioDecodeError(
-        clip.path, f"too short: {wave.size} samples < {MIN_SAMPLES} (one 25 ms window)")
-  return frontends.compute(frontend, wave)
+    wave = audio.load_audio(clip.path)
+    if wave.size < MIN_SAMPLES:
+        raise audio.AudioDecodeError(
+            clip.path, f"too short: {wave.size} samples < {MIN_SAMPLES} (one 25 ms window)"
+        )
+    return frontends.compute(frontend, wave)
 
 
 def write_shard(path: str, clips: list[Clip], frontend: str, progress=None) -> dict:
-  """Writes one shard + its index and sidecar; returns the sidecar dict."""
-  info = {"file": os.path.basename(path), "fingerprint": _fingerprint(frontend, clips),
-          "num_examples": 0, "num_frames": 0, "skipped": []}
-  time_axis = -1 if frontends.FEATURE_LAYOUT[frontend] == "freq_time" else 0
-  with tfrecord.TFRecordWriter(path) as writer:
-    for clip in clips:
-      try:
-        feat = _featurize(clip, frontend)
-      except audio.AudioDecodeError as err:
-        log.warning("skipped %s: %s", clip.path, err.reason)
-        info["skipped"].append({"file": clip.path, "reason": err.reason})
-      else:
-        writer.write(tfrecord.encode_example(feat, clip.id, clip.label))
-        info["num_examples"] += 1
-        info["num_frames"] += int(feat.shape[time_axis])
-      if progress is not None:
-        progress(1)
-  index = np.asarray(writer.offsets, np.int64).reshape(-1, 2)
-  np.save(path + ".index.npy", index)
-  _write_json(path + ".json", info)
-  return info
+    """Writes one shard + its index and sidecar; returns the sidecar dict."""
+    info = {
+        "file": os.path.basename(path),
+        "fingerprint": _fingerprint(frontend, clips),
+        "num_examples": 0,
+        "num_frames": 0,
+        "skipped": [],
+    }
+    time_axis = -1 if frontends.FEATURE_LAYOUT[frontend] == "freq_time" else 0
+    with tfrecord.TFRecordWriter(path) as writer:
+        for clip in clips:
+            try:
+                feat = _featurize(clip, frontend)
+            except audio.AudioDecodeError as err:
+                log.warning("skipped %s: %s", clip.path, err.reason)
+                info["skipped"].append({"file": clip.path, "reason": err.reason})
+            else:
+                writer.write(tfrecord.encode_example(feat, clip.id, clip.label))
+                info["num_examples"] += 1
+                info["num_frames"] += int(feat.shape[time_axis])
+            if progress is not None:
+                progress(1)
+    index = np.asarray(writer.offsets, np.int64).reshape(-1, 2)
+    np.save(path + ".index.npy", index)
+    _write_json(path + ".json", info)
+    return info
 
 
 def _write_json(path: str, obj: dict) -> None:
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(path + ".tmp", path)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def _finished(path: str, fingerprint: str) -> dict | None:
-  if not (os.path.exists(path) and os.path.exists(path + ".json")):
-    return None
-  with open(path + ".json", encoding="utf-8") as f:
-    info = json.load(f)
-  if info.get("fingerprint") != fingerprint:
-    raise ValueError(f"{path} was written from other inputs or another front end; "
-                     "use a new --output folder")
-  return info
+    if not (os.path.exists(path) and os.path.exists(path + ".json")):
+        return None
+    with open(path + ".json", encoding="utf-8") as f:
+        info = json.load(f)
+    if info.get("fingerprint") != fingerprint:
+        raise ValueError(
+            f"{path} was written from other inputs or another front end; "
+            "use a new --output folder"
+        )
+    return info
 
 
 def _write_shard_task(args):
-  path, clips, frontend = args
-  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-  return write_shard(path, clips, frontend)
+    path, clips, frontend = args
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    return write_shard(path, clips, frontend)
 
 
 def _progress_bar(total: int):
-  if not sys.stderr.isatty():
-    return None
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm(total=total, unit="clip", desc="prepare", smoothing=0.1)
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="clip", desc="prepare", smoothing=0.1)
 
 
-def prepare(input: str, output: str, frontend: str, num_shards: int | None = None,  # pylint: disable=redefined-builtin
-            workers: int = 1, worker_index: int = 0, num_workers: int = 1,
-            name: str = "data") -> dict:
-  """Writes this worker's missing shards and its manifest; returns the manifest."""
-  frontends.check_frontend(frontend)
-  if not 0 <= worker_index < num_workers:
-    raise ValueError(f"worker_index {worker_index} not in [0, {num_workers})")
-  clips = list_inputs(input)
-  if not clips:
-    raise ValueError(f"--input {input}: no audio files found")
-  num_shards = num_shards or max(1, math.ceil(len(clips) / CLIPS_PER_SHARD))
-  os.makedirs(output, exist_ok=True)
-  splits = np.array_split(np.arange(len(clips)), num_shards)
-  mine = [s for s in range(num_shards) if s % num_workers == worker_index]
-  infos, todo = {}, []
-  for s in mine:
-    path = shard_path(output, name, s, num_shards)
-    shard_clips = [clips[i] for i in splits[s]]
-    info = _finished(path, _fingerprint(frontend, shard_clips))
-    if info is None:
-      todo.append((path, shard_clips, frontend))
+def prepare(
+    input: str,
+    output: str,
+    frontend: str,
+    num_shards: int | None = None,  # pylint: disable=redefined-builtin
+    workers: int = 1,
+    worker_index: int = 0,
+    num_workers: int = 1,
+    name: str = "data",
+) -> dict:
+    """Writes this worker's missing shards and its manifest; returns the manifest."""
+    frontends.check_frontend(frontend)
+    if not 0 <= worker_index < num_workers:
+        raise ValueError(f"worker_index {worker_index} not in [0, {num_workers})")
+    clips = list_inputs(input)
+    if not clips:
+        raise ValueError(f"--input {input}: no audio files found")
+    num_shards = num_shards or max(1, math.ceil(len(clips) / CLIPS_PER_SHARD))
+    os.makedirs(output, exist_ok=True)
+    splits = np.array_split(np.arange(len(clips)), num_shards)
+    mine = [s for s in range(num_shards) if s % num_workers == worker_index]
+    infos, todo = {}, []
+    for s in mine:
+        path = shard_path(output, name, s, num_shards)
+        shard_clips = [clips[i] for i in splits[s]]
+        info = _finished(path, _fingerprint(frontend, shard_clips))
+        if info is None:
+            todo.append((path, shard_clips, frontend))
+        else:
+            infos[s] = info
+    total = sum(len(t[1]) for t in todo)
+    bar = _progress_bar(total)
+    start = time.perf_counter()
+    done = {}  # shard file name -> sidecar
+    if workers <= 1 or len(todo) <= 1:
+        for task in todo:
+            info = write_shard(*task, progress=bar.update if bar else None)
+            done[info["file"]] = info
     else:
-      infos[s] = info
-  total = sum(len(t[1]) for t in todo)
-  bar = _progress_bar(total)
-  start = time.perf_counter()
-  done = {}  # shard file name -> sidecar
-  if workers <= 1 or len(todo) <= 1:
-    for task in todo:
-      info = write_shard(*task, progress=bar.update if bar else None)
-      done[info["file"]] = info
-  else:
-    ctx = multiprocessing.get_context("spawn")  # No fork: callers may hold JAX/grain threads.
-    sizes = {os.path.basename(t[0]): len(t[1]) for t in todo}
-    with ctx.Pool(min(workers, len(todo))) as pool:
-      for info in pool.imap_unordered(_write_shard_task, todo):
-        done[info["file"]] = info
-        if bar:
-          bar.update(sizes[info["file"]])
-  if bar:
-    bar.close()
-  for s in mine:
-    if s not in infos:
-      infos[s] = done[os.path.basename(shard_path(output, name, s, num_shards))]
-  elapsed = time.perf_counter() - start
-  manifest = _manifest([infos[s] for s in mine], frontend, input, name, num_shards,
-                       worker_index, num_workers)
-  manifest["clips_per_second"] = round(total / elapsed, 2) if total else None
-  fname = ("manifest.json" if num_workers == 1
-           else f"manifest-{worker_index}-of-{num_workers}.json")
-  _write_json(os.path.join(output, fname), manifest)
-  log.info("%s: %d examples in %d shards, %d skipped", output, manifest["num_examples"],
-           len(manifest["shards"]), len(manifest["skipped"]))
-  return manifest
+        ctx = multiprocessing.get_context("spawn")  # No fork: callers may hold JAX/grain threads.
+        sizes = {os.path.basename(t[0]): len(t[1]) for t in todo}
+        with ctx.Pool(min(workers, len(todo))) as pool:
+            for info in pool.imap_unordered(_write_shard_task, todo):
+                done[info["file"]] = info
+                if bar:
+                    bar.update(sizes[info["file"]])
+    if bar:
+        bar.close()
+    for s in mine:
+        if s not in infos:
+            infos[s] = done[os.path.basename(shard_path(output, name, s, num_shards))]
+    elapsed = time.perf_counter() - start
+    manifest = _manifest(
+        [infos[s] for s in mine], frontend, input, name, num_shards, worker_index, num_workers
+    )
+    manifest["clips_per_second"] = round(total / elapsed, 2) if total else None
+    fname = (
+        "manifest.json" if num_workers == 1 else f"manifest-{worker_index}-of-{num_workers}.json"
+    )
+    _write_json(os.path.join(output, fname), manifest)
+    log.info(
+        "%s: %d examples in %d shards, %d skipped",
+        output,
+        manifest["num_examples"],
+        len(manifest["shards"]),
+        len(manifest["skipped"]),
+    )
+    return manifest
 
 
-def _manifest(infos: list[dict], frontend: str, input_path: str, name: str, num_shards: int,
-              worker_index: int, num_workers: int) -> dict:
-  return {
-      **frontend_params(frontend), "input": os.path.abspath(input_path), "name": name,
-      "num_shards": num_shards, "worker_index": worker_index, "num_workers": num_workers,
-      "num_examples": sum(i["num_examples"] for i in infos),
-      "num_frames": sum(i["num_frames"] for i in infos),
-      "shards": [{k: i[k] for k in ("file", "num_examples", "num_frames")} for i in infos],
-      "skipped": [s for i in infos for s in i["skipped"]],
-  }
+def _manifest(
+    infos: list[dict],
+    frontend: str,
+    input_path: str,
+    name: str,
+    num_shards: int,
+    worker_index: int,
+    num_workers: int,
+) -> dict:
+    return {
+        **frontend_params(frontend),
+        "input": os.path.abspath(input_path),
+        "name": name,
+        "num_shards": num_shards,
+        "worker_index": worker_index,
+        "num_workers": num_workers,
+        "num_examples": sum(i["num_examples"] for i in infos),
+        "num_frames": sum(i["num_frames"] for i in infos),
+        "shards": [{k: i[k] for k in ("file", "num_examples", "num_frames")} for i in infos],
+        "skipped": [s for i in infos for s in i["skipped"]],
+    }
 
 
 def merge_manifests(output: str) -> dict:
-  """Combines manifest-<i>-of-<m>.json of all workers into manifest.json."""
-  parts = sorted(glob.glob(os.path.join(output, "manifest-*-of-*.json")))
-  if not parts:
-    raise FileNotFoundError(f"no manifest-<i>-of-<m>.json under {output}")
-  manifests = [json.load(open(p, encoding="utf-8")) for p in parts]
-  m = manifests[0]["num_workers"]
-  have = sorted(x["worker_index"] for x in manifests if x["num_workers"] == m)
-  if have != list(range(m)) or len(manifests) != m:
-    raise ValueError(f"{output}: expected manifests of workers 0..{m - 1}, found {parts}")
-  if len({x["frontend"] for x in manifests}) != 1:
-    raise ValueError(f"{output}: worker manifests disagree on the front end")
-  infos = sorted((s for x in manifests for s in x["shards"]), key=lambda s: s["file"])
-  skipped = [s for x in manifests for s in x["skipped"]]
-  m0 = manifests[0]
-  merged = _manifest([{**s, "skipped": []} for s in infos], m0["frontend"], m0["input"],
-                     m0["name"], m0["num_shards"], 0, 1)
-  merged["skipped"] = skipped
-  _write_json(os.path.join(output, "manifest.json"), merged)
-  return merged
+    """Combines manifest-<i>-of-<m>.json of all workers into manifest.json."""
+    parts = sorted(glob.glob(os.path.join(output, "manifest-*-of-*.json")))
+    if not parts:
+        raise FileNotFoundError(f"no manifest-<i>-of-<m>.json under {output}")
+    manifests = [json.load(open(p, encoding="utf-8")) for p in parts]
+    m = manifests[0]["num_workers"]
+    have = sorted(x["worker_index"] for x in manifests if x["num_workers"] == m)
+    if have != list(range(m)) or len(manifests) != m:
+        raise ValueError(f"{output}: expected manifests of workers 0..{m - 1}, found {parts}")
+    if len({x["frontend"] for x in manifests}) != 1:
+        raise ValueError(f"{output}: worker manifests disagree on the front end")
+    infos = sorted((s for x in manifests for s in x["shards"]), key=lambda s: s["file"])
+    skipped = [s for x in manifests for s in x["skipped"]]
+    m0 = manifests[0]
+    merged = _manifest(
+        [{**s, "skipped": []} for s in infos],
+        m0["frontend"],
+        m0["input"],
+        m0["name"],
+        m0["num_shards"],
+        0,
+        1,
+    )
+    merged["skipped"] = skipped
+    _write_json(os.path.join(output, "manifest.json"), merged)
+    return merged
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--input", help="audio folder (recursive) or CSV with 'file'[,'label']")
-  p.add_argument("--output", required=True, help="shard folder")
-  p.add_argument("--frontend", choices=sorted(frontends.FRONTENDS))
-  p.add_argument("--num_shards", type=int, default=None)
-  p.add_argument("--workers", type=int, default=1, help="processes on this machine")
-  p.add_argument("--worker_index", type=int, default=0)
-  p.add_argument("--num_workers", type=int, default=1, help="machines sharing the job")
-  p.add_argument("--name", default="data")
-  p.add_argument("--merge", action="store_true", help="only merge worker manifests")
-  args = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-  if args.merge:
-    m = merge_manifests(args.output)
-  else:
-    if not args.input or not args.frontend:
-      p.error("--input and --frontend are required (unless --merge)")
-    m = prepare(args.input, args.output, args.frontend, args.num_shards, args.workers,
-                args.worker_index, args.num_workers, args.name)
-  print(json.dumps({k: m[k] for k in ("frontend", "num_examples", "num_frames")}
-                   | {"shards": len(m["shards"]), "skipped": len(m["skipped"])}))
-  return 0
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--input", help="audio folder (recursive) or CSV with 'file'[,'label']")
+    p.add_argument("--output", required=True, help="shard folder")
+    p.add_argument("--frontend", choices=sorted(frontends.FRONTENDS))
+    p.add_argument("--num_shards", type=int, default=None)
+    p.add_argument("--workers", type=int, default=1, help="processes on this machine")
+    p.add_argument("--worker_index", type=int, default=0)
+    p.add_argument("--num_workers", type=int, default=1, help="machines sharing the job")
+    p.add_argument("--name", default="data")
+    p.add_argument("--merge", action="store_true", help="only merge worker manifests")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.merge:
+        m = merge_manifests(args.output)
+    else:
+        if not args.input or not args.frontend:
+            p.error("--input and --frontend are required (unless --merge)")
+        m = prepare(
+            args.input,
+            args.output,
+            args.frontend,
+            args.num_shards,
+            args.workers,
+            args.worker_index,
+            args.num_workers,
+            args.name,
+        )
+    print(
+        json.dumps(
+            {k: m[k] for k in ("frontend", "num_examples", "num_frames")}
+            | {"shards": len(m["shards"]), "skipped": len(m["skipped"])}
+        )
+    )
+    return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+    sys.exit(main())
