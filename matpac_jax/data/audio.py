@@ -23,7 +23,7 @@ def _read_soundfile(path: str) -> tuple[np.ndarray, int]:
 
 
 def _read_librosa(path: str) -> tuple[np.ndarray, int]:
-    import librosa  (slow import, rare path)
+    import librosa  # slow import, rare path
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "PySoundFile failed. Trying audioread instead."

@@ -188,7 +188,7 @@ def _numba_widen():
 
     try:
         return numba.njit(nogil=True, cache=True)(kernel)
-    except Exception:  (no writable cache location)
+    except Exception:  # no writable cache location
         return numba.njit(nogil=True)(kernel)
 
 

@@ -129,7 +129,7 @@ def _numba_crc():
 
     try:
         jitted = numba.njit(nogil=True, cache=True)(kernel)
-    except Exception:  (no writable cache location)
+    except Exception:  # no writable cache location
         jitted = numba.njit(nogil=True)(kernel)
     if np.little_endian:
         return lambda data: int(jitted(np.frombuffer(data, np.uint8), tables))
