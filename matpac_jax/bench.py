@@ -33,11 +33,8 @@ def benchmark(config, per_device_batch: int, steps: int) -> dict:
     rng = np.random.default_rng(0)
     x = trainer._to_global(run, rng.standard_normal(run.batch_shape).astype(np.float32))
     t0 = time.perf_counter()
-    compiled = run.step_fn.lower(run.state, x, jax.random.key(0)).compile()
+    compiled, flops = trainer.compile_step(run, x)
     compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0)) * run.mesh.size or None
     state, m = compiled(run.state, x, jax.random.key(0))  # warm-up
     jax.block_until_ready(m)
     times = []

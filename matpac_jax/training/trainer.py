@@ -22,7 +22,7 @@ import optax
 from absl import logging
 from flax import nnx
 
-from matpac_jax.data import loader as data_loader  # noqa: F401 (written by the data layer)
+from matpac_jax.data import loader as data_loader
 from matpac_jax.objectives import methods
 from matpac_jax.training import checkpoint as ckpt
 from matpac_jax.training import metrics as metrics_lib
@@ -204,18 +204,18 @@ class _Preemption:
         return self.requested
 
 
-def compiled_flops(run: Run, x: jax.Array) -> float | None:
-    """FLOPs of one step for the whole mesh, from XLA's cost analysis."""
+def compile_step(run: Run, x: jax.Array):
+    """Compile the step once, ahead of time; also return its FLOPs for the whole
+    mesh from XLA's cost analysis (None where the backend gives none)."""
+    compiled = run.step_fn.lower(run.state, x, jax.random.key(0)).compile()
     try:
-        lowered = run.step_fn.lower(run.state, x, jax.random.key(0))
-        cost = lowered.compile().cost_analysis()
-        if isinstance(cost, (list, tuple)):
-            cost = cost[0]
-        flops = float(cost.get("flops", 0.0))
-        return flops * run.mesh.size if flops > 0 else None
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops = float(cost.get("flops", 0.0)) * run.mesh.size or None
     except Exception as e:  # cost analysis is best-effort on some backends
         logging.warning("XLA cost analysis unavailable: %s", e)
-        return None
+        flops = None
+    return compiled, flops
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -254,9 +254,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         if step == profile_start:
             jax.profiler.start_trace(os.path.join(workdir, "profile"))
         x = _to_global(run, next(data)["x"])
-        if flops is None and step == start:
-            flops = compiled_flops(run, x)
-        run.state, m = run.step_fn(run.state, x, jax.random.fold_in(base_key, step))
+        if step == start:
+            step_fn, flops = compile_step(run, x)
+        run.state, m = step_fn(run.state, x, jax.random.fold_in(base_key, step))
         steps_since_log += 1
         if step == profile_start + config.profile.num_steps - 1:
             jax.block_until_ready(m)
