@@ -256,6 +256,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         x = _to_global(run, next(data)["x"])
         if step == start:
             step_fn, flops = compile_step(run, x)
+            t_log = time.perf_counter()  # step times exclude the compile
         run.state, m = step_fn(run.state, x, jax.random.fold_in(base_key, step))
         steps_since_log += 1
         if step == profile_start + config.profile.num_steps - 1:
