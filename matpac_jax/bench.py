@@ -55,6 +55,7 @@ def benchmark(config, per_device_batch: int, steps: int) -> dict:
         "compile_s": round(compile_s, 2),
         "step_s": round(step_s, 4),
         "samples_per_s": round(config.batch_size / step_s, 2),
+        "flop_per_step": flops,
         "tflop_per_step": round(flops / 1e12, 3) if flops else None,
         "gflop_per_sample": round(flops / config.batch_size / 1e9, 1) if flops else None,
         "achieved_tflop_s": round(flops / step_s / 1e12, 3) if flops else None,

@@ -209,3 +209,13 @@ def test_two_processes_train_save_and_resume(shards, tmp_path):
     outs = launch(4)  # same command, longer run: both restore step 2 and go on
     assert all("Resuming from step 2" in out for out in outs)
     assert checkpoint.latest_checkpoint(str(workdir))[0] == 4
+
+
+def test_bench_reports_flops_and_mfu(shards):
+    from matpac_jax import bench
+
+    config = tiny_config(shards, peak_flops=1e12)
+    result = bench.benchmark(config, per_device_batch=1, steps=1)
+    assert result["global_batch"] == jax.device_count()
+    assert result["flop_per_step"] > 0 and result["step_s"] > 0
+    assert 0 < result["mfu"] < 1 and np.isfinite(result["loss"])
