@@ -172,13 +172,9 @@ class Embedder:
 def _load_workdir(path: str, *, batch_size: int, dtype=None) -> Embedder:
     """A training workdir of this project: its latest checkpoint (the model keeps
     the compute dtype it was trained with; `dtype` is ignored here)."""
-    from matpac_jax.training import checkpoint
-
-    if checkpoint.latest_checkpoint(path) is None:
-        raise ValueError(f"no checkpoint found in {path}")
     from matpac_jax.training import trainer
 
-    method, model, config = trainer.restore_model(path)
+    method, model, config = trainer.restore_model(path)  # raises if it has no checkpoint
     return Embedder(method.encoder(model), method.kind, method.frontend,
                     method.default_norm_stats(), batch_size, config.to_dict())
 

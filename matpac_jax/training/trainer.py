@@ -59,8 +59,8 @@ class Run:
     batch_shape: tuple
 
 
-def validate(config: ml_collections.ConfigDict, devices=None) -> None:
-    """Config errors that must surface before any compilation."""
+def validate(config: ml_collections.ConfigDict, devices=None) -> jax.sharding.Mesh:
+    """Config errors that must surface before any compilation; returns the mesh."""
     mesh = sharding.make_mesh(config.mesh, devices)  # raises if it does not fit
     mesh_devices = mesh.size
     dp = sharding.data_parallel_size(mesh)
@@ -76,13 +76,13 @@ def validate(config: ml_collections.ConfigDict, devices=None) -> None:
         )
     if config.total_steps <= 0:
         raise ValueError(f"config.total_steps must be > 0, got {config.total_steps}")
+    return mesh
 
 
 def build(config: ml_collections.ConfigDict, devices=None) -> Run:
     """Mesh, sharded state, and the compiled-on-first-call train step."""
-    validate(config, devices)
+    mesh = validate(config, devices)
     method = methods.get(config)
-    mesh = sharding.make_mesh(config.mesh, devices)
     rules = sharding.logical_rules(config.fsdp, config.mesh.get("tensor", 1) != 1)
     tx, lr_schedule = optim.make_optimizer(config.opt, config.total_steps)
 
