@@ -16,12 +16,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="official M2D/MATPAC/BEATs .pt/.pth file or a training workdir")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--batch-size", type=int, default=16, help="chunks per encoder call")
+    p.add_argument("--freq_tokens", choices=("concat", "mean"), default=None,
+                   help="frequency patches per time step: concatenated or averaged "
+                        "(default: the method's, SPEC section 6)")
     p.add_argument("audio", nargs="+", help="audio files (any format soundfile/audioread reads)")
     args = p.parse_args(argv)
 
     from matpac_jax.inference import load  # after parsing: --help stays fast
 
-    embedder = load(args.checkpoint, batch_size=args.batch_size)
+    embedder = load(args.checkpoint, batch_size=args.batch_size, freq_tokens=args.freq_tokens)
     clip = embedder.clip_embeddings(args.audio)
     np.savez(args.out, clip=clip.astype(np.float32), files=np.asarray(args.audio))
     print(f"wrote {args.out}: clip {clip.shape} from {len(args.audio)} files", file=sys.stderr)

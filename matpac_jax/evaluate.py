@@ -40,7 +40,8 @@ def load_config(spec: str):
     return module.get_config(arg or None)
 
 
-def random_init_embedder(config, seed: int | None = None, batch_size: int = 16):
+def random_init_embedder(config, seed: int | None = None, batch_size: int = 16,
+                         freq_tokens: str | None = None):
     """Embedder over the freshly initialised encoder of `config`'s method."""
     from flax import nnx
 
@@ -50,7 +51,8 @@ def random_init_embedder(config, seed: int | None = None, batch_size: int = 16):
     method = methods.get(config)
     model = method.build(nnx.Rngs(config.seed if seed is None else seed))
     return Embedder(method.encoder(model), method.kind, method.frontend,
-                    method.default_norm_stats(), batch_size, config.to_dict())
+                    method.default_norm_stats(), batch_size, config.to_dict(),
+                    freq_tokens=freq_tokens)
 
 
 def logmel_stats(files: list[str]) -> np.ndarray:
@@ -64,8 +66,8 @@ def logmel_stats(files: list[str]) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
-def make_embed(checkpoint: str, config: str | None, seed: int | None,
-               batch_size: int) -> tuple[Callable[[list[str]], np.ndarray], str]:
+def make_embed(checkpoint: str, config: str | None, seed: int | None, batch_size: int,
+               freq_tokens: str | None = None) -> tuple[Callable[[list[str]], np.ndarray], str]:
     """(files -> (N, D) embeddings, an id of the checkpoint for the cache key).
     The model is only loaded when embeddings are not cached."""
     if checkpoint == LOGMEL:
@@ -76,7 +78,7 @@ def make_embed(checkpoint: str, config: str | None, seed: int | None,
         cfg = load_config(config)
         digest = hashlib.sha1(cfg.to_json().encode()).hexdigest()[:12]
         ckpt_id = f"{RANDOM_INIT}:{config}:{digest}:seed={cfg.seed if seed is None else seed}"
-        loader = lambda: random_init_embedder(cfg, seed, batch_size)
+        loader = lambda: random_init_embedder(cfg, seed, batch_size, freq_tokens)
     else:
         path = os.path.abspath(checkpoint)
         if os.path.isdir(path):
@@ -95,8 +97,10 @@ def make_embed(checkpoint: str, config: str | None, seed: int | None,
         def loader():
             from matpac_jax.inference import load
 
-            return load(path, batch_size=batch_size)
+            return load(path, batch_size=batch_size, freq_tokens=freq_tokens)
 
+    if freq_tokens:
+        ckpt_id += f":freq_tokens={freq_tokens}"
     holder = {}
 
     def embed(files: list[str]) -> np.ndarray:
@@ -132,13 +136,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=200, help="max probe epochs (EVAR: 200)")
     p.add_argument("--init_seed", type=int, default=None, help="random-init seed (config.seed)")
     p.add_argument("--batch_size", type=int, default=16, help="chunks per encoder call")
+    p.add_argument("--freq_tokens", choices=("concat", "mean"), default=None,
+                   help="frequency patches of a time step: concatenated or averaged "
+                        "(default: the method's, SPEC section 6)")
     args = p.parse_args(argv)
+    if args.freq_tokens and args.checkpoint == LOGMEL:
+        p.error("--freq_tokens does not apply to logmel-baseline")
 
     from matpac_jax.evaluation import linear_probe as lp
 
     cfg = lp.ProbeConfig(lr=args.lr[0], epochs=args.epochs)
     lrs = args.lr if len(args.lr) > 1 else ()
-    embed, ckpt_id = make_embed(args.checkpoint, args.config, args.init_seed, args.batch_size)
+    embed, ckpt_id = make_embed(args.checkpoint, args.config, args.init_seed, args.batch_size,
+                                args.freq_tokens)
     results = {}
     for directory in args.task:
         task = lp.load_task(directory)
@@ -149,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{task.name}: {len(task.files)} clips, embeddings {emb.shape} "
               f"{'from cache' if cached else 'computed'} in {t1 - t0:.1f}s, "
               f"probe {time.perf_counter() - t1:.1f}s", file=sys.stderr)
-    out = {"checkpoint": args.checkpoint, "config": args.config,
+    out = {"checkpoint": args.checkpoint, "config": args.config, "freq_tokens": args.freq_tokens,
            "probe": {**dataclasses.asdict(cfg), "lr": args.lr}, "tasks": results}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:

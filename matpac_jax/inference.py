@@ -19,6 +19,11 @@ chunking, as the official `extract_features`); its padding mask is wrong
 (SPEC section 8), so only clips of equal length share a batch. Frames are
 patch features averaged over the 8 frequency patches; the clip embedding is
 the mean over all patches.
+
+`freq_tokens` picks how the frequency patches of one time step become a frame:
+'concat' (F*D, the ViT default of SPEC section 6) or 'mean' (D: the BEATs
+default, and SPEC's "768-d frame variant" for the ViT). None: the method's
+default.
 """
 from __future__ import annotations
 
@@ -69,19 +74,25 @@ class Embedder:
     norm_stats: tuple[float, float] | None
     batch_size: int = 16
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    freq_tokens: str | None = None   # 'concat' | 'mean' | None (method default)
 
     def __post_init__(self):
+        if self.freq_tokens is None:
+            self.freq_tokens = "mean" if self.kind == "beats" else "concat"
+        if self.freq_tokens not in ("concat", "mean"):
+            raise ValueError(f"freq_tokens must be 'concat' or 'mean', got {self.freq_tokens!r}")
         graphdef, state = nnx.split(self.model)
         if self.kind == "beats":
             def run(state, x, _):
-                return nnx.merge(graphdef, state).extract_features(x)
+                y = nnx.merge(graphdef, state).extract_features(x)
+                b, n, d = y.shape  # time-major patches: b (t f) d
+                return y.reshape(b, n // 8, 8, d)
         else:
             def run(state, x, valid):
                 enc = nnx.merge(graphdef, state)
                 y = enc(x, valid)[:, 1:]
-                b, n, d = y.shape  # b (f t) d -> b t (f d)
-                y = y.reshape(b, enc.grid_f, n // enc.grid_f, d).transpose(0, 2, 1, 3)
-                return y.reshape(b, n // enc.grid_f, enc.grid_f * d)
+                b, n, d = y.shape  # b (f t) d -> b t f d
+                return y.reshape(b, enc.grid_f, n // enc.grid_f, d).transpose(0, 2, 1, 3)
         jitted = jax.jit(run)
         self._encode = lambda x, e: jitted(state, x, e)
 
@@ -133,8 +144,13 @@ class Embedder:
             ys = _batched(self._encode, [it[2] for it in items], [it[3] for it in items],
                           self.batch_size)
             for (i, c, _, length), y in zip(items, ys):
-                results[i, c] = y[: length // p]
+                results[i, c] = self._pool_freq(y[: length // p])
         return [np.concatenate([results[i, c] for c in range(n)]) for i, n in enumerate(n_chunks)]
+
+    def _pool_freq(self, y: np.ndarray) -> np.ndarray:
+        """(T, F, D) patch features of one input -> (T, F*D) or (T, D) frames."""
+        y = np.asarray(y)
+        return y.mean(axis=1) if self.freq_tokens == "mean" else y.reshape(y.shape[0], -1)
 
     # -- BEATs path --------------------------------------------------------
     def _beats_frames(self, feats: list[np.ndarray]) -> list[np.ndarray]:
@@ -146,8 +162,7 @@ class Embedder:
         for _, idx in groups.items():
             ys = _batched(self._encode, [feats[i] for i in idx], [0] * len(idx), self.batch_size)
             for i, y in zip(idx, ys):
-                n, d = y.shape  # time-major patches: t * 8 + f
-                out[i] = y.reshape(n // 8, 8, d).mean(axis=1)
+                out[i] = self._pool_freq(y)
         return out
 
     # -- public API --------------------------------------------------------
@@ -180,8 +195,13 @@ def _load_workdir(path: str, *, batch_size: int, dtype=None) -> Embedder:
 
 
 def load(path_or_obj: str | os.PathLike | dict, *, batch_size: int = 16,
-         dtype=jnp.float32) -> Embedder:
+         dtype=jnp.float32, freq_tokens: str | None = None) -> Embedder:
     """Any supported checkpoint -> Embedder (see module docstring)."""
+    emb = _load(path_or_obj, batch_size=batch_size, dtype=dtype)
+    return dataclasses.replace(emb, freq_tokens=freq_tokens) if freq_tokens else emb
+
+
+def _load(path_or_obj, *, batch_size: int, dtype) -> Embedder:
     if isinstance(path_or_obj, (str, os.PathLike)) and os.path.isdir(path_or_obj):
         return _load_workdir(os.fspath(path_or_obj), batch_size=batch_size, dtype=dtype)
     obj, name = path_or_obj, None

@@ -50,6 +50,17 @@ def test_ten_seconds_is_63_steps(small):
     assert m2d.frame_embeddings(_noise(10))[0].shape == (63, 5 * 64)
 
 
+def test_freq_tokens_mean_is_the_768d_variant(small):
+    wave = _noise(4, seed=4)
+    concat = small.frame_embeddings(wave)[0]
+    mean = inference.Embedder(small.model, "matpac", "matpac", None, batch_size=4,
+                              freq_tokens="mean").frame_embeddings(wave)[0]
+    assert concat.shape == (25, 5 * 64) and mean.shape == (25, 64)
+    np.testing.assert_allclose(mean, concat.reshape(25, 5, 64).mean(1), atol=1e-6)
+    with pytest.raises(ValueError, match="freq_tokens"):
+        inference.Embedder(small.model, "matpac", "matpac", None, freq_tokens="sum")
+
+
 def test_any_sample_rate(small):
     w44 = _noise(3, sr=44100, seed=3)
     a = small.clip_embeddings([w44], sr=44100)
@@ -92,6 +103,11 @@ def test_beats_dispatch(fixtures_dir):
     assert e.kind == "beats"
     clips = e.clip_embeddings(list(ref["waveform"]))
     np.testing.assert_allclose(clips, ref["features"].mean(1), atol=5e-3)
+    # concatenated frequency patches: time-major (t f) patches -> frames of 8 * D
+    cat = matpac_jax.load(fixtures_dir / "BEATs_small.pt", freq_tokens="concat")
+    n, d = ref["features"].shape[1:]
+    want = ref["features"].reshape(-1, n // 8, 8 * d).mean(1)
+    np.testing.assert_allclose(cat.clip_embeddings(list(ref["waveform"])), want, atol=5e-3)
 
 
 def test_workdir_without_checkpoint(tmp_path):
