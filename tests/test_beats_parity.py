@@ -157,3 +157,24 @@ def test_config_from_dict_ignores_unknown_keys():
     assert cfg.encoder_layers == 2 and cfg.max_distance == 1280 and cfg.embed_dim == 512
     assert cfg.deep_norm_alpha == 1.0
     assert BEATsConfig(deep_norm=True).deep_norm_alpha == pytest.approx(24 ** 0.25)
+
+
+@pytest.mark.parametrize("kernel,pad", [(8, 4), (7, 3)])
+def test_grouped_conv_gradients_equal_autodiff(kernel, pad):
+    """The conv positional embedding's hand-written weight gradient (a forward
+    convolution, fast on XLA:CPU) equals autodiff of lax.conv_general_dilated."""
+    import jax
+
+    from matpac_jax.models.beats import _conv1d, grouped_conv1d
+
+    rng = np.random.default_rng(kernel)
+    x = jnp.asarray(rng.standard_normal((3, 11, 12)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((kernel, 3, 12)), jnp.float32)
+    out_len = 11 + 2 * pad - kernel + 1
+    r = jnp.asarray(rng.standard_normal((3, out_len, 12)), jnp.float32)
+    loss = lambda f: lambda x, w: jnp.sum(f(x, w, 4, pad) * r)
+    np.testing.assert_allclose(grouped_conv1d(x, w, 4, pad), _conv1d(x, w, 4, pad), atol=1e-6)
+    got = jax.jit(jax.grad(loss(grouped_conv1d), argnums=(0, 1)))(x, w)
+    want = jax.grad(loss(_conv1d), argnums=(0, 1))(x, w)
+    for g, e in zip(got, want):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
