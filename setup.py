@@ -24,7 +24,7 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "nbformat>=5.9"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "nbformat>=5.9", "matplotlib>=3.8"],
         "plot": ["matplotlib>=3.8"],
     },
 )
