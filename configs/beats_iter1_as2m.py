@@ -13,8 +13,10 @@ from matpac_jax.training import defaults
 def get_config(arg: str | None = None):
     c = defaults.base(method="beats_mam", frontend="beats")
     defaults.beats(c)
+    # tokenizer_input_norm='patch': standardise patches before the random
+    # projection (not in the paper; see RandomProjectionTokenizer).
     c.objective = dict(mask_ratio=0.75, num_codes=1024, codebook_dim=256, tokenizer_seed=0,
-                       predictor_layers=3, predictor_heads=12)
+                       tokenizer_input_norm="none", predictor_layers=3, predictor_heads=12)
     if arg == "demo":
         defaults.beats_demo(c)
         c.objective.update(dict(num_codes=256, codebook_dim=32, predictor_layers=1,

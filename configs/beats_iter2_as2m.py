@@ -15,6 +15,7 @@ def get_config(arg: str | None = None):
     defaults.beats(c)
     c.tokenizer_checkpoint = "gs://YOUR_BUCKET/beats_tokenizer_iter1"
     c.objective = dict(mask_ratio=0.75, num_codes=1024, codebook_dim=256, tokenizer_seed=0,
+                       tokenizer_input_norm="none",
                        predictor_layers=3, predictor_heads=12)
     if arg == "demo":
         defaults.beats_demo(c)

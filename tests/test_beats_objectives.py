@@ -104,6 +104,23 @@ def test_random_projection_tokenizer_seeded():
     assert not any(isinstance(v, nnx.Param) for _, v in nnx.iter_graph(a))
 
 
+
+def test_random_projection_tokenizer_patch_input_norm():
+    """'patch' labels depend only on each patch's shape: a per-patch gain and
+    offset (here one per clip, so every patch gets it) leaves them unchanged,
+    while the paper's plain labels move."""
+    x = _fbank()
+    plain = RandomProjectionTokenizer(num_codes=64, dim=16, seed=3)
+    shaped = RandomProjectionTokenizer(num_codes=64, dim=16, seed=3, input_norm="patch")
+    gain = jnp.asarray([0.5, 3.0])[:B, None, None]
+    y = x * gain - 1.5
+    np.testing.assert_array_equal(np.asarray(shaped.extract_labels(x)),
+                                  np.asarray(shaped.extract_labels(y)))
+    assert not np.array_equal(np.asarray(plain.extract_labels(x)),
+                              np.asarray(plain.extract_labels(y)))
+    with pytest.raises(ValueError, match="tokenizer_input_norm"):
+        RandomProjectionTokenizer(num_codes=64, dim=16, input_norm="clip")
+
 def test_kmeans_init_unit_codewords_and_ema_moves_used_codes():
     vq = VectorQuantizer(16, 8)
     z = jax.random.normal(jax.random.key(5), (256, 8))

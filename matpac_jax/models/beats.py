@@ -622,10 +622,19 @@ class RandomProjectionTokenizer(nnx.Module):
     projected to `dim`, L2-normalised, and labelled with the nearest of
     `num_codes` random unit codewords. Both are `CodebookState` drawn from
     `seed`, so the same seed gives the same labels on any machine.
+
+    `input_norm='patch'` (a deviation, off by default) standardises each
+    patch (zero mean, unit variance over its 256 values) before the
+    projection: on globally normalised fbank a patch's mean level is about
+    two thirds of its energy, so the plain labels mostly encode level
+    (docs/RESULTS.md, BEATs section).
     """
 
-    def __init__(self, num_codes: int = 1024, dim: int = 256, patch: int = 16, *, seed: int = 0):
-        self.num_codes, self.patch = num_codes, patch
+    def __init__(self, num_codes: int = 1024, dim: int = 256, patch: int = 16, *, seed: int = 0,
+                 input_norm: str = "none"):
+        if input_norm not in ("none", "patch"):
+            raise ValueError(f"objective.tokenizer_input_norm={input_norm!r}: use 'none' or 'patch'")
+        self.num_codes, self.patch, self.input_norm = num_codes, patch, input_norm
         kp, kc = jax.random.split(jax.random.key(seed))
         self.projection = CodebookState(
             _xavier_normal(1.0)(kp, (patch * patch, dim), jnp.float32))
@@ -635,6 +644,9 @@ class RandomProjectionTokenizer(nnx.Module):
     def extract_labels(self, fbank: jax.Array) -> jax.Array:
         """(B, T, 128) normalised fbank -> (B, N) int32 labels."""
         x = patchify(fbank.astype(jnp.float32), self.patch)
+        if self.input_norm == "patch":
+            x = x - x.mean(axis=-1, keepdims=True)
+            x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + 1e-5)
         x = l2_normalize(jnp.dot(x, self.projection[...], precision=_HI))
         sim = jnp.einsum("bnd,kd->bnk", x, self.codebook[...], precision=_HI)
         return jnp.argmax(sim, axis=-1).astype(jnp.int32)

@@ -103,7 +103,8 @@ class BeatsMamMethod(_BeatsBase):
             num_heads=o.predictor_heads, dtype=self.dtype, rngs=rngs)
         if self._pretrained is None:
             tokenizer = RandomProjectionTokenizer(o.num_codes, o.codebook_dim, self.cfg.input_patch_size,
-                                                  seed=o.tokenizer_seed)
+                                                  seed=o.tokenizer_seed,
+                                                  input_norm=o.tokenizer_input_norm)
         else:
             tokenizer = BEATsTokenizer(self._pretrained.cfg, dtype=self.dtype, rngs=rngs)
         return BeatsMamModel(BeatsStudent(encoder, predictor), tokenizer)
