@@ -154,6 +154,42 @@ def test_sigterm_saves_a_checkpoint_and_exits(shards, tmp_path):
     assert 2 <= step < 100000
 
 
+
+def test_terminal_progress_bar_and_profile_trace(shards, tmp_path):
+    """On a terminal (a real pty) the run shows a progress bar with an ETA under
+    the metric lines, and
+    `profile.num_steps` writes a jax.profiler trace into the workdir."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    wd = tmp_path / "wd"
+    cmd, env = cli(wd, shards, total_steps=6, checkpoint_every=6,
+                   **{"profile.start_step": 4, "profile.num_steps": 5})  # ends inside it
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 0x0 hides tqdm
+    proc = subprocess.Popen(cmd, env=env, stdin=secondary, stdout=secondary, stderr=secondary)
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=300)
+    os.close(primary)
+    out = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, out[-2000:]
+    bar = [line for line in out.replace("\r", "\n").splitlines() if "6/6" in line]
+    assert bar and "<00:" in bar[-1] and "loss=" in bar[-1], out[-2000:]  # elapsed<ETA
+    assert "step 2/6 " in out and "loss_pred=" in out, out[-2000:]  # metric lines above the bar
+    traces = list((wd / "profile").rglob("*.xplane.pb"))
+    assert traces and traces[0].stat().st_size > 0
+
 def test_nonfinite_stops_with_step_or_skips(shards, tmp_path):
     config = tiny_config(shards, total_steps=4, log_every=1)
     run = trainer.build(config)

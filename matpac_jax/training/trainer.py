@@ -245,6 +245,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     peak = metrics_lib.peak_flops(jax.devices()[0], config.get("peak_flops"))
     flops = None
     profile_start = config.profile.start_step if config.profile.num_steps else -1
+    tracing = False
     bar = _progress_bar(start, config.total_steps)
     base_key = jax.random.key(config.seed)
     last = {}
@@ -253,15 +254,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     for step in range(start, config.total_steps):
         if step == profile_start:
             jax.profiler.start_trace(os.path.join(workdir, "profile"))
+            tracing = True
         x = _to_global(run, next(data)["x"])
         if step == start:
             step_fn, flops = compile_step(run, x)
             t_log = time.perf_counter()  # step times exclude the compile
         run.state, m = step_fn(run.state, x, jax.random.fold_in(base_key, step))
         steps_since_log += 1
-        if step == profile_start + config.profile.num_steps - 1:
+        if tracing and step == profile_start + config.profile.num_steps - 1:
             jax.block_until_ready(m)
             jax.profiler.stop_trace()
+            tracing = False
         done = step + 1
         if done % config.log_every == 0 or done == config.total_steps:
             m = _to_host(m)
@@ -276,7 +279,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             if flops and peak:
                 last["mfu"] = flops / dt / (peak * jax.device_count())
             writer.scalars(done, last)
-            if bar is None and ckpt.is_primary():
+            if bar is not None:  # above the bar, which stays at the bottom
+                bar.write(metrics_lib.format_line(done, config.total_steps, last))
+            elif ckpt.is_primary():
                 print(metrics_lib.format_line(done, config.total_steps, last), flush=True)
         if bar is not None:
             bar.update(1)
@@ -289,6 +294,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         if stop:
             logging.warning("Saved checkpoint %d after preemption; exiting.", done)
             break
+    if tracing:  # the run ended (or was preempted) inside the profiled window
+        jax.profiler.stop_trace()
     checkpointer.close()
     writer.close()
     if bar is not None:
