@@ -42,3 +42,29 @@ def layer_norm(dim: int, *, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
         scale_init=partitioned(nnx.initializers.ones_init(), ("norm",)),
         bias_init=partitioned(nnx.initializers.zeros_init(), ("norm",)),
         rngs=rngs)
+
+
+@jax.custom_vjp
+def materialize_grad(x: jax.Array) -> jax.Array:
+    """Identity whose incoming gradient XLA computes once instead of per consumer.
+
+    In a residual stack the gradient of the residual stream is a chain of
+    cheap adds (LayerNorm backward plus the skip) through every later block.
+    XLA:CPU fuses that whole chain into each consumer that needs a transposed
+    copy for a weight gradient, recomputing it per consumer: 14-18 % of a
+    ViT-B MATPAC step (docs/BENCHMARKS.md). The backward here returns
+    `g / (1 + 0 * g)`, which equals `g` exactly for finite values; XLA does not
+    duplicate a divide into consumers, so the chain is cut at every call.
+    """
+    return x
+
+
+def _materialize_grad_fwd(x):
+    return x, None
+
+
+def _materialize_grad_bwd(_, g):
+    return (g / (1.0 + 0.0 * g),)
+
+
+materialize_grad.defvjp(_materialize_grad_fwd, _materialize_grad_bwd)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from matpac_jax.models.layers import XAVIER_UNIFORM, layer_norm, linear, partitioned
+from matpac_jax.models.layers import XAVIER_UNIFORM, layer_norm, linear, materialize_grad, partitioned
 
 
 def sincos_pos_table(grid_f: int, grid_t: int, dim: int) -> np.ndarray:
@@ -100,6 +100,7 @@ class Block(nnx.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
+        x = materialize_grad(x)
         x = x + self.attn(self.norm1(x), key_mask).astype(x.dtype)
         return x + self.mlp(self.norm2(x)).astype(x.dtype)
 
