@@ -255,3 +255,20 @@ def test_bench_reports_flops_and_mfu(shards):
     assert result["global_batch"] == jax.device_count()
     assert result["flop_per_step"] > 0 and result["step_s"] > 0
     assert 0 < result["mfu"] < 1 and np.isfinite(result["loss"])
+
+
+def test_gradient_clipping_follows_torch_clip_grad_norm():
+    """g * min(1, max_norm / (norm + 1e-6)): unchanged below the limit, scaled above."""
+    from matpac_jax.training import optim
+
+    tx = optim.clip_by_global_norm(3.0)
+    small = {"a": np.full((4,), 0.5, np.float32), "b": np.ones((2, 2), np.float32)}  # norm 2.236
+    out, _ = tx.update(jax.tree.map(jax.numpy.asarray, small), tx.init(small))
+    for k in small:
+        np.testing.assert_array_equal(np.asarray(out[k]), small[k])
+    big = jax.tree.map(lambda x: x * 10, small)  # norm 22.36
+    out, _ = tx.update(jax.tree.map(jax.numpy.asarray, big), tx.init(big))
+    norm = np.sqrt(sum(float(np.sum(np.square(v))) for v in big.values()))
+    for k in big:
+        np.testing.assert_allclose(np.asarray(out[k]), big[k] * 3.0 / (norm + 1e-6), rtol=1e-6)
+    assert abs(np.sqrt(sum(float(np.sum(np.square(np.asarray(v)))) for v in out.values())) - 3.0) < 1e-5
