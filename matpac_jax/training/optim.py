@@ -34,8 +34,9 @@ def _decay_mask(params):
 
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
-    """`torch.nn.utils.clip_grad_norm_`: every gradient times
-    `min(1, max_norm / (norm + 1e-6))`, as the official training loops do.
+    """Every gradient times `min(1, max_norm / (norm + 1e-6))`: the global-norm
+    clipping of the official loops (fairseq's `clip_grad_norm_` for MATPAC,
+    `clip_norm: 3.0`; `torch.nn.utils.clip_grad_norm_` for M2D).
 
     One multiply by a scalar, which XLA fuses into the Adam update; optax's
     select-and-divide form is materialised as an extra pass over every
