@@ -86,7 +86,7 @@ class Head(nn.Module):
 class MATPACStep(nn.Module):
     def __init__(self, method: str, grid_f=5, grid_t=38, dim=768, heads=12, pred_dim=512):
         super().__init__()
-        self.method, self.grid = method, (grid_f, grid_t)
+        self.method = method
         self.patch = nn.Conv2d(1, dim, 16, 16)
         self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.register_buffer("pos", sincos_table(dim, grid_f, grid_t)[None])
@@ -171,7 +171,8 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
     step = statistics.median(times[2:])
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "method": args.method, "dim": args.dim, "batch": args.batch, "step_s": round(step, 4),
+                      "method": args.method, "dim": args.dim, "batch": args.batch,
+                      "step_s": round(step, 4),
                       "samples_per_s": round(args.batch / step, 3),
                       "params_M": round(sum(q.numel() for q in params) / 1e6, 1),
                       "loss": float(loss.detach())}, indent=1))

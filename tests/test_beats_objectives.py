@@ -104,7 +104,6 @@ def test_random_projection_tokenizer_seeded():
     assert not any(isinstance(v, nnx.Param) for _, v in nnx.iter_graph(a))
 
 
-
 def test_random_projection_tokenizer_patch_input_norm():
     """'patch' labels depend only on each patch's shape: a per-patch gain and
     offset (here one per clip, so every patch gets it) leaves them unchanged,
@@ -120,6 +119,7 @@ def test_random_projection_tokenizer_patch_input_norm():
                               np.asarray(plain.extract_labels(y)))
     with pytest.raises(ValueError, match="tokenizer_input_norm"):
         RandomProjectionTokenizer(num_codes=64, dim=16, input_norm="clip")
+
 
 def test_kmeans_init_unit_codewords_and_ema_moves_used_codes():
     vq = VectorQuantizer(16, 8)

@@ -633,7 +633,8 @@ class RandomProjectionTokenizer(nnx.Module):
     def __init__(self, num_codes: int = 1024, dim: int = 256, patch: int = 16, *, seed: int = 0,
                  input_norm: str = "none"):
         if input_norm not in ("none", "patch"):
-            raise ValueError(f"objective.tokenizer_input_norm={input_norm!r}: use 'none' or 'patch'")
+            raise ValueError(
+                f"objective.tokenizer_input_norm={input_norm!r}: use 'none' or 'patch'")
         self.num_codes, self.patch, self.input_norm = num_codes, patch, input_norm
         kp, kc = jax.random.split(jax.random.key(seed))
         self.projection = CodebookState(

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from matpac_jax.models.layers import XAVIER_UNIFORM, layer_norm, linear, materialize_grad, partitioned
+from matpac_jax.models.layers import (
+    XAVIER_UNIFORM, layer_norm, linear, materialize_grad, partitioned)
 
 
 def sincos_pos_table(grid_f: int, grid_t: int, dim: int) -> np.ndarray:
