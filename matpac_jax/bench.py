@@ -1,4 +1,5 @@
-"""Training-step benchmark: compile time, step time, samples/s, FLOPs and MFU.
+"""Training-step benchmark: compile time, step time, samples/s, FLOPs, MFU and
+the compiled step's memory per device.
 
   python -m matpac_jax.bench --config=configs/matpac_as2m.py --per_device_batch=4 \
       --config.model.dtype=float32
@@ -23,9 +24,24 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.
 _PER_DEVICE = flags.DEFINE_integer("per_device_batch", 4, "Batch per device.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).")
 _JSON = flags.DEFINE_string("json", None, "Also write the results here.")
+_COMPILE_ONLY = flags.DEFINE_bool(
+    "compile_only", False, "Report FLOPs and compiled memory without running a step "
+    "(plan a device's batch on a machine without it).")
 
 
-def benchmark(config, per_device_batch: int, steps: int) -> dict:
+def _memory(compiled) -> dict:
+    """Per-device bytes XLA assigned to the step's arguments (state, batch) and
+    temporaries (activations, gradients); best effort per backend."""
+    try:
+        ma = compiled.memory_analysis()
+        return {"argument_bytes": int(ma.argument_size_in_bytes),
+                "temp_bytes": int(ma.temp_size_in_bytes),
+                "temp_gib": round(ma.temp_size_in_bytes / 2**30, 2)}
+    except Exception:  # not every backend reports it
+        return {}
+
+
+def benchmark(config, per_device_batch: int, steps: int, compile_only: bool = False) -> dict:
     config.batch_size = per_device_batch * jax.device_count()
     t0 = time.perf_counter()
     run = trainer.build(config)
@@ -35,6 +51,22 @@ def benchmark(config, per_device_batch: int, steps: int) -> dict:
     t0 = time.perf_counter()
     compiled, flops = trainer.compile_step(run, x)
     compile_s = time.perf_counter() - t0
+    result = {
+        "method": config.method,
+        "device": jax.devices()[0].device_kind,
+        "devices": jax.device_count(),
+        "dtype": config.model.get("dtype", "float32"),
+        "remat": config.model.get("remat", "none"),
+        "global_batch": config.batch_size,
+        "init_s": round(init_s, 2),
+        "compile_s": round(compile_s, 2),
+        "flop_per_step": flops,
+        "tflop_per_step": round(flops / 1e12, 3) if flops else None,
+        "gflop_per_sample": round(flops / config.batch_size / 1e9, 1) if flops else None,
+        **_memory(compiled),
+    }
+    if compile_only:
+        return result
     state, m = compiled(run.state, x, jax.random.key(0))  # warm-up
     jax.block_until_ready(m)
     times = []
@@ -45,29 +77,19 @@ def benchmark(config, per_device_batch: int, steps: int) -> dict:
         times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))
     peak = metrics.peak_flops(jax.devices()[0], config.get("peak_flops"))
-    result = {
-        "method": config.method,
-        "device": jax.devices()[0].device_kind,
-        "devices": jax.device_count(),
-        "dtype": config.model.get("dtype", "float32"),
-        "global_batch": config.batch_size,
-        "init_s": round(init_s, 2),
-        "compile_s": round(compile_s, 2),
+    result.update({
         "step_s": round(step_s, 4),
         "samples_per_s": round(config.batch_size / step_s, 2),
-        "flop_per_step": flops,
-        "tflop_per_step": round(flops / 1e12, 3) if flops else None,
-        "gflop_per_sample": round(flops / config.batch_size / 1e9, 1) if flops else None,
         "achieved_tflop_s": round(flops / step_s / 1e12, 3) if flops else None,
         "mfu": round(flops / step_s / (peak * jax.device_count()), 4) if flops and peak else None,
         "loss": float(m["loss"]),
-    }
+    })
     return result
 
 
 def main(argv):
     del argv
-    result = benchmark(_CONFIG.value, _PER_DEVICE.value, _STEPS.value)
+    result = benchmark(_CONFIG.value, _PER_DEVICE.value, _STEPS.value, _COMPILE_ONLY.value)
     print(json.dumps(result, indent=1))
     if _JSON.value:
         with open(_JSON.value, "w") as f:

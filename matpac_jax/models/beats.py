@@ -368,6 +368,7 @@ class TransformerEncoder(nnx.Module):
         self.layers = nnx.List([
             TransformerLayer(cfg, has_bias_table=self.relative and i == 0, dtype=dtype, rngs=rngs)
             for i in range(cfg.encoder_layers)])
+        self.remat = "none"  # layers.REMAT_POLICIES, set from config by layers.set_remat
 
     def __call__(self, x: jax.Array, positions: jax.Array | None = None,
                  num_patches: int | None = None) -> jax.Array:
@@ -391,7 +392,7 @@ class TransformerEncoder(nnx.Module):
         for layer in self.layers:
             if self.grad_decay != 1.0:
                 x = grad_multiply(x, self.grad_decay)
-            x = layer(x, pos_bias)
+            x = layers.call_layer(layer, x, pos_bias, remat=self.remat)
         if self.layer_norm_first:
             x = self.layer_norm(x)
         return x

@@ -1,5 +1,6 @@
 """Building blocks shared by the ViT and BEATs modules: partitioned init,
-Linear and LayerNorm with float32 parameters and logical axis names."""
+Linear and LayerNorm with float32 parameters and logical axis names, and
+per-layer rematerialisation."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -68,3 +69,35 @@ def _materialize_grad_bwd(_, g):
 
 
 materialize_grad.defvjp(_materialize_grad_fwd, _materialize_grad_bwd)
+
+
+# What each transformer layer keeps for the backward pass (`config.model.remat`).
+REMAT_POLICIES = {
+    "none": None,  # keep every activation: fastest, most memory
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep layer inputs only
+    # keep the Linear outputs; recompute norms, activations and attention
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def check_remat(remat: str) -> str:
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"config.model.remat={remat!r}; known: {sorted(REMAT_POLICIES)}")
+    return remat
+
+
+def call_layer(layer: nnx.Module, *args, remat: str = "none"):
+    """`layer(*args)`, its activations rematerialised in the backward pass as
+    `REMAT_POLICIES[remat]` says: same values and gradients, less activation
+    memory where the backend keeps the recomputation (GPU, TPU; docs/BENCHMARKS.md)."""
+    if remat == "none":
+        return layer(*args)
+    return nnx.remat(lambda m, *a: m(*a), policy=REMAT_POLICIES[remat])(layer, *args)
+
+
+def set_remat(model: nnx.Module, remat: str) -> None:
+    """Set the remat policy of every layer stack in `model` (they read `.remat`)."""
+    check_remat(remat)
+    for _, module in nnx.iter_modules(model):
+        if hasattr(module, "remat"):
+            module.remat = remat

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from matpac_jax.models.layers import (
-    XAVIER_UNIFORM, layer_norm, linear, materialize_grad, partitioned)
+    XAVIER_UNIFORM, call_layer, layer_norm, linear, materialize_grad, partitioned)
 
 
 def sincos_pos_table(grid_f: int, grid_t: int, dim: int) -> np.ndarray:
@@ -107,7 +107,11 @@ class Block(nnx.Module):
 
 
 class TransformerStack(nnx.Module):
-    """Blocks + final LayerNorm; the part the teacher mirrors for EMA."""
+    """Blocks + final LayerNorm; the part the teacher mirrors for EMA.
+
+    `remat` ('none' | 'full' | 'dots', `layers.REMAT_POLICIES`) trades
+    recomputation for activation memory; `layers.set_remat` sets it from config.
+    """
 
     def __init__(self, dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0, *,
                  dtype=jnp.float32, rngs: nnx.Rngs):
@@ -116,11 +120,12 @@ class TransformerStack(nnx.Module):
         self.blocks = nnx.List(
             [Block(dim, num_heads, mlp_ratio, dtype=dtype, rngs=rngs) for _ in range(depth)])
         self.norm = _layer_norm(dim, rngs=rngs)
+        self.remat = "none"
 
     def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
         x = x.astype(jnp.float32)
         for blk in self.blocks:
-            x = blk(x, key_mask)
+            x = call_layer(blk, x, key_mask, remat=self.remat)
         return self.norm(x)
 
 

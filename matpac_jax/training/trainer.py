@@ -23,6 +23,7 @@ from absl import logging
 from flax import nnx
 
 from matpac_jax.data import loader as data_loader
+from matpac_jax.models import layers
 from matpac_jax.objectives import methods
 from matpac_jax.training import checkpoint as ckpt
 from matpac_jax.training import metrics as metrics_lib
@@ -76,6 +77,7 @@ def validate(config: ml_collections.ConfigDict, devices=None) -> jax.sharding.Me
         )
     if config.total_steps <= 0:
         raise ValueError(f"config.total_steps must be > 0, got {config.total_steps}")
+    layers.check_remat(config.model.get("remat", "none"))
     return mesh
 
 
@@ -88,6 +90,7 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Run:
 
     def init():
         model = method.build(nnx.Rngs(config.seed))
+        layers.set_remat(model, config.model.get("remat", "none"))
         return TrainState(model, tx, method.trainable)
 
     # Built without a mesh in scope: variables are created unsharded inside
