@@ -57,6 +57,7 @@ def benchmark(config, per_device_batch: int, steps: int, compile_only: bool = Fa
         "devices": jax.device_count(),
         "dtype": config.model.get("dtype", "float32"),
         "remat": config.model.get("remat", "none"),
+        "grad_accum_steps": config.get("grad_accum_steps", 1),
         "global_batch": config.batch_size,
         "init_s": round(init_s, 2),
         "compile_s": round(compile_s, 2),

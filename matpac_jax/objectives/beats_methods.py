@@ -140,6 +140,10 @@ class TokenizerStudent(nnx.Module):
 class BeatsTokenizerMethod(_BeatsBase):
     """Tokenizer distillation from the previous iteration's SSL model."""
 
+    supports_grad_accum = False
+    supports_grad_accum_why = ("the codebook's k-means init and EMA update act on the "
+                               "whole batch; use remat or more devices")
+
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
         if not config.teacher_checkpoint:

@@ -16,6 +16,7 @@ def base(method: str, frontend: str) -> ml_collections.ConfigDict:
     c.seed = 0
     c.total_steps = 294_816  # 300 epochs of AS-2M at batch 2048
     c.batch_size = 2048  # global
+    c.grad_accum_steps = 1  # >1: the batch in that many sequential microbatches (less memory)
     c.log_every = 100
     c.checkpoint_every = 2000
     c.keep_checkpoints = 3

@@ -8,6 +8,7 @@ non-finite guards, metrics and profiling. Read it top to bottom; fork it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import signal
 import sys
@@ -58,6 +59,7 @@ class Run:
     step_fn: Any
     lr_schedule: Any
     batch_shape: tuple
+    flops_step_fn: Any  # step_fn, or the step without accumulation (lowered for FLOPs)
 
 
 def validate(config: ml_collections.ConfigDict, devices=None) -> jax.sharding.Mesh:
@@ -77,14 +79,70 @@ def validate(config: ml_collections.ConfigDict, devices=None) -> jax.sharding.Me
         )
     if config.total_steps <= 0:
         raise ValueError(f"config.total_steps must be > 0, got {config.total_steps}")
+    accum = config.get("grad_accum_steps", 1)
+    if accum < 1 or config.batch_size % (dp * accum):
+        raise ValueError(
+            f"config.batch_size={config.batch_size} must split into "
+            f"config.grad_accum_steps={accum} microbatches, each divisible by the "
+            f"data-parallel size {dp}"
+        )
     layers.check_remat(config.model.get("remat", "none"))
     return mesh
+
+
+def loss_and_grads(method: Any, model: nnx.Module, x: jax.Array, rng: jax.Array, step,
+                   accum_steps: int = 1):
+    """((loss, metrics), gradients of the trainable parameters) for batch `x`.
+
+    With `accum_steps` > 1 the batch is split into that many strided
+    microbatches (rows i, i+k, ...: every device keeps its share of each),
+    run one after another under `lax.scan` (one compiled copy, activations of
+    one microbatch alive at a time); microbatch i masks with `fold_in(rng, i)`.
+    Gradients, loss and metrics are microbatch means, which for the
+    equal-sized microbatches of these losses (means over a fixed number of
+    tokens per clip) is the full-batch gradient. `Buffer`s the loss writes
+    (MATPAC's center, an EMA of batch-mean probabilities) start from the same
+    value in every microbatch and end at the microbatch mean, i.e. the
+    full-batch update. Metrics that are non-linear in the batch (perplexity,
+    center entropy) become microbatch means.
+    """
+    diff = nnx.DiffState(0, method.trainable)
+
+    def grads_of(m, xb, key):
+        return nnx.value_and_grad(lambda mm: method.loss(mm, xb, key, step),
+                                  argnums=diff, has_aux=True)(m)
+
+    if accum_steps == 1:
+        return grads_of(model, x, rng)
+    graphdef, state = nnx.split(model)
+    leaves, treedef = jax.tree.flatten(state)  # arrays: Variables stay at their trace level
+    micro = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+
+    def one(xb, i):
+        # A fresh model per microbatch, all starting from the same buffers.
+        m = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+        out = grads_of(m, xb, jax.random.fold_in(rng, i))
+        return out, nnx.state(m, methods.Buffer)
+
+    def body(total, inputs):
+        return jax.tree.map(jnp.add, total, one(*inputs)), None
+
+    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                         jax.eval_shape(one, micro[0], jnp.int32(0)))
+    total, _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum_steps)))
+    out, buffers = jax.tree.map(lambda a: a / accum_steps, total)
+    nnx.update(model, buffers)
+    return out
 
 
 def build(config: ml_collections.ConfigDict, devices=None) -> Run:
     """Mesh, sharded state, and the compiled-on-first-call train step."""
     mesh = validate(config, devices)
     method = methods.get(config)
+    accum = config.get("grad_accum_steps", 1)
+    if accum > 1 and not getattr(method, "supports_grad_accum", True):
+        raise ValueError(f"config.grad_accum_steps={accum}: not supported by "
+                         f"method {config.method!r} ({method.supports_grad_accum_why})")
     rules = sharding.logical_rules(config.fsdp, config.mesh.get("tensor", 1) != 1)
     tx, lr_schedule = optim.make_optimizer(config.opt, config.total_steps)
 
@@ -108,7 +166,7 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Run:
     batch_sh = sharding.batch_sharding(mesh, len(batch_shape))
     skip_nonfinite = config.nonfinite == "skip"
 
-    def train_step(state, x, rng):
+    def train_step(state, x, rng, accum=accum):
         # merge() reuses the Variables of `state`, which the update mutates:
         # keep a snapshot of the old values for the skip-update path.
         old = jax.tree.map(lambda a: a, state) if skip_nonfinite else None
@@ -117,11 +175,7 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Run:
         if method.ema_timing == "before":
             method.ema_update(model, step)
 
-        def loss_fn(model):
-            return method.loss(model, x, rng, step)
-
-        diff = nnx.DiffState(0, method.trainable)
-        (loss, aux), grads = nnx.value_and_grad(loss_fn, argnums=diff, has_aux=True)(model)
+        (loss, aux), grads = loss_and_grads(method, model, x, rng, step, accum)
         grad_norm = optax.tree.norm(grads)
         ts.optimizer.update(model, grads)
         if method.ema_timing == "after":
@@ -138,13 +192,18 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Run:
         metrics = {"loss": loss, "grad_norm": grad_norm, **aux}
         return new_state, metrics
 
-    step_fn = jax.jit(
-        train_step,
+    jit = functools.partial(
+        jax.jit,
         in_shardings=(state_sh, batch_sh, sharding.replicated(mesh)),
         out_shardings=(state_sh, sharding.replicated(mesh)),
         donate_argnums=(0,),
     )
-    return Run(config, method, mesh, graphdef, state, state_sh, step_fn, lr_schedule, batch_shape)
+    step_fn = jit(train_step)
+    # XLA's cost analysis counts a loop body once, so an accumulating step's
+    # FLOPs are read from the same step without the loop.
+    flops_fn = jit(functools.partial(train_step, accum=1)) if accum > 1 else step_fn
+    return Run(config, method, mesh, graphdef, state, state_sh, step_fn, lr_schedule,
+               batch_shape, flops_fn)
 
 
 def data_path(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -210,11 +269,15 @@ class _Preemption:
 def compile_step(run: Run, x: jax.Array):
     """Compile the step once, ahead of time; also return its FLOPs for the whole
     mesh from XLA's cost analysis (None where the backend gives none)."""
-    compiled = run.step_fn.lower(run.state, x, jax.random.key(0)).compile()
+    key = jax.random.key(0)
+    compiled = run.step_fn.lower(run.state, x, key).compile()
     try:
-        cost = compiled.cost_analysis()
+        if run.flops_step_fn is run.step_fn:  # per device, after partitioning
+            cost, devices = compiled.cost_analysis(), run.mesh.size
+        else:  # the whole program as lowered, before partitioning and fusion
+            cost, devices = run.flops_step_fn.lower(run.state, x, key).cost_analysis(), 1
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        flops = float(cost.get("flops", 0.0)) * run.mesh.size or None
+        flops = float(cost.get("flops", 0.0)) * devices or None
     except Exception as e:  # cost analysis is best-effort on some backends
         logging.warning("XLA cost analysis unavailable: %s", e)
         flops = None
