@@ -352,7 +352,21 @@ def test_grad_accumulation_is_the_mean_of_its_microbatches(shards, tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     assert not np.allclose(parts[0][3], parts[1][3])  # the center really depends on the batch
 
-    # The real loop on 8 devices, and the divisibility check before compiling.
+    # Sharded over data, fsdp and tensor axes, the same microbatches and losses.
+    x16 = np.random.default_rng(1).standard_normal((16, 80, 64)).astype(np.float32)
+    losses = []
+    for mesh, devices in [({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]),
+                          ({"data": 2, "fsdp": 2, "tensor": 2}, None)]:
+        run = trainer.build(tiny_config(shards, batch_size=16, grad_accum_steps=2, mesh=mesh,
+                                        fsdp=mesh["fsdp"] > 1), devices)
+        out = []
+        for i in range(2):
+            run.state, m = run.step_fn(run.state, trainer._to_global(run, x16), jax.random.key(i))
+            out.append(float(m["loss"]))
+        losses.append(out)
+    np.testing.assert_allclose(losses[1], losses[0], rtol=2e-5)
+
+    # The real loop, and the divisibility check before compiling.
     out = trainer.train(tiny_config(shards, batch_size=16, grad_accum_steps=2, total_steps=2),
                         str(tmp_path / "wd"))
     assert np.isfinite(out["loss"])
