@@ -8,7 +8,6 @@ import pytest
 
 from matpac_jax.data import demo
 from matpac_jax.data import loader
-from matpac_jax.data import prepare
 from matpac_jax.data import tfrecord
 
 MEAN, STD = -7.056, 4.193

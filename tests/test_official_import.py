@@ -1,5 +1,4 @@
 """Official M2D / MATPAC files load without torch and reproduce the official outputs."""
-import io
 import pickle
 import zipfile
 

@@ -344,8 +344,8 @@ def test_grad_accumulation_is_the_mean_of_its_microbatches(shards, tmp_path):
     parts = [compute(x[i::2], jax.random.fold_in(key, i), 1) for i in range(2)]
     mean = lambda *a: (a[0] + a[1]) / 2
     np.testing.assert_allclose(loss, mean(parts[0][0], parts[1][0]), rtol=1e-6)
-    np.testing.assert_allclose(aux["loss_cls"], mean(parts[0][1]["loss_cls"], parts[1][1]["loss_cls"]),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        aux["loss_cls"], mean(parts[0][1]["loss_cls"], parts[1][1]["loss_cls"]), rtol=1e-6)
     np.testing.assert_allclose(center, mean(parts[0][3], parts[1][3]), rtol=1e-6, atol=1e-9)
     ref = jax.tree.map(mean, parts[0][2], parts[1][2])
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref)):
