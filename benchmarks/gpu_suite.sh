@@ -29,5 +29,6 @@ print("|---|---|---|---|---|---|---|---|")
 for p in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
     r = json.loads(p.read_text())
     print(f"| {p.stem} | {r['device']} x{r['devices']} | {r['global_batch']} | {r['step_s']} "
-          f"| {r['samples_per_s']} | {r['achieved_tflop_s']} | {r['mfu']} | {r.get('temp_gib')} |")
+          f"| {r['samples_per_s']} | {r['achieved_tflop_s']} | {r['mfu']} "
+          f"| {r.get('temp_bytes', 0) / 2**30:.1f} |")
 PY

@@ -35,8 +35,7 @@ def _memory(compiled) -> dict:
     try:
         ma = compiled.memory_analysis()
         return {"argument_bytes": int(ma.argument_size_in_bytes),
-                "temp_bytes": int(ma.temp_size_in_bytes),
-                "temp_gib": round(ma.temp_size_in_bytes / 2**30, 2)}
+                "temp_bytes": int(ma.temp_size_in_bytes)}
     except Exception:  # not every backend reports it
         return {}
 

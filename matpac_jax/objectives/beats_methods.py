@@ -140,9 +140,9 @@ class TokenizerStudent(nnx.Module):
 class BeatsTokenizerMethod(_BeatsBase):
     """Tokenizer distillation from the previous iteration's SSL model."""
 
-    supports_grad_accum = False
-    supports_grad_accum_why = ("the codebook's k-means init and EMA update act on the "
-                               "whole batch; use remat or more devices")
+    # Why config.grad_accum_steps > 1 is refused (trainer.build).
+    no_grad_accum = ("the codebook's k-means init and EMA update act on the whole batch; "
+                     "use model.remat or more devices")
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)

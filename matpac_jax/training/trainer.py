@@ -94,17 +94,13 @@ def loss_and_grads(method: Any, model: nnx.Module, x: jax.Array, rng: jax.Array,
                    accum_steps: int = 1):
     """((loss, metrics), gradients of the trainable parameters) for batch `x`.
 
-    With `accum_steps` > 1 the batch is split into that many strided
-    microbatches (rows i, i+k, ...: every device keeps its share of each),
-    run one after another under `lax.scan` (one compiled copy, activations of
-    one microbatch alive at a time); microbatch i masks with `fold_in(rng, i)`.
-    Gradients, loss and metrics are microbatch means, which for the
-    equal-sized microbatches of these losses (means over a fixed number of
-    tokens per clip) is the full-batch gradient. `Buffer`s the loss writes
-    (MATPAC's center, an EMA of batch-mean probabilities) start from the same
-    value in every microbatch and end at the microbatch mean, i.e. the
-    full-batch update. Metrics that are non-linear in the batch (perplexity,
-    center entropy) become microbatch means.
+    With `accum_steps` > 1: strided microbatches (rows i, i+k, ...: each device
+    keeps its share of each) run in turn under `lax.scan`, microbatch i masking
+    with `fold_in(rng, i)`. Gradients, loss and metrics are microbatch means,
+    the full-batch values for these fixed-token-count losses. `Buffer`s the
+    loss writes (MATPAC's center, an EMA of a batch mean) start from the same
+    value in every microbatch and end at the mean: the full-batch update.
+    Metrics non-linear in the batch (perplexity, entropy) become means.
     """
     diff = nnx.DiffState(0, method.trainable)
 
@@ -140,9 +136,9 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Run:
     mesh = validate(config, devices)
     method = methods.get(config)
     accum = config.get("grad_accum_steps", 1)
-    if accum > 1 and not getattr(method, "supports_grad_accum", True):
+    if accum > 1 and getattr(method, "no_grad_accum", None):
         raise ValueError(f"config.grad_accum_steps={accum}: not supported by "
-                         f"method {config.method!r} ({method.supports_grad_accum_why})")
+                         f"method {config.method!r} ({method.no_grad_accum})")
     rules = sharding.logical_rules(config.fsdp, config.mesh.get("tensor", 1) != 1)
     tx, lr_schedule = optim.make_optimizer(config.opt, config.total_steps)
 
