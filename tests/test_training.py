@@ -372,3 +372,15 @@ def test_grad_accumulation_is_the_mean_of_its_microbatches(shards, tmp_path):
     assert np.isfinite(out["loss"])
     with pytest.raises(ValueError, match="grad_accum_steps=2 microbatches"):
         trainer.validate(tiny_config(shards, batch_size=8, grad_accum_steps=2))
+
+
+def test_peak_flops_by_device_kind():
+    """MFU's denominator: the most specific known name in the device kind wins."""
+    from types import SimpleNamespace as Device
+
+    assert metrics.peak_flops(Device(device_kind="NVIDIA H100 80GB HBM3")) == 989e12
+    assert metrics.peak_flops(Device(device_kind="NVIDIA H100 PCIe")) == 756e12
+    assert metrics.peak_flops(Device(device_kind="TPU v5 lite")) == 197e12
+    assert metrics.peak_flops(Device(device_kind="TPU v5p")) == 459e12
+    assert metrics.peak_flops(Device(device_kind="cpu")) is None
+    assert metrics.peak_flops(Device(device_kind="cpu"), override=1e12) == 1e12
