@@ -80,10 +80,9 @@ REMAT_POLICIES = {
 }
 
 
-def check_remat(remat: str) -> str:
+def check_remat(remat: str) -> None:
     if remat not in REMAT_POLICIES:
         raise ValueError(f"config.model.remat={remat!r}; known: {sorted(REMAT_POLICIES)}")
-    return remat
 
 
 def call_layer(layer: nnx.Module, *args, remat: str = "none"):
