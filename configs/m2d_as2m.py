@@ -22,6 +22,7 @@ def get_config(arg: str | None = None):
         teacher_temp_warmup_steps=9_827, center_momentum=0.9,
         ema_start=0.99995, ema_end=0.99999, head_ema_start=0.998, head_ema_end=1.0,
         ema_timing="after",  # after the optimiser step
+        ema_end_at_last_step=True,  # ema_decay_sched: step / (total_steps - 1)
     )
     if arg == "demo":
         defaults.demo(c)

@@ -22,7 +22,8 @@ def get_config(arg: str | None = None):
         student_temp=0.1, teacher_temp_start=0.04, teacher_temp_end=0.07,
         teacher_temp_warmup_steps=9_827, center_momentum=0.9,
         ema_start=0.99995, ema_end=0.99999, head_ema_start=0.998, head_ema_end=1.0,
-        ema_timing="before",  # on pre-update weights, skipped at update 0
+        ema_timing="before",  # on pre-update weights, after the loss; skipped at update 0
+        ema_end_at_last_step=False,  # fairseq anneal: ema_end reached at update total_steps
     )
     if arg == "demo":
         defaults.demo(c)

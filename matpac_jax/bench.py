@@ -18,6 +18,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from matpac_jax import methods
 from matpac_jax.training import metrics, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -43,7 +44,7 @@ def _memory(compiled) -> dict:
 def benchmark(config, per_device_batch: int, steps: int, compile_only: bool = False) -> dict:
     config.batch_size = per_device_batch * jax.device_count()
     t0 = time.perf_counter()
-    run = trainer.build(config)
+    run = trainer.build(config, methods.get(config))
     init_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     x = trainer._to_global(run, rng.standard_normal(run.batch_shape).astype(np.float32))

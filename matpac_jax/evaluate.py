@@ -45,14 +45,12 @@ def random_init_embedder(config, seed: int | None = None, batch_size: int = 16,
     """Embedder over the freshly initialised encoder of `config`'s method."""
     from flax import nnx
 
-    from matpac_jax.inference import Embedder
-    from matpac_jax.objectives import methods
+    from matpac_jax import methods
+    from matpac_jax.inference import embedder_for
 
     method = methods.get(config)
     model = method.build(nnx.Rngs(config.seed if seed is None else seed))
-    return Embedder(method.encoder(model), method.kind, method.frontend,
-                    method.default_norm_stats(), batch_size, config.to_dict(),
-                    freq_tokens=freq_tokens)
+    return embedder_for(method, model, batch_size=batch_size, freq_tokens=freq_tokens)
 
 
 def logmel_stats(files: list[str]) -> np.ndarray:

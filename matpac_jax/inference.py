@@ -1,36 +1,40 @@
-"""Clip and frame embeddings from any supported checkpoint (SPEC section 6).
+"""Clip and frame embeddings from any supported checkpoint (docs/SPEC.md section 6).
 
 `load(path)` dispatches on the file's content, never on its name:
-- official M2D / MATPAC state dicts -> `conversion.official` (ViT path);
+- official M2D / MATPAC state dicts -> `conversion.official` (ViT family);
 - official BEATs `{'cfg', 'model'}` -> `conversion.beats.load_beats`;
-- a training workdir of this project -> `training` (see `_load_workdir`).
+- a training workdir of this project -> `methods.load_workdir`, whose
+  method's `EmbeddingSpec` names the family.
+Each family has its embedder class (`EMBEDDERS`); they share the front end
+and the batching, and differ in how an encoder turns features into frames.
 
-ViT path (M2D/MATPAC): normalised log-mel, zero-padded (after normalisation)
-to a multiple of 16 frames, cut into chunks of the checkpoint's time grid;
-the last, shorter chunk uses the time-truncated table. Chunks of all inputs
-run through the encoder together in padded batches of a few compiled shapes:
-batch sizes are powers of two up to `batch_size`, chunk lengths are a few
-time buckets, and time padding is masked out of attention so results equal
-chunk-by-chunk calls. Frame features are `b (f t) d -> b t (f d)` per 16-frame
-step (160 ms); the clip embedding is their mean over time.
+ViT family (M2D/MATPAC): normalised log-mel, zero-padded (after
+normalisation) to a multiple of 16 frames, cut into chunks of the
+checkpoint's time grid; the last, shorter chunk uses the time-truncated
+table. Chunks of all inputs run through the encoder together in padded
+batches of a few compiled shapes: batch sizes are powers of two up to
+`batch_size`, chunk lengths are a few time buckets, and time padding is
+masked out of attention so results equal chunk-by-chunk calls. Frame features
+are `b (f t) d -> b t (f d)` per 16-frame step (160 ms); the clip embedding
+is their mean over time.
 
-BEATs path: normalised Kaldi fbank, whole clip through the encoder (no
+BEATs family: normalised Kaldi fbank, whole clip through the encoder (no
 chunking, as the official `extract_features`); its padding mask is wrong
-(SPEC section 8), so only clips of equal length share a batch. Frames are
-patch features averaged over the 8 frequency patches; the clip embedding is
-the mean over all patches.
+(docs/SPEC.md section 8), so only clips of equal length share a batch.
+Frames are patch features averaged over the 8 frequency patches; the clip
+embedding is the mean over all patches.
 
 `freq_tokens` picks how the frequency patches of one time step become a frame:
-'concat' (F*D, the ViT default of SPEC section 6) or 'mean' (D: the BEATs
-default, and SPEC's "768-d frame variant" for the ViT). None: the method's
-default.
+'concat' (F*D, the ViT default of docs/SPEC.md section 6) or 'mean' (D: the
+BEATs default, and the SPEC's "768-d frame variant" for the ViT). None: the
+family's default.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,9 +42,7 @@ import numpy as np
 from flax import nnx
 
 from matpac_jax.conversion import torch_pickle
-
-SR = 16000
-HOP = 160  # samples per front-end frame (10 ms)
+from matpac_jax.data import frontends
 
 Wave = np.ndarray | str | os.PathLike
 
@@ -49,7 +51,8 @@ def _pow2_at_least(n: int, cap: int) -> int:
     return min(cap, 1 << max(n - 1, 0).bit_length())
 
 
-def _batched(fn: Callable, items: list[np.ndarray], extra: list[int], batch_size: int) -> list[np.ndarray]:
+def _batched(fn: Callable, items: list[np.ndarray], extra: list[int],
+             batch_size: int) -> list[np.ndarray]:
     """Run jitted `fn(x, extra)` on stacked `items` (equal shapes) in batches
     padded to a power of two, returning one output per item."""
     out = []
@@ -66,65 +69,106 @@ def _batched(fn: Callable, items: list[np.ndarray], extra: list[int], batch_size
 
 @dataclasses.dataclass
 class Embedder:
-    """Embeddings of 16 kHz mono audio. Build with `matpac_jax.load(path)`."""
+    """Embeddings of audio at any sample rate. Build with `matpac_jax.load(path)`."""
 
     model: nnx.Module
-    kind: str                        # 'm2d' | 'matpac' | 'beats'
+    method: str                      # what the checkpoint is: 'm2d' | 'matpac' | 'beats' ...
     frontend: str                    # front end in matpac_jax.data.frontends
     norm_stats: tuple[float, float] | None
     batch_size: int = 16
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
-    freq_tokens: str | None = None   # 'concat' | 'mean' | None (method default)
+    freq_tokens: str | None = None   # 'concat' | 'mean' | None (family default)
+
+    family: ClassVar[str]
+    default_freq_tokens: ClassVar[str]
+    min_frames: ClassVar[int]        # shortest input, in front-end frames
 
     def __post_init__(self):
         if self.freq_tokens is None:
-            self.freq_tokens = "mean" if self.kind == "beats" else "concat"
+            self.freq_tokens = self.default_freq_tokens
         if self.freq_tokens not in ("concat", "mean"):
             raise ValueError(f"freq_tokens must be 'concat' or 'mean', got {self.freq_tokens!r}")
         graphdef, state = nnx.split(self.model)
-        if self.kind == "beats":
-            def run(state, x, _):
-                y = nnx.merge(graphdef, state).extract_features(x)
-                b, n, d = y.shape  # time-major patches: b (t f) d
-                return y.reshape(b, n // 8, 8, d)
-        else:
-            def run(state, x, valid):
-                enc = nnx.merge(graphdef, state)
-                y = enc(x, valid)[:, 1:]
-                b, n, d = y.shape  # b (f t) d -> b t f d
-                return y.reshape(b, enc.grid_f, n // enc.grid_f, d).transpose(0, 2, 1, 3)
-        jitted = jax.jit(run)
+        jitted = jax.jit(lambda st, x, e: self._patch_grid(nnx.merge(graphdef, st), x, e))
         self._encode = lambda x, e: jitted(state, x, e)
 
-    # -- front end ---------------------------------------------------------
+    # -- per family --------------------------------------------------------
+    @staticmethod
+    def _patch_grid(model: nnx.Module, x: jax.Array, extra: jax.Array) -> jax.Array:
+        """Encoder output as a (B, time, freq, D) grid of patch features."""
+        raise NotImplementedError
+
+    def _frames_of(self, feats: list[np.ndarray]) -> list[np.ndarray]:
+        """Normalised features of each input -> its (T_i, D) frames."""
+        raise NotImplementedError
+
+    # -- shared ------------------------------------------------------------
     @property
     def step_seconds(self) -> float:
-        return 16 * HOP / SR
+        return 16 * frontends.HOP / frontends.SR
 
-    def features(self, wave: Wave, sr: int = SR) -> np.ndarray:
-        """Normalised front-end features of one input: (80, T) or (T, 128)."""
-        from matpac_jax.data import audio, frontends
+    def features(self, wave: Wave, sr: int = frontends.SR) -> np.ndarray:
+        """Normalised front-end features of one input (layout: frontends.FEATURE_LAYOUT)."""
+        from matpac_jax.data import audio
 
         if isinstance(wave, (str, os.PathLike)):
-            w = audio.load_audio(wave, SR)
+            w = audio.load_audio(wave, frontends.SR)
         else:
             w = np.asarray(wave, np.float32)
             if w.ndim != 1:
                 raise ValueError(f"expected a mono 1-D waveform, got shape {w.shape}")
-            w = audio.resample(w, sr, SR)
+            w = audio.resample(w, sr, frontends.SR)
         feat = frontends.normalize(frontends.compute(self.frontend, w), self.frontend,
                                    self.norm_stats)
-        t = feat.shape[0] if self.kind == "beats" else feat.shape[-1]
-        if t < (16 if self.kind == "beats" else 1):
-            raise ValueError(f"input too short for one {self.kind} patch ({t} frames)")
+        time_axis = 0 if frontends.FEATURE_LAYOUT[self.frontend] == "time_freq" else -1
+        if feat.shape[time_axis] < self.min_frames:
+            raise ValueError(f"input too short for one {self.family} patch "
+                             f"({feat.shape[time_axis]} frames)")
         return feat
 
-    # -- ViT path ----------------------------------------------------------
+    def _pool_freq(self, y: np.ndarray) -> np.ndarray:
+        """(T, F, D) patch features of one input -> (T, F*D) or (T, D) frames."""
+        y = np.asarray(y)
+        return y.mean(axis=1) if self.freq_tokens == "mean" else y.reshape(y.shape[0], -1)
+
+    def frames(self, waves: Sequence[Wave], sr: int = frontends.SR) -> list[np.ndarray]:
+        """Frame features (T_i, D) of each input, batched across inputs."""
+        feats = [self.features(w, sr) for w in waves]
+        return [np.asarray(y, np.float32) for y in self._frames_of(feats)]
+
+    def frame_embeddings(self, wave: Wave, sr: int = frontends.SR
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """(features (T, D), timestamps (T,) in seconds: start of each 160 ms step)."""
+        y = self.frames([wave], sr)[0]
+        return y, np.arange(y.shape[0], dtype=np.float32) * np.float32(self.step_seconds)
+
+    def clip_embeddings(self, waves: Sequence[Wave] | np.ndarray,
+                        sr: int = frontends.SR) -> np.ndarray:
+        """(N, D) float32: mean over time of each input's frame features."""
+        if isinstance(waves, np.ndarray) and waves.ndim == 1:
+            waves = [waves]
+        return np.stack([y.mean(axis=0) for y in self.frames(list(waves), sr)]
+                        ).astype(np.float32)
+
+
+class ViTEmbedder(Embedder):
+    """M2D / MATPAC ViT encoders: chunked log-mel, 160 ms frames."""
+
+    family = "vit"
+    default_freq_tokens = "concat"
+    min_frames = 1
+
+    @staticmethod
+    def _patch_grid(enc, x, valid):
+        y = enc(x, valid)[:, 1:]
+        b, n, d = y.shape  # b (f t) d -> b t f d
+        return y.reshape(b, enc.grid_f, n // enc.grid_f, d).transpose(0, 2, 1, 3)
+
     def _time_buckets(self) -> list[int]:
         unit = self.model.max_frames
         return sorted({max(16, math.ceil(unit * f / 16) * 16) for f in (0.25, 0.5, 0.75, 1.0)})
 
-    def _vit_frames(self, feats: list[np.ndarray]) -> list[np.ndarray]:
+    def _frames_of(self, feats: list[np.ndarray]) -> list[np.ndarray]:
         unit, p = self.model.max_frames, self.model.patch
         buckets = self._time_buckets()
         groups: dict[int, list[tuple[int, int, np.ndarray, int]]] = {}
@@ -140,81 +184,80 @@ class Embedder:
                 chunk = np.pad(chunk, ((0, 0), (0, b - length)))
                 groups.setdefault(b, []).append((i, c, chunk, length))
         results: dict[tuple[int, int], np.ndarray] = {}
-        for b, items in groups.items():
+        for items in groups.values():
             ys = _batched(self._encode, [it[2] for it in items], [it[3] for it in items],
                           self.batch_size)
             for (i, c, _, length), y in zip(items, ys):
                 results[i, c] = self._pool_freq(y[: length // p])
-        return [np.concatenate([results[i, c] for c in range(n)]) for i, n in enumerate(n_chunks)]
+        return [np.concatenate([results[i, c] for c in range(n)])
+                for i, n in enumerate(n_chunks)]
 
-    def _pool_freq(self, y: np.ndarray) -> np.ndarray:
-        """(T, F, D) patch features of one input -> (T, F*D) or (T, D) frames."""
-        y = np.asarray(y)
-        return y.mean(axis=1) if self.freq_tokens == "mean" else y.reshape(y.shape[0], -1)
 
-    # -- BEATs path --------------------------------------------------------
-    def _beats_frames(self, feats: list[np.ndarray]) -> list[np.ndarray]:
+class BEATsEmbedder(Embedder):
+    """BEATs encoders: the whole fbank at once, equal lengths batched together."""
+
+    family = "beats"
+    default_freq_tokens = "mean"
+    min_frames = 16
+
+    @staticmethod
+    def _patch_grid(model, x, _):
+        y = model.extract_features(x)
+        b, n, d = y.shape  # time-major patches: b (t f) d
+        return y.reshape(b, n // 8, 8, d)
+
+    def _frames_of(self, feats: list[np.ndarray]) -> list[np.ndarray]:
         groups: dict[int, list[int]] = {}
         feats = [f[: f.shape[0] // 16 * 16] for f in feats]  # leftover frames are dropped
         for i, f in enumerate(feats):
             groups.setdefault(f.shape[0], []).append(i)
         out: list[np.ndarray | None] = [None] * len(feats)
-        for _, idx in groups.items():
+        for idx in groups.values():
             ys = _batched(self._encode, [feats[i] for i in idx], [0] * len(idx), self.batch_size)
             for i, y in zip(idx, ys):
                 out[i] = self._pool_freq(y)
         return out
 
-    # -- public API --------------------------------------------------------
-    def frames(self, waves: Sequence[Wave], sr: int = SR) -> list[np.ndarray]:
-        """Frame features (T_i, D) of each input, batched across inputs."""
-        feats = [self.features(w, sr) for w in waves]
-        fn = self._beats_frames if self.kind == "beats" else self._vit_frames
-        return [np.asarray(y, np.float32) for y in fn(feats)]
 
-    def frame_embeddings(self, wave: Wave, sr: int = SR) -> tuple[np.ndarray, np.ndarray]:
-        """(features (T, D), timestamps (T,) in seconds: start of each 160 ms step)."""
-        y = self.frames([wave], sr)[0]
-        return y, np.arange(y.shape[0], dtype=np.float32) * np.float32(self.step_seconds)
-
-    def clip_embeddings(self, waves: Sequence[Wave] | np.ndarray, sr: int = SR) -> np.ndarray:
-        """(N, D) float32: mean over time of each input's frame features."""
-        if isinstance(waves, np.ndarray) and waves.ndim == 1:
-            waves = [waves]
-        return np.stack([y.mean(axis=0) for y in self.frames(list(waves), sr)]).astype(np.float32)
+EMBEDDERS: dict[str, type[Embedder]] = {"vit": ViTEmbedder, "beats": BEATsEmbedder}
 
 
-def _load_workdir(path: str, *, batch_size: int, dtype=None) -> Embedder:
-    """A training workdir of this project: its latest checkpoint (the model keeps
-    the compute dtype it was trained with; `dtype` is ignored here)."""
-    from matpac_jax.training import trainer
-
-    method, model, config = trainer.restore_model(path)  # raises if it has no checkpoint
-    return Embedder(method.encoder(model), method.kind, method.frontend,
-                    method.default_norm_stats(), batch_size, config.to_dict())
+def embedder_for(method, model: nnx.Module, *, batch_size: int = 16,
+                 config: dict | None = None, freq_tokens: str | None = None) -> Embedder:
+    """The embedder of a `methods.Method`'s encoder in `model`."""
+    spec = method.embedding
+    return EMBEDDERS[spec.family](
+        method.encoder(model), method.config.method, spec.frontend,
+        spec.norm_stats or frontends.NORM[spec.frontend], batch_size,
+        config if config is not None else method.config.to_dict(), freq_tokens)
 
 
 def load(path_or_obj: str | os.PathLike | dict, *, batch_size: int = 16,
          dtype=jnp.float32, freq_tokens: str | None = None) -> Embedder:
-    """Any supported checkpoint -> Embedder (see module docstring)."""
-    emb = _load(path_or_obj, batch_size=batch_size, dtype=dtype)
-    return dataclasses.replace(emb, freq_tokens=freq_tokens) if freq_tokens else emb
+    """Any supported checkpoint -> Embedder (see module docstring).
 
-
-def _load(path_or_obj, *, batch_size: int, dtype) -> Embedder:
+    Official files are converted to `dtype`; a workdir's model keeps the
+    compute dtype it was trained with.
+    """
     if isinstance(path_or_obj, (str, os.PathLike)) and os.path.isdir(path_or_obj):
-        return _load_workdir(os.fspath(path_or_obj), batch_size=batch_size, dtype=dtype)
+        from matpac_jax import methods
+
+        method, model, _ = methods.load_workdir(os.fspath(path_or_obj))
+        return embedder_for(method, model, batch_size=batch_size, freq_tokens=freq_tokens)
     obj, name = path_or_obj, None
     if isinstance(path_or_obj, (str, os.PathLike)):
         name, obj = os.fspath(path_or_obj), torch_pickle.load(path_or_obj)
     if isinstance(obj, dict) and "cfg" in obj and "model" in obj:
         from matpac_jax.conversion.beats import load_beats
+        from matpac_jax.models.codebook import BEATsTokenizer
 
         model = load_beats(obj, name, dtype=dtype)
-        if not hasattr(model, "extract_features") or type(model).__name__ != "BEATsEncoder":
+        if isinstance(model, BEATsTokenizer):
             raise ValueError(f"{name}: a BEATs tokenizer, not an encoder: no embeddings")
-        return Embedder(model, "beats", "beats", None, batch_size)
+        return BEATsEmbedder(model, "beats", "beats", frontends.NORM["beats"], batch_size,
+                             freq_tokens=freq_tokens)
     from matpac_jax.conversion.official import load_official
 
     m = load_official(obj, dtype=dtype, name=name)
-    return Embedder(m.encoder, m.kind, m.frontend, m.norm_stats, batch_size, m.config)
+    return ViTEmbedder(m.encoder, m.kind, m.frontend, m.norm_stats, batch_size, m.config,
+                       freq_tokens)

@@ -22,10 +22,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     del argv
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    from matpac_jax.training import trainer  # after distributed init
+    from matpac_jax import methods  # after distributed init
+    from matpac_jax.training import trainer
 
-    logging.info("config:\n%s", _CONFIG.value)
-    final = trainer.train(_CONFIG.value, _WORKDIR.value)
+    config = _CONFIG.value
+    logging.info("config:\n%s", config)
+    method = methods.get(config)  # the method and its pretrained parts
+    final = trainer.train(config, _WORKDIR.value, method)
     logging.info("done: %s", final)
 
 

@@ -18,9 +18,9 @@ import numpy as np
 from flax import nnx
 
 from matpac_jax.data.audio import load_audio
-from matpac_jax.objectives.beats_methods import load_stage_model
 from matpac_jax.data.frontends import beats_fbank, normalize
-from matpac_jax.models.beats import BEATsTokenizer
+from matpac_jax.methods.beats import load_pretrained
+from matpac_jax.models.codebook import BEATsTokenizer
 
 
 @nnx.jit
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("audio", nargs="+", help="audio files")
     args = parser.parse_args(argv)
     try:
-        model = load_stage_model(args.checkpoint, "tokenizer")
+        model = load_pretrained(args.checkpoint, "tokenizer")
     except ValueError as e:
         parser.error(str(e))
     labels, lengths = tokenize_files(model, args.audio)

@@ -39,14 +39,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import matpac_jax
-from matpac_jax.data import audio, demo
+from matpac_jax.data import audio, frontends, toy_sounds
 
 CHECKPOINT = os.environ.get("MATPAC_CHECKPOINT", "/content/matpac_checkpoint.pth")
 if not os.path.exists(CHECKPOINT):
     raise FileNotFoundError(f"{CHECKPOINT}: upload a checkpoint or point CHECKPOINT at one")
 embedder = matpac_jax.load(CHECKPOINT)
-print(embedder.kind, "front end:", embedder.frontend)"""),
-    new_markdown_cell("## A clip: upload one, or use a procedural demo sound"),
+print(embedder.method, "front end:", embedder.frontend)"""),
+    new_markdown_cell("## A clip: upload one, or use a synthetic toy sound"),
     new_code_cell("""\
 wave, name = None, None
 try:
@@ -59,12 +59,12 @@ try:
 except ImportError:
     pass
 if wave is None:
-    name = "demo: chord"
-    wave = demo.synthesize("chord", np.random.default_rng(0), seconds=4.0)
+    name = "toy: chord"
+    wave = toy_sounds.synthesize("chord", np.random.default_rng(0), seconds=4.0)
 print(name, f"{len(wave) / 16000:.2f} s")"""),
     new_code_cell("""\
 feat = embedder.features(wave)  # normalised log-mel (80, T) or BEATs fbank (T, 128)
-mel = feat.T if embedder.kind == "beats" else feat
+mel = feat.T if frontends.FEATURE_LAYOUT[embedder.frontend] == "time_freq" else feat
 plt.figure(figsize=(10, 3))
 plt.imshow(mel, origin="lower", aspect="auto", cmap="magma",
            extent=(0, mel.shape[1] / 100, 0, mel.shape[0]))
@@ -107,7 +107,7 @@ rows = []
 for label in ("harmonic", "chirp", "noise_burst", "clicks"):
     for i in range(16):
         rel = f"audio/{label}_{i:02d}.wav"
-        sf.write(os.path.join(task, rel), demo.synthesize(label, np.random.default_rng([i, 7]), 1.5), 16000)
+        sf.write(os.path.join(task, rel), toy_sounds.synthesize(label, np.random.default_rng([i, 7]), 1.5), 16000)
         rows.append({"file": rel, "label": label, "split": "train" if i < 12 else "test"})
 with open(os.path.join(task, "meta.csv"), "w", newline="") as f:
     w = csv.DictWriter(f, ["file", "label", "split"])

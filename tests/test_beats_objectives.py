@@ -7,12 +7,11 @@ import pytest
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from matpac_jax.models.beats import (
-    BEATsConfig, BEATsEncoder, BEATsTokenizer, RandomProjectionTokenizer)
-from matpac_jax.objectives.beats_mam import LabelPredictor, MaskIndices, mam_loss, random_mask
-from matpac_jax.objectives.beats_tokenizer import (
-    CodebookState, Estimator, VectorQuantizer, kmeans_init, spherical_kmeans,
-    tokenizer_loss)
+from matpac_jax.models.beats import BEATsConfig, BEATsEncoder, Estimator, LabelPredictor
+from matpac_jax.models.codebook import (
+    BEATsTokenizer, CodebookState, RandomProjectionTokenizer, VectorQuantizer, spherical_kmeans)
+from matpac_jax.objectives.beats_mam import MaskIndices, mam_loss, random_mask
+from matpac_jax.objectives.beats_tokenizer import tokenizer_loss
 
 CFG = BEATsConfig(
     embed_dim=32, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_layers=1,
@@ -177,7 +176,8 @@ def test_commitment_straight_through_reaches_encoder_side():
     assert int(aux["used_codes"]) + int(aux["dead_codes"]) == 16
     assert int(aux["ema_dead_codes"]) <= 16
     # explicit first-batch init (instead of the lazy one above)
-    nnx.jit(kmeans_init)(tok, x, jax.random.key(1))
+    nnx.jit(lambda t, x, k: t.quantize.kmeans_init(t.quantize_input(x), k))(
+        tok, x, jax.random.key(1))
     np.testing.assert_allclose(np.linalg.norm(np.asarray(tok.quantize.embedding[...]), axis=1),
                                1, atol=1e-5)
     assert float(tok.quantize.cluster_size[...].sum()) == B * N

@@ -8,10 +8,10 @@ from flax import nnx
 
 from matpac_jax.conversion import torch_pickle
 from matpac_jax.conversion.beats import load_beats
-from matpac_jax.conversion.errors import CheckpointMismatchError
+from matpac_jax.conversion.layout import CheckpointMismatchError
 from matpac_jax.data import frontends
-from matpac_jax.models.beats import (
-    BEATsConfig, BEATsEncoder, BEATsTokenizer, relative_position_bucket)
+from matpac_jax.models.beats import BEATsConfig, BEATsEncoder, relative_position_bucket
+from matpac_jax.models.codebook import BEATsTokenizer
 
 
 def _npz_checkpoint(path, prefix):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import matpac_jax
-from matpac_jax import tokenize
+from matpac_jax import methods, tokenize
 from matpac_jax.data import demo
 from matpac_jax.training import checkpoint, metrics, trainer
 
@@ -31,6 +31,10 @@ def config(name, **overrides):
     return c
 
 
+def train(c, workdir):
+    return trainer.train(c, workdir, methods.get(c))
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     return demo.ensure_demo_shards(str(tmp_path_factory.mktemp("demo")), "beats", num_clips=16)
@@ -40,7 +44,7 @@ def test_iterations_chain(shards, tmp_path):
     def run(name, workdir, **overrides):
         c = config(name, **overrides)
         c.data.path = shards
-        out = trainer.train(c, str(tmp_path / workdir))
+        out = train(c, str(tmp_path / workdir))
         assert checkpoint.latest_checkpoint(str(tmp_path / workdir))[0] == 2
         assert np.isfinite(out["loss"])
         return out, str(tmp_path / workdir)
@@ -73,14 +77,14 @@ def test_tokenizer_stage_needs_a_teacher(shards, tmp_path):
     c = config("beats_tokenizer_as2m")
     c.data.path = shards
     with pytest.raises(ValueError, match="teacher_checkpoint is required"):
-        trainer.train(c, str(tmp_path / "wd"))
+        train(c, str(tmp_path / "wd"))
 
 
 def test_tokenizer_stage_from_official_beats_file(shards, tmp_path, fixtures_dir):
     c = config("beats_tokenizer_as2m", teacher_checkpoint=str(fixtures_dir / "BEATs_small.pt"))
     c.data.path = shards
-    out = trainer.train(c, str(tmp_path / "wd"))
+    out = train(c, str(tmp_path / "wd"))
     assert np.isfinite(out["loss"])
     c.grad_accum_steps, c.batch_size = 2, 16  # the codebook k-means/EMA need the whole batch
     with pytest.raises(ValueError, match="grad_accum_steps=2: not supported by method"):
-        trainer.build(c)
+        trainer.build(c, methods.get(c))

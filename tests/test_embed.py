@@ -15,7 +15,7 @@ from matpac_jax.models.vit import ViTEncoder
 def small():
     """A small MATPAC-geometry (80 x 608) encoder: fast, same chunking as ViT-B."""
     enc = ViTEncoder(dim=64, depth=2, num_heads=2, rngs=nnx.Rngs(0))
-    return inference.Embedder(enc, "matpac", "matpac", None, batch_size=4)
+    return inference.ViTEmbedder(enc, "matpac", "matpac", None, batch_size=4)
 
 
 def _noise(seconds, sr=16000, seed=0):
@@ -46,19 +46,19 @@ def test_ten_seconds_is_63_steps(small):
     # -> chunks of 608 + 400 frames = 38 + 25 = 63 steps of 160 ms.
     assert small.frame_embeddings(_noise(10))[0].shape == (63, 5 * 64)
     # M2D (centered): 1 + 160000 // 160 = 1001 frames -> 1008 -> also 63 steps.
-    m2d = inference.Embedder(small.model, "m2d", "m2d", (-7.1, 4.2))
+    m2d = inference.ViTEmbedder(small.model, "m2d", "m2d", (-7.1, 4.2))
     assert m2d.frame_embeddings(_noise(10))[0].shape == (63, 5 * 64)
 
 
 def test_freq_tokens_mean_is_the_768d_variant(small):
     wave = _noise(4, seed=4)
     concat = small.frame_embeddings(wave)[0]
-    mean = inference.Embedder(small.model, "matpac", "matpac", None, batch_size=4,
+    mean = inference.ViTEmbedder(small.model, "matpac", "matpac", None, batch_size=4,
                               freq_tokens="mean").frame_embeddings(wave)[0]
     assert concat.shape == (25, 5 * 64) and mean.shape == (25, 64)
     np.testing.assert_allclose(mean, concat.reshape(25, 5, 64).mean(1), atol=1e-6)
     with pytest.raises(ValueError, match="freq_tokens"):
-        inference.Embedder(small.model, "matpac", "matpac", None, freq_tokens="sum")
+        inference.ViTEmbedder(small.model, "matpac", "matpac", None, freq_tokens="sum")
 
 
 def test_any_sample_rate(small):
@@ -100,7 +100,7 @@ def test_cli_writes_in_input_order(fixtures_dir, tmp_path):
 def test_beats_dispatch(fixtures_dir):
     ref = np.load(fixtures_dir / "beats_ref.npz")
     e = matpac_jax.load(fixtures_dir / "BEATs_small.pt")
-    assert e.kind == "beats"
+    assert isinstance(e, inference.BEATsEmbedder) and e.method == "beats"
     clips = e.clip_embeddings(list(ref["waveform"]))
     np.testing.assert_allclose(clips, ref["features"].mean(1), atol=5e-3)
     # concatenated frequency patches: time-major (t f) patches -> frames of 8 * D

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from matpac_jax import evaluate, inference
-from matpac_jax.data import demo
+from matpac_jax.data import toy_sounds
 from matpac_jax.evaluation import linear_probe as lp
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def tiny_task(tmp_path_factory):
     rows = []
     for label in ("chirp", "clicks"):
         for i in range(9):
-            wave = demo.synthesize(label, np.random.default_rng([len(label), i]), seconds=1.0)
+            wave = toy_sounds.synthesize(label, np.random.default_rng([len(label), i]), seconds=1.0)
             rel = f"audio/{label}_{i}.wav"
             sf.write(root / rel, wave, 16000)
             rows.append({"file": rel, "label": label, "split": "train" if i < 6 else "test"})

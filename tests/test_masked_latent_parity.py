@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from matpac_jax.conversion.official import load_heads, load_official
+from matpac_jax.models.masked_latent import Student, Teacher
 from matpac_jax.models.vit import sincos_pos_table
 from matpac_jax.objectives import masked_latent as ml
 
@@ -104,29 +105,37 @@ def test_random_masking_and_schedules():
     assert np.isclose(ml.ema_momentum_schedule(50, 100, 0.998, 1.0), 0.999)
 
 
-def test_ema_update_mirrors_student():
+def test_teacher_init_as_official_and_ema_update():
     rngs = nnx.Rngs(0)
-    s = ml.Student.create(max_frames=64, dim=64, depth=1, num_heads=2, pred_dim=32,
+    s = Student.create(max_frames=64, dim=64, depth=1, num_heads=2, pred_dim=32,
                           pred_depth=1, pred_heads=2, head_out_dim=16, head_hidden_dim=32,
                           head_bottleneck_dim=8, rngs=rngs)
-    t = ml.Teacher.create(s, rngs=rngs)
+    t = Teacher.create(s, rngs=rngs)
     ts, ss = nnx.state(t.stack, nnx.Param), nnx.state(s.encoder.stack, nnx.Param)
     assert jax.tree.structure(ts) == jax.tree.structure(ss)
-    before = jax.tree.map(np.asarray, ts)
+    # official init: independent blocks; head MLP N(0, 0.02), last layer = student's
+    assert not np.allclose(t.stack.blocks[0].attn.qkv.kernel[...],
+                           s.encoder.stack.blocks[0].attn.qkv.kernel[...])
+    fc2 = np.asarray(t.head.fc2.kernel[...])
+    assert abs(fc2.std() - 0.02) < 0.002 and not np.allclose(fc2, s.head.fc2.kernel[...])
+    np.testing.assert_array_equal(t.head.last_v[...], s.head.last_v[...])
+    np.testing.assert_array_equal(t.head.last_g[...], np.ones(16))
+    before = jax.tree.map(np.asarray, (ts, nnx.state(t.head, nnx.Param)))
     ml.ema_update(t, s, 0.9, 0.5)
-    after = nnx.state(t.stack, nnx.Param)
-    jax.tree.map(lambda a, b, c: np.testing.assert_allclose(a, 0.9 * b + 0.1 * np.asarray(c), rtol=1e-6),
-                 after, before, ss)
-    # head started as a copy of the student head, so it stays equal
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
-                 nnx.state(t.head, nnx.Param), nnx.state(s.head, nnx.Param))
+    after = (nnx.state(t.stack, nnx.Param), nnx.state(t.head, nnx.Param))
+    jax.tree.map(lambda a, b, c: np.testing.assert_allclose(a, 0.9 * b + 0.1 * np.asarray(c),
+                                                            rtol=1e-6),
+                 after[0], before[0], ss)
+    jax.tree.map(lambda a, b, c: np.testing.assert_allclose(a, 0.5 * b + 0.5 * np.asarray(c),
+                                                            rtol=1e-6),
+                 after[1], before[1], nnx.state(s.head, nnx.Param))
 
 
 def test_bfloat16_compute_float32_params():
-    s = ml.Student.create(max_frames=64, dim=64, depth=1, num_heads=2, pred_dim=32, pred_depth=1,
+    s = Student.create(max_frames=64, dim=64, depth=1, num_heads=2, pred_dim=32, pred_depth=1,
                           pred_heads=2, head_out_dim=16, head_hidden_dim=32, head_bottleneck_dim=8,
                           dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-    t = ml.Teacher.create(s, rngs=nnx.Rngs(1))
+    t = Teacher.create(s, rngs=nnx.Rngs(1))
     ids_s, ids_r, keep = ml.random_masking(jax.random.key(0), 2, 20, 0.7)
     loss, aux = jax.jit(lambda: ml.masked_latent_loss(
         s, t, jnp.zeros((1, 1, 16)), jnp.ones((2, 80, 64)), ids_s, ids_r, keep, alpha=0.5,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from matpac_jax.conversion import official, torch_pickle
-from matpac_jax.conversion.errors import CheckpointMismatchError
+from matpac_jax.conversion.layout import CheckpointMismatchError
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from matpac_jax import methods
 from matpac_jax.data import demo
 from matpac_jax.training import checkpoint, metrics, trainer
 
@@ -46,6 +47,14 @@ def tiny_config(shards: str, **overrides):
     return config
 
 
+def build(config, devices=None):
+    return trainer.build(config, methods.get(config), devices)
+
+
+def train(config, workdir):
+    return trainer.train(config, workdir, methods.get(config))
+
+
 def cli(workdir, shards, env_extra=None, **overrides):
     flags = [f"--config.{k}={v}" for k, v in {**TINY, "data.path": shards, **overrides}.items()]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
@@ -65,7 +74,7 @@ def _params(workdir):
     from flax import nnx
 
     step, _ = checkpoint.latest_checkpoint(str(workdir))
-    _, model, _ = trainer.restore_model(str(workdir))
+    _, model, _ = methods.load_workdir(str(workdir))
     return step, [np.asarray(x) for x in jax.tree.leaves(nnx.state(model))]
 
 
@@ -80,7 +89,7 @@ def test_same_loss_on_1_and_8_devices_in_several_meshes(shards):
         ("fsdp 8", {"data": 1, "fsdp": 8, "tensor": 1}, None),
     ]:
         config = tiny_config(shards, mesh=mesh, fsdp=mesh["fsdp"] > 1)
-        run = trainer.build(config, devices)
+        run = build(config, devices)
         out = []
         for step in range(2):
             gx = trainer._to_global(run, x)
@@ -102,7 +111,7 @@ def test_config_errors_before_compilation(shards, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(Exception, match="no .*shards"):
-        trainer.train(tiny_config(str(empty)), str(tmp_path / "wd"))
+        train(tiny_config(str(empty)), str(tmp_path / "wd"))
     cmd, env = cli(tmp_path / "wd2", shards, **{"model.no_such_field": 1})
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "no_such_field" in proc.stderr
@@ -111,7 +120,7 @@ def test_config_errors_before_compilation(shards, tmp_path):
 def test_sigkill_then_resume_is_bitwise_identical(shards, tmp_path):
     # Uninterrupted reference.
     ref_dir = tmp_path / "ref"
-    trainer.train(tiny_config(shards), str(ref_dir))
+    train(tiny_config(shards), str(ref_dir))
     # Killed right after its first checkpoint finished (mid-run), then resumed.
     run_dir = tmp_path / "killed"
     cmd, env = cli(run_dir, shards)
@@ -125,7 +134,7 @@ def test_sigkill_then_resume_is_bitwise_identical(shards, tmp_path):
     proc.wait()
     killed_at = checkpoint.latest_checkpoint(str(run_dir))[0]
     assert killed_at < 8
-    trainer.train(tiny_config(shards), str(run_dir))  # same command, same workdir
+    train(tiny_config(shards), str(run_dir))  # same command, same workdir
     ref_step, ref_params = _params(ref_dir)
     step, params = _params(run_dir)
     assert step == ref_step == 8
@@ -192,7 +201,7 @@ def test_terminal_progress_bar_and_profile_trace(shards, tmp_path):
 
 def test_nonfinite_stops_with_step_or_skips(shards, tmp_path):
     config = tiny_config(shards, total_steps=4, log_every=1)
-    run = trainer.build(config)
+    run = build(config)
     x = np.full((8, 80, 64), np.nan, np.float32)
     before = [np.array(a) for a in jax.tree.leaves(run.state["model"])]
     run.state, _ = run.step_fn(run.state, trainer._to_global(run, x), jax.random.key(0))
@@ -200,7 +209,7 @@ def test_nonfinite_stops_with_step_or_skips(shards, tmp_path):
         trainer._check_finite(run, config)
 
     config = tiny_config(shards, total_steps=4, nonfinite="skip")
-    run = trainer.build(config)
+    run = build(config)
     before = [np.array(a) for a in jax.tree.leaves(run.state["model"])]
     run.state, _ = run.step_fn(run.state, trainer._to_global(run, x), jax.random.key(0))
     trainer._check_finite(run, config)  # no raise
@@ -287,7 +296,7 @@ def test_gradient_clipping_follows_torch_clip_grad_norm():
 def _one_step(config, x):
     """Loss and updated model arrays of one step on 1 device, and the FLOPs and
     rematerialisation barriers of the step as lowered (before XLA optimises)."""
-    run = trainer.build(config, jax.devices()[:1])
+    run = build(config, jax.devices()[:1])
     gx = trainer._to_global(run, x)
     key = jax.random.key(0)
     lowered = run.step_fn.lower(run.state, gx, key)
@@ -331,7 +340,7 @@ def test_grad_accumulation_is_the_mean_of_its_microbatches(shards, tmp_path):
     separate half-batch computations (strided rows, keys fold_in(rng, i))."""
     from flax import nnx
 
-    run = trainer.build(tiny_config(shards), jax.devices()[:1])
+    run = build(tiny_config(shards), jax.devices()[:1])
     x = np.random.default_rng(0).standard_normal((8, 80, 64)).astype(np.float32)
     key, step = jax.random.key(3), 5
 
@@ -357,7 +366,7 @@ def test_grad_accumulation_is_the_mean_of_its_microbatches(shards, tmp_path):
     losses = []
     for mesh, devices in [({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]),
                           ({"data": 2, "fsdp": 2, "tensor": 2}, None)]:
-        run = trainer.build(tiny_config(shards, batch_size=16, grad_accum_steps=2, mesh=mesh,
+        run = build(tiny_config(shards, batch_size=16, grad_accum_steps=2, mesh=mesh,
                                         fsdp=mesh["fsdp"] > 1), devices)
         out = []
         for i in range(2):
@@ -367,7 +376,7 @@ def test_grad_accumulation_is_the_mean_of_its_microbatches(shards, tmp_path):
     np.testing.assert_allclose(losses[1], losses[0], rtol=2e-5)
 
     # The real loop, and the divisibility check before compiling.
-    out = trainer.train(tiny_config(shards, batch_size=16, grad_accum_steps=2, total_steps=2),
+    out = train(tiny_config(shards, batch_size=16, grad_accum_steps=2, total_steps=2),
                         str(tmp_path / "wd"))
     assert np.isfinite(out["loss"])
     with pytest.raises(ValueError, match="grad_accum_steps=2 microbatches"):

@@ -15,7 +15,7 @@ the copies must equal layer 0's.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -24,33 +24,16 @@ import numpy as np
 from flax import nnx
 
 from matpac_jax.conversion import torch_pickle
-from matpac_jax.conversion.errors import CheckpointMismatchError
-from matpac_jax.models.beats import BEATsConfig, BEATsEncoder, BEATsTokenizer
+from matpac_jax.conversion.layout import (
+    Entry, check_and_assign, layer_norm_entries, linear_entries)
+from matpac_jax.models.beats import BEATsConfig, BEATsEncoder
+from matpac_jax.models.codebook import BEATsTokenizer
 
 _IGNORED_TOKENIZER_KEYS = ("quantize.embedding.cluster_size", "quantize.embedding.embed_avg")
-
-# torch key -> (flax variable, torch shape, torch array -> flax value)
-Entry = tuple[nnx.Variable, tuple, Callable[[np.ndarray], np.ndarray]]
 
 
 def _same(a):
     return a
-
-
-def _t(a):
-    return a.T
-
-
-def _linear(out: dict, key: str, layer: nnx.Linear) -> None:
-    k = layer.kernel
-    out[f"{key}.weight"] = (layer.kernel, (k.shape[1], k.shape[0]), _t)
-    if layer.bias is not None:
-        out[f"{key}.bias"] = (layer.bias, tuple(layer.bias.shape), _same)
-
-
-def _norm(out: dict, key: str, ln: nnx.LayerNorm) -> None:
-    out[f"{key}.weight"] = (ln.scale, tuple(ln.scale.shape), _same)
-    out[f"{key}.bias"] = (ln.bias, tuple(ln.bias.shape), _same)
 
 
 def torch_layout(model: BEATsEncoder) -> dict[str, Entry]:
@@ -59,45 +42,46 @@ def torch_layout(model: BEATsEncoder) -> dict[str, Entry]:
     p, e = cfg.input_patch_size, cfg.embed_dim
     out: dict[str, Entry] = {}
     pe = model.patch_embedding
-    out["patch_embedding.weight"] = (pe.kernel, (e, 1, p, p), lambda a: a.reshape(e, p * p).T)
+    out["patch_embedding.weight"] = Entry(pe.kernel, (e, 1, p, p), lambda a: a.reshape(e, p * p).T)
     if pe.bias is not None:
-        out["patch_embedding.bias"] = (pe.bias, (e,), _same)
-    _norm(out, "layer_norm", model.layer_norm)
+        out["patch_embedding.bias"] = Entry(pe.bias, (e,), _same)
+    out |= layer_norm_entries("layer_norm", model.layer_norm)
     if model.post_extract_proj is not None:
-        _linear(out, "post_extract_proj", model.post_extract_proj)
+        out |= linear_entries("post_extract_proj", model.post_extract_proj)
     enc = model.encoder
     k, g_in, d = enc.pos_conv.weight_v.shape
-    out["encoder.pos_conv.0.weight_v"] = (enc.pos_conv.weight_v, (d, g_in, k),
-                                          lambda a: a.transpose(2, 1, 0))
-    out["encoder.pos_conv.0.weight_g"] = (enc.pos_conv.weight_g, (1, 1, k), lambda a: a.reshape(k))
-    out["encoder.pos_conv.0.bias"] = (enc.pos_conv.bias, (d,), _same)
-    _norm(out, "encoder.layer_norm", enc.layer_norm)
+    out["encoder.pos_conv.0.weight_v"] = Entry(enc.pos_conv.weight_v, (d, g_in, k),
+                                               lambda a: a.transpose(2, 1, 0))
+    out["encoder.pos_conv.0.weight_g"] = Entry(enc.pos_conv.weight_g, (1, 1, k),
+                                               lambda a: a.reshape(k))
+    out["encoder.pos_conv.0.bias"] = Entry(enc.pos_conv.bias, (d,), _same)
+    out |= layer_norm_entries("encoder.layer_norm", enc.layer_norm)
     h = cfg.encoder_attention_heads
     for i, layer in enumerate(enc.layers):
         pre = f"encoder.layers.{i}"
         att = layer.self_attn
         for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            _linear(out, f"{pre}.self_attn.{name}", getattr(att, name))
+            out |= linear_entries(f"{pre}.self_attn.{name}", getattr(att, name))
         if cfg.relative_position_embedding:
             table = enc.layers[0].self_attn.relative_attention_bias
-            out[f"{pre}.self_attn.relative_attention_bias.weight"] = (
+            out[f"{pre}.self_attn.relative_attention_bias.weight"] = Entry(
                 table, tuple(table.shape), _same)
         if cfg.gru_rel_pos:
-            _linear(out, f"{pre}.self_attn.grep_linear", att.grep_linear)
-            out[f"{pre}.self_attn.grep_a"] = (att.grep_a, (1, h, 1, 1), lambda a: a.reshape(h))
-        _norm(out, f"{pre}.self_attn_layer_norm", layer.self_attn_layer_norm)
-        _linear(out, f"{pre}.fc1", layer.fc1)
-        _linear(out, f"{pre}.fc2", layer.fc2)
-        _norm(out, f"{pre}.final_layer_norm", layer.final_layer_norm)
+            out |= linear_entries(f"{pre}.self_attn.grep_linear", att.grep_linear)
+            out[f"{pre}.self_attn.grep_a"] = Entry(att.grep_a, (1, h, 1, 1), lambda a: a.reshape(h))
+        out |= layer_norm_entries(f"{pre}.self_attn_layer_norm", layer.self_attn_layer_norm)
+        out |= linear_entries(f"{pre}.fc1", layer.fc1)
+        out |= linear_entries(f"{pre}.fc2", layer.fc2)
+        out |= layer_norm_entries(f"{pre}.final_layer_norm", layer.final_layer_norm)
     if model.predictor is not None:
-        _linear(out, "predictor", model.predictor)
+        out |= linear_entries("predictor", model.predictor)
     if isinstance(model, BEATsTokenizer):
-        _linear(out, "quantize_layer.0", model.quantize_layer.linear1)
-        _linear(out, "quantize_layer.2", model.quantize_layer.linear2)
+        out |= linear_entries("quantize_layer.0", model.quantize_layer.linear1)
+        out |= linear_entries("quantize_layer.2", model.quantize_layer.linear2)
         vq = model.quantize
-        out["quantize.embedding.weight"] = (vq.embedding, (vq.num_codes, vq.dim), _same)
-        out["quantize.cluster_size"] = (vq.cluster_size, (vq.num_codes,), _same)
-        out["quantize.embedding.initted"] = (vq.initted, (1,), lambda a: a.reshape(()) != 0)
+        out["quantize.embedding.weight"] = Entry(vq.embedding, (vq.num_codes, vq.dim), _same)
+        out["quantize.cluster_size"] = Entry(vq.cluster_size, (vq.num_codes,), _same)
+        out["quantize.embedding.initted"] = Entry(vq.initted, (1,), lambda a: a.reshape(()) != 0)
     return out
 
 
@@ -129,22 +113,17 @@ def load_beats(obj_or_path: Any, path: str | os.PathLike | None = None, *,
     model = nnx.eval_shape(lambda: cls(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
     layout = torch_layout(model)
 
-    ignored = set(_IGNORED_TOKENIZER_KEYS) if is_tokenizer else set()
-    missing = [k for k in layout if k not in sd]
-    unexpected = [k for k in sd if k not in layout and k not in ignored]
-    mismatched = [(k, layout[k][1], sd[k].shape) for k in layout
-                  if k in sd and tuple(sd[k].shape) != tuple(layout[k][1])]
+    ignored = _IGNORED_TOKENIZER_KEYS if is_tokenizer else ()
+    problems = []
     if cfg.relative_position_embedding:
         t0 = sd.get("encoder.layers.0.self_attn.relative_attention_bias.weight")
         for i in range(1, cfg.encoder_layers):
             key = f"encoder.layers.{i}.self_attn.relative_attention_bias.weight"
-            if t0 is not None and key in sd and sd[key].shape == t0.shape and not np.array_equal(sd[key], t0):
-                mismatched.append((key, "== layer 0 (shared table)", "different values"))
-    if missing or unexpected or mismatched:
-        raise CheckpointMismatchError(missing, unexpected, mismatched,
-                                      f"{where} as {cls.__name__}")
-    for key, (var, _, convert) in layout.items():
-        var.set_value(jnp.asarray(convert(sd[key]), dtype=var.dtype))
+            if (t0 is not None and key in sd and sd[key].shape == t0.shape
+                    and not np.array_equal(sd[key], t0)):
+                problems.append((key, "== layer 0 (shared table)", "different values"))
+    check_and_assign(f"{where} as {cls.__name__}", sd, layout, ignored=ignored,
+                     problems=problems)
     _fill_unloaded(model, cls(cfg, dtype=dtype, rngs=nnx.Rngs(0)) if _unloaded(model) else None)
     model.eval()
     return model

@@ -7,27 +7,29 @@ head are ignored and listed in `config['ignored_keys']`) and MATPAC flat dicts
 (`student_encoder.` prefix). Geometry is read from tensor shapes and from the
 fixed sin-cos table itself (which must equal ours: it is not loaded), never
 from file names. Every missing, unexpected or mis-shaped key is reported in one
-`conversion.errors.CheckpointMismatchError`; nothing is loaded partially.
+`conversion.layout.CheckpointMismatchError`; nothing is loaded partially.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import re
-from typing import Any, Callable
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from matpac_jax.conversion import torch_pickle
-from matpac_jax.conversion.errors import CheckpointMismatchError
+from matpac_jax.conversion.layout import (
+    CheckpointMismatchError, Entry, check_and_assign, layer_norm_entries, linear_entries)
+from matpac_jax.data.frontends import NORM
 from matpac_jax.models.heads import DinoHead
+from matpac_jax.models.masked_latent import Student, Teacher
 from matpac_jax.models.vit import Predictor, TransformerStack, ViTEncoder, sincos_pos_table
-from matpac_jax.objectives.masked_latent import Student, Teacher
 
-M2D_DEFAULT_NORM = (-7.1, 4.2)  # 2022 weights carry no norm_stats
-MATPAC_NORM = (-7.056, 4.193)
+M2D_DEFAULT_NORM = NORM["m2d"]  # 2022 weights carry no norm_stats
+MATPAC_NORM = NORM["matpac"]
 
 
 @dataclasses.dataclass
@@ -41,60 +43,32 @@ class ImportedModel:
     config: dict[str, Any]
 
 
-# torch key -> (variable, numpy converter torch->flax, expected torch shape)
-_Entry = tuple[nnx.Variable, Callable[[np.ndarray], np.ndarray], tuple]
-
-
-def _lin(m: nnx.Linear, prefix: str) -> dict[str, _Entry]:
-    k = m.kernel[...].shape
-    out = {prefix + "weight": (m.kernel, lambda w: w.T, (k[1], k[0]))}
-    if m.bias is not None:
-        out[prefix + "bias"] = (m.bias, lambda w: w, (k[1],))
-    return out
-
-
-def _ln(m: nnx.LayerNorm, prefix: str) -> dict[str, _Entry]:
-    d = m.scale[...].shape
-    return {prefix + "weight": (m.scale, lambda w: w, d), prefix + "bias": (m.bias, lambda w: w, d)}
-
-
-def _stack(s: TransformerStack, blocks: str, norm: str) -> dict[str, _Entry]:
+def _stack(s: TransformerStack, blocks: str, norm: str) -> dict[str, Entry]:
     out = {}
     for i, b in enumerate(s.blocks):
         p = f"{blocks}{i}."
-        out |= _ln(b.norm1, p + "norm1.") | _ln(b.norm2, p + "norm2.")
-        out |= _lin(b.attn.qkv, p + "attn.qkv.") | _lin(b.attn.proj, p + "attn.proj.")
-        out |= _lin(b.mlp.fc1, p + "mlp.fc1.") | _lin(b.mlp.fc2, p + "mlp.fc2.")
-    return out | _ln(s.norm, norm)
+        out |= layer_norm_entries(p + "norm1", b.norm1) | layer_norm_entries(p + "norm2", b.norm2)
+        out |= linear_entries(p + "attn.qkv", b.attn.qkv) | linear_entries(p + "attn.proj", b.attn.proj)
+        out |= linear_entries(p + "mlp.fc1", b.mlp.fc1) | linear_entries(p + "mlp.fc2", b.mlp.fc2)
+    return out | layer_norm_entries(norm.rstrip("."), s.norm)
 
 
-def _encoder(e: ViTEncoder, blocks: str, norm: str) -> dict[str, _Entry]:
+def _encoder(e: ViTEncoder, blocks: str, norm: str) -> dict[str, Entry]:
     p, d = e.patch, e.dim
     return {
-        "cls_token": (e.cls_token, lambda w: w, (1, 1, d)),
-        "patch_embed.proj.weight": (e.patch_embed.kernel, lambda w: w.reshape(d, p * p).T, (d, 1, p, p)),
-        "patch_embed.proj.bias": (e.patch_embed.bias, lambda w: w, (d,)),
+        "cls_token": Entry(e.cls_token, (1, 1, d), lambda w: w),
+        "patch_embed.proj.weight": Entry(e.patch_embed.kernel, (d, 1, p, p),
+                                         lambda w: w.reshape(d, p * p).T),
+        "patch_embed.proj.bias": Entry(e.patch_embed.bias, (d,), lambda w: w),
     } | _stack(e.stack, blocks, norm)
 
 
-def _head(h: DinoHead, prefix: str) -> dict[str, _Entry]:
+def _head(h: DinoHead, prefix: str) -> dict[str, Entry]:
     b, k = h.last_v[...].shape
-    return (_lin(h.fc1, prefix + "mlp.0.") | _lin(h.fc2, prefix + "mlp.2.") | _lin(h.fc3, prefix + "mlp.4.")
-            | {prefix + "last_layer.weight_v": (h.last_v, lambda w: w.T, (k, b)),
-               prefix + "last_layer.weight_g": (h.last_g, lambda w: w[:, 0], (k, 1))})
-
-
-def _check_and_assign(source: str, sd: dict, entries: dict[str, _Entry], extra_ok=(),
-                      problems: list[tuple[str, str, str]] = ()) -> None:
-    """Raise one error for every problem, else copy all tensors in."""
-    missing = [k for k in entries if k not in sd]
-    unexpected = [k for k in sd if k not in entries and k not in extra_ok]
-    mismatched = [(k, entries[k][2], np.shape(sd[k])) for k in entries
-                  if k in sd and tuple(np.shape(sd[k])) != tuple(entries[k][2])]
-    if missing or unexpected or mismatched or problems:
-        raise CheckpointMismatchError(missing, unexpected, [*mismatched, *problems], source)
-    for k, (var, conv, _) in entries.items():
-        var.set_value(jnp.asarray(conv(np.asarray(sd[k], np.float32)), jnp.float32))
+    return (linear_entries(prefix + "mlp.0", h.fc1) | linear_entries(prefix + "mlp.2", h.fc2)
+            | linear_entries(prefix + "mlp.4", h.fc3)
+            | {prefix + "last_layer.weight_v": Entry(h.last_v, (k, b), lambda w: w.T),
+               prefix + "last_layer.weight_g": Entry(h.last_g, (k, 1), lambda w: w[:, 0])})
 
 
 def _depth(sd: dict, blocks: str) -> int:
@@ -129,7 +103,7 @@ def load_heads(sd: dict, prefix: str = "", *, dtype=jnp.float32) -> DinoHead:
     except KeyError as e:
         raise CheckpointMismatchError(missing=[e.args[0]], context=prefix or "<head>") from None
     head = DinoHead(int(in_dim), int(out_dim), int(hidden), int(bottleneck), dtype=dtype, rngs=nnx.Rngs(0))
-    _check_and_assign(prefix or "<head>", sub, _head(head, prefix))
+    check_and_assign(prefix or "<head>", sub, _head(head, prefix))
     return head
 
 
@@ -189,8 +163,9 @@ def load_official(path_or_obj, *, num_heads: int | None = None, pred_heads: int 
         predictor = Predictor(grid_f=gf, grid_t=gt, dim=dim, pred_dim=pred_dim,
                               depth=config["pred_depth"], num_heads=config["pred_heads"],
                               mlp_ratio=mlp_ratio, dtype=dtype, rngs=rngs)
-        entries |= {"mask_token": (predictor.mask_token, lambda w: w, (1, 1, pred_dim))}
-        entries |= _lin(predictor.embed, "decoder_embed.") | _lin(predictor.pred, "decoder_pred.")
+        entries |= {"mask_token": Entry(predictor.mask_token, (1, 1, pred_dim), lambda w: w)}
+        entries |= (linear_entries("decoder_embed", predictor.embed)
+                    | linear_entries("decoder_pred", predictor.pred))
         entries |= _stack(predictor.stack, "decoder_blocks.", "decoder_norm.")
         extra_ok.add("decoder_pos_embed")
         if "decoder_pos_embed" in sd:
@@ -202,7 +177,7 @@ def load_official(path_or_obj, *, num_heads: int | None = None, pred_heads: int 
         entries |= _stack(teacher_stack, "target_blocks.", "target_norm.")
         student, teacher = Student(encoder, predictor), Teacher(teacher_stack)
 
-    _check_and_assign(source, sd, entries, extra_ok, problems)
+    check_and_assign(source, sd, entries, ignored=extra_ok, problems=problems)
     if kind == "m2d":
         ns = sd.get("norm_stats")
         norm_stats = (float(ns[0]), float(ns[1])) if ns is not None else M2D_DEFAULT_NORM

@@ -1,4 +1,5 @@
-"""BEATs backbone, acoustic tokenizers and codebook (SPEC section 8), Flax NNX.
+"""BEATs backbone (docs/SPEC.md section 8) and the label predictor / estimator
+networks of our BEATs training stages, Flax NNX.
 
 Numerically the same network as microsoft/unilm `beats/` (post-LN DeepNorm
 layers, conv positional embedding, gated T5 relative position bias), written
@@ -17,7 +18,7 @@ Official details kept on purpose:
 - relative bucket maths runs in float32, as torch does (bucket edges match).
 Not implemented (training-only, not needed for parity): attention-prob
 dropout, LayerDrop (`encoder_layerdrop`), padding masks (use fixed-length
-clips, SPEC 8), the `glu` activation.
+clips, docs/SPEC.md section 8), the `glu` activation.
 """
 from __future__ import annotations
 
@@ -32,22 +33,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from matpac_jax.models import layers
-from matpac_jax.models.layers import Init, partitioned  # noqa: F401 (partitioned: re-exported)
+from matpac_jax.models.layers import Init, partitioned
+
 LN_EPS = 1e-5
-_HI = jax.lax.Precision.HIGHEST
 
 
 def _param(value: jax.Array, names: Sequence[str | None]) -> nnx.Param:
     """A Param holding a precomputed value, with logical axis names."""
     return nnx.Param(partitioned(lambda *_, **__: value, names)(None, value.shape))
-
-
-class CodebookState(nnx.Variable):
-    """Frozen or EMA/k-means maintained state (codebooks, projections, usage).
-
-    Not an `nnx.Param`: `nnx.Optimizer(..., wrt=nnx.Param)` never touches it,
-    and `nnx.grad(..., wrt=nnx.Param)` does not differentiate it.
-    """
 
 
 # ----------------------------------------------------------------------------
@@ -121,12 +114,6 @@ def _activation(name: str):
 # Small helpers
 
 
-def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-    """torch F.normalize: x / max(||x||, eps)."""
-    n = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
-    return x / jnp.maximum(n, eps)
-
-
 def patchify(fbank: jax.Array, patch: int = 16) -> jax.Array:
     """(B, T, F) -> (B, T/p * F/p, p*p), time-major tokens (index t*F/p + f).
 
@@ -192,7 +179,7 @@ def _drop(layer: nnx.Dropout | None, x: jax.Array) -> jax.Array:
     return x if layer is None else layer(x)
 
 
-def _xavier_normal(gain: float) -> Init:
+def xavier_normal(gain: float) -> Init:
     return jax.nn.initializers.variance_scaling(gain * gain, "fan_avg", "normal")
 
 
@@ -210,11 +197,12 @@ def _conv1d(x: jax.Array, w: jax.Array, groups: int, pad: int) -> jax.Array:
 def grouped_conv1d(x: jax.Array, w: jax.Array, groups: int, pad: int) -> jax.Array:
     """Grouped 1-D convolution x (B, N, D), w (K, D/G, D) -> (B, N + 2*pad - K + 1, D).
 
-    Same maths as the autodiff of `lax.conv_general_dilated`, but the weight
-    gradient is written as a plain forward grouped convolution (batch and
-    sequence swapped into the feature and window axes). XLA:CPU lowers the
-    autodiff form (a `batch_group_count` convolution) to a slow loop: 8.0 s
-    vs 0.31 s for the ViT-B BEATs shapes (B=4, N=496, D=768, K=128, G=16).
+    An XLA:CPU workaround (`layers.set_cpu_workarounds`): same maths as the
+    autodiff of `lax.conv_general_dilated`, but the weight gradient is
+    written as a plain forward grouped convolution (batch and sequence
+    swapped into the feature and window axes). XLA:CPU lowers the autodiff
+    form (a `batch_group_count` convolution) to a slow loop
+    (docs/BENCHMARKS.md).
     """
     return _conv1d(x, w, groups, pad)
 
@@ -249,6 +237,7 @@ class ConvPositionalEmbedding(nnx.Module):
     `weight = g[k] * v[k] / ||v[k]||` (norm over in/out channels per tap, torch
     `weight_norm(dim=2)`); the last output frame is dropped (even K), then GELU.
     Layout: `weight_v` (K, D/G, D) = torch (D, D/G, K) transposed; `weight_g` (K,).
+    `cpu_workaround` takes the weight gradient from `grouped_conv1d`.
     """
 
     def __init__(self, dim: int, kernel: int, groups: int, *, rngs: nnx.Rngs):
@@ -260,11 +249,13 @@ class ConvPositionalEmbedding(nnx.Module):
         self.weight_v = _param(v, ("conv", None, "embed"))
         self.weight_g = _param(jnp.sqrt(jnp.sum(v * v, axis=(1, 2))), ("conv",))
         self.bias = _param(jnp.zeros((dim,), jnp.float32), ("embed",))
+        self.cpu_workaround = False
 
     def __call__(self, x: jax.Array) -> jax.Array:
         v = self.weight_v[...]
         w = v * (self.weight_g[...] / jnp.sqrt(jnp.sum(v * v, axis=(1, 2))))[:, None, None]
-        y = grouped_conv1d(x.astype(jnp.float32), w, self.groups, self.kernel // 2)
+        conv = grouped_conv1d if self.cpu_workaround else _conv1d
+        y = conv(x.astype(jnp.float32), w, self.groups, self.kernel // 2)
         if self.kernel % 2 == 0:
             y = y[:, :-1]
         return jax.nn.gelu(y + self.bias[...], approximate=False)
@@ -282,7 +273,7 @@ class MultiheadAttention(nnx.Module):
         self.gated = cfg.gru_rel_pos
         if cfg.deep_norm:
             beta = (8 * cfg.encoder_layers) ** -0.25
-            qk_init, vo_init = _xavier_normal(1.0), _xavier_normal(beta)
+            qk_init, vo_init = xavier_normal(1.0), xavier_normal(beta)
         else:
             qk_init = vo_init = nnx.initializers.normal(0.02)
         mk = functools.partial(linear, dtype=dtype, rngs=rngs)
@@ -331,7 +322,7 @@ class TransformerLayer(nnx.Module):
         self.act = _activation(cfg.activation_fn)
         self.self_attn = MultiheadAttention(cfg, has_bias_table=has_bias_table, dtype=dtype, rngs=rngs)
         self.self_attn_layer_norm = layer_norm(d, rngs=rngs)
-        init = (_xavier_normal((8 * cfg.encoder_layers) ** -0.25) if cfg.deep_norm
+        init = (xavier_normal((8 * cfg.encoder_layers) ** -0.25) if cfg.deep_norm
                 else nnx.initializers.normal(0.02))
         self.fc1 = linear(d, f, ("embed", "mlp"), init=init, dtype=dtype, rngs=rngs)
         self.fc2 = linear(f, d, ("mlp", "embed"), init=init, dtype=dtype, rngs=rngs)
@@ -415,8 +406,7 @@ class BEATsEncoder(nnx.Module):
             linear(e, d, (None, "embed"), dtype=dtype, rngs=rngs) if e != d else None)
         self.dropout_input = _dropout(cfg.dropout_input, rngs)
         self.encoder = TransformerEncoder(cfg, dtype=dtype, rngs=rngs)
-        finetuned = cfg.finetuned_model
-        self.predictor_dropout = _dropout(cfg.predictor_dropout, rngs) if finetuned else None
+        finetuned = cfg.finetuned_model  # fine-tuned releases carry their classifier
         self.predictor = linear(d, cfg.predictor_class, ("embed", "vocab"),
                                  dtype=dtype, rngs=rngs) if finetuned else None
 
@@ -450,209 +440,64 @@ class BEATsEncoder(nnx.Module):
         """(B, T, 128) normalised fbank -> (B, N, D) last-layer features."""
         return self(self.embed(fbank))
 
-    def classify(self, fbank: jax.Array) -> jax.Array:
-        """Fine-tuned checkpoints: sigmoid of the patch-mean logits (B, classes)."""
-        if self.predictor is None:
-            raise ValueError("this BEATs model has no predictor (finetuned_model=False)")
-        x = _drop(self.predictor_dropout, self.extract_features(fbank))
-        return jax.nn.sigmoid(self.predictor(x).astype(jnp.float32).mean(axis=1))
-
 
 # ----------------------------------------------------------------------------
-# Codebooks
+# Networks of the training stages (not in the official release)
 
 
-def codebook_usage(ids: jax.Array, num_codes: int) -> dict[str, jax.Array]:
-    """Counts, perplexity, used and dead (unused in `ids`) codes.
+class LabelPredictor(nnx.Module):
+    """Transformer over the full grid -> codebook logits at the masked positions.
 
-    One-hot sums, so under jit on a sharded batch the counts are global.
-    """
-    counts = jax.nn.one_hot(ids.reshape(-1), num_codes, dtype=jnp.float32).sum(0)
-    p = counts / jnp.maximum(counts.sum(), 1.0)
-    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
-    used = jnp.sum(counts > 0)
-    return {"counts": counts, "perplexity": jnp.exp(entropy),
-            "used_codes": used, "dead_codes": num_codes - used}
-
-
-def spherical_kmeans(z: jax.Array, num_codes: int, key: jax.Array, iters: int = 10,
-                     axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
-    """Cosine k-means of unit vectors z (M, d) -> (unit means (K, d), bins (K,)).
-
-    As the official `kmeans(use_cosine_sim=True)`: means start from K samples
-    (without replacement when M >= K), empty clusters keep their mean, `bins`
-    are the counts of the last assignment. All statistics are one-hot
-    contractions over the sample axis: under `jax.jit` on a batch sharded
-    over devices (or hosts: a global `jax.Array`) XLA all-reduces them, so the
-    result equals the unsharded one. Inside `shard_map`/`pmap` pass
-    `axis_name`: sums are `psum`med and the first shard's samples seed all.
-    """
-    z = z.astype(jnp.float32)
-    m = z.shape[0]
-    idx = (jax.random.permutation(key, m)[:num_codes] if m >= num_codes
-           else jax.random.randint(key, (num_codes,), 0, m))
-    means = z[idx]
-    if axis_name is not None:
-        means = jax.lax.all_gather(means, axis_name)[0]
-
-    def step(_, carry):
-        means, _ = carry
-        ids = jnp.argmax(jnp.dot(z, means.T, precision=_HI), axis=-1)
-        onehot = jax.nn.one_hot(ids, num_codes, dtype=jnp.float32)
-        bins = onehot.sum(0)
-        sums = jnp.dot(onehot.T, z, precision=_HI)
-        if axis_name is not None:
-            bins, sums = jax.lax.psum((bins, sums), axis_name)
-        new = l2_normalize(sums / jnp.maximum(bins, 1.0)[:, None])
-        return jnp.where((bins == 0)[:, None], means, new), bins
-
-    return jax.lax.fori_loop(0, iters, step, (means, jnp.zeros((num_codes,), jnp.float32)))
-
-
-class VectorQuantizer(nnx.Module):
-    """Normalised EMA vector quantizer (official `NormEMAVectorQuantizer`).
-
-    State (all `CodebookState`, never optimised): `embedding` (K, d) unit
-    codewords, `cluster_size` (K,) EMA of assignment counts, `initted` ().
-    Input vectors are L2-normalised; the label is the nearest codeword
-    (official distance `|z|^2 + |w|^2 - 2 z.w`, float32 at full precision).
+    Visible positions carry the encoder outputs, masked positions a learned
+    mask embedding; the layers get positions from their own conv positional
+    embedding and relative position bias (same blocks as the encoder;
+    `layer_norm_first=False` gives DeepNorm post-LN, True pre-LN + final LN).
     """
 
-    def __init__(self, num_codes: int = 1024, dim: int = 256, *, decay: float = 0.99,
-                 beta: float = 1.0, kmeans_iters: int = 10):
-        self.num_codes, self.dim = num_codes, dim
-        self.decay, self.beta, self.kmeans_iters = decay, beta, kmeans_iters
-        self.embedding = CodebookState(jnp.zeros((num_codes, dim), jnp.float32))
-        self.cluster_size = CodebookState(jnp.zeros((num_codes,), jnp.float32))
-        self.initted = CodebookState(jnp.array(False))
+    def __init__(self, encoder_cfg: BEATsConfig, num_classes: int = 1024, *,
+                 num_layers: int = 3, num_heads: int = 12, ffn_dim: int | None = None,
+                 layer_norm_first: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
+        d = encoder_cfg.encoder_embed_dim
+        self.cfg = dataclasses.replace(
+            encoder_cfg, encoder_layers=num_layers, encoder_attention_heads=num_heads,
+            encoder_ffn_embed_dim=ffn_dim or 4 * d, layer_norm_first=layer_norm_first,
+            deep_norm=not layer_norm_first, relative_position_embedding=True,
+            gru_rel_pos=True, layer_wise_gradient_decay_ratio=1.0, finetuned_model=False)
+        self.num_classes = num_classes
+        self.mask_emb = nnx.Param(partitioned(nnx.initializers.normal(0.02), ("embed",))(
+            rngs.params(), (d,)))
+        self.encoder = TransformerEncoder(self.cfg, dtype=dtype, rngs=rngs)
+        self.head = linear(d, num_classes, ("embed", "vocab"), dtype=dtype, rngs=rngs)
 
-    def nearest(self, z: jax.Array) -> jax.Array:
-        """(..., d) unit vectors -> (...) int32 codeword indices."""
-        w = self.embedding[...]
-        z = z.astype(jnp.float32)
-        d = (jnp.sum(z * z, -1, keepdims=True) + jnp.sum(w * w, -1)
-             - 2 * jnp.einsum("...d,kd->...k", z, w, precision=_HI))
-        return jnp.argmin(d, axis=-1).astype(jnp.int32)
-
-    def lookup(self, ids: jax.Array) -> jax.Array:
-        return self.embedding[...][ids]
-
-    def kmeans_init(self, z: jax.Array, key: jax.Array, axis_name: str | None = None) -> None:
-        """Spherical k-means on a first batch (..., d); marks the codebook initialised."""
-        z = l2_normalize(jax.lax.stop_gradient(z.astype(jnp.float32))).reshape(-1, self.dim)
-        means, bins = spherical_kmeans(z, self.num_codes, key, self.kmeans_iters, axis_name)
-        self.embedding.set_value(means)
-        self.cluster_size.set_value(bins)
-        self.initted.set_value(jnp.array(True))
-
-    def ema_update(self, z: jax.Array, ids: jax.Array, axis_name: str | None = None) -> None:
-        """EMA of the normalised mean of each code's vectors; unused codes stay."""
-        z = jax.lax.stop_gradient(z.astype(jnp.float32)).reshape(-1, self.dim)
-        onehot = jax.nn.one_hot(ids.reshape(-1), self.num_codes, dtype=jnp.float32)
-        bins = onehot.sum(0)
-        sums = jnp.dot(onehot.T, z, precision=_HI)
-        if axis_name is not None:
-            bins, sums = jax.lax.psum((bins, sums), axis_name)
-        self.cluster_size.set_value(self.decay * self.cluster_size[...] + (1 - self.decay) * bins)
-        w = self.embedding[...]
-        mean = l2_normalize(sums / jnp.maximum(bins, 1.0)[:, None])
-        mean = jnp.where((bins == 0)[:, None], w, mean)
-        self.embedding.set_value(l2_normalize(self.decay * w + (1 - self.decay) * mean))
-
-    def __call__(self, z: jax.Array, *, update: bool = False, init_key: jax.Array | None = None,
-                 axis_name: str | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """z (..., d) -> (straight-through z_q, commitment loss, ids).
-
-        `init_key` runs k-means on this batch if the codebook is not yet
-        initialised (a `lax.cond`, so it is jit-safe and free afterwards).
-        `update=True` applies the EMA codebook update after quantising, as
-        the official training forward does (z_q uses the pre-update codebook).
-        """
-        z = l2_normalize(z.astype(jnp.float32))
-        if init_key is not None:
-            flat = jax.lax.stop_gradient(z).reshape(-1, self.dim)
-            means, bins = jax.lax.cond(
-                self.initted[...],
-                lambda: (self.embedding[...], self.cluster_size[...]),
-                lambda: spherical_kmeans(flat, self.num_codes, init_key, self.kmeans_iters,
-                                         axis_name))
-            self.embedding.set_value(means)
-            self.cluster_size.set_value(bins)
-            self.initted.set_value(jnp.array(True))
-        ids = self.nearest(z)
-        z_q = self.lookup(ids)
-        if update:
-            self.ema_update(z, ids, axis_name)
-        loss = self.beta * jnp.mean(jnp.square(jax.lax.stop_gradient(z_q) - z))
-        return z + jax.lax.stop_gradient(z_q - z), loss, ids
+    def __call__(self, visible: jax.Array, keep: jax.Array, masked: jax.Array) -> jax.Array:
+        """visible (B, n_keep, D) encoder outputs at patch indices `keep` (B, n_keep)
+        -> (B, n_mask, C) float32 logits at patch indices `masked` (B, n_mask)."""
+        b, _, d = visible.shape
+        n = keep.shape[1] + masked.shape[1]
+        rows = jnp.arange(b)[:, None]
+        x = jnp.broadcast_to(self.mask_emb[...], (b, n, d))
+        x = x.at[rows, keep].set(visible.astype(jnp.float32))
+        x = self.encoder(x)[rows, masked]
+        return self.head(x).astype(jnp.float32)
 
 
-class QuantizeLayer(nnx.Module):
-    """Linear(D, D) -> Tanh -> Linear(D, quant_dim) (official `quantize_layer.{0,2}`)."""
+class Estimator(nnx.Module):
+    """Quantised vectors (B, N, quant_dim) -> teacher features (B, N, teacher_dim).
 
-    def __init__(self, dim: int, quant_dim: int, *, dtype, rngs: nnx.Rngs):
-        self.linear1 = linear(dim, dim, ("embed", None), dtype=dtype, rngs=rngs)
-        self.linear2 = linear(dim, quant_dim, (None, None), dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.linear2(jnp.tanh(self.linear1(x))).astype(jnp.float32)
-
-
-class BEATsTokenizer(BEATsEncoder):
-    """BEATs backbone + quantize layer + normalised codebook -> patch labels."""
-
-    def __init__(self, cfg: BEATsConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        super().__init__(cfg, dtype=dtype, rngs=rngs)
-        self.quantize_layer = QuantizeLayer(cfg.encoder_embed_dim, cfg.quant_dim,
-                                            dtype=dtype, rngs=rngs)
-        self.quantize = VectorQuantizer(cfg.quant_n, cfg.quant_dim, decay=0.99, beta=1.0)
-
-    def quantize_input(self, fbank: jax.Array) -> jax.Array:
-        """(B, T, 128) -> (B, N, quant_dim) vectors before normalisation/quantisation."""
-        return self.quantize_layer(self.extract_features(fbank))
-
-    def extract_labels(self, fbank: jax.Array) -> jax.Array:
-        """(B, T, 128) normalised fbank -> (B, N) int32 codebook labels."""
-        return self.quantize.nearest(l2_normalize(self.quantize_input(fbank)))
-
-
-class RandomProjectionTokenizer(nnx.Module):
-    """BEATs iteration-1 tokenizer: frozen random projection + random codebook.
-
-    Each 16x16 normalised-fbank patch (time-major, as the encoder) is
-    projected to `dim`, L2-normalised, and labelled with the nearest of
-    `num_codes` random unit codewords. Both are `CodebookState` drawn from
-    `seed`, so the same seed gives the same labels on any machine.
-
-    `input_norm='patch'` (a deviation, off by default) standardises each
-    patch (zero mean, unit variance over its 256 values) before the
-    projection: on globally normalised fbank a patch's mean level is about
-    two thirds of its energy, so the plain labels mostly encode level
-    (docs/RESULTS.md, BEATs section).
+    Linear up to the encoder width, `num_layers` BEATs layers (conv
+    positional embedding + gated relative bias, DeepNorm), Linear out.
     """
 
-    def __init__(self, num_codes: int = 1024, dim: int = 256, patch: int = 16, *, seed: int = 0,
-                 input_norm: str = "none"):
-        if input_norm not in ("none", "patch"):
-            raise ValueError(
-                f"objective.tokenizer_input_norm={input_norm!r}: use 'none' or 'patch'")
-        self.num_codes, self.patch, self.input_norm = num_codes, patch, input_norm
-        kp, kc = jax.random.split(jax.random.key(seed))
-        self.projection = CodebookState(
-            _xavier_normal(1.0)(kp, (patch * patch, dim), jnp.float32))
-        self.codebook = CodebookState(
-            l2_normalize(jax.random.normal(kc, (num_codes, dim), jnp.float32)))
+    def __init__(self, cfg: BEATsConfig, teacher_dim: int | None = None, *,
+                 num_layers: int = 3, dtype=jnp.float32, rngs: nnx.Rngs):
+        d = cfg.encoder_embed_dim
+        self.cfg = dataclasses.replace(
+            cfg, encoder_layers=num_layers, layer_wise_gradient_decay_ratio=1.0,
+            finetuned_model=False)
+        self.proj_in = linear(cfg.quant_dim, d, (None, "embed"), dtype=dtype, rngs=rngs)
+        self.encoder = TransformerEncoder(self.cfg, dtype=dtype, rngs=rngs)
+        self.proj_out = linear(d, teacher_dim or d, ("embed", None), dtype=dtype, rngs=rngs)
 
-    def extract_labels(self, fbank: jax.Array) -> jax.Array:
-        """(B, T, 128) normalised fbank -> (B, N) int32 labels."""
-        x = patchify(fbank.astype(jnp.float32), self.patch)
-        if self.input_norm == "patch":
-            x = x - x.mean(axis=-1, keepdims=True)
-            x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + 1e-5)
-        x = l2_normalize(jnp.dot(x, self.projection[...], precision=_HI))
-        sim = jnp.einsum("bnd,kd->bnk", x, self.codebook[...], precision=_HI)
-        return jnp.argmax(sim, axis=-1).astype(jnp.int32)
-
-    def usage(self, labels: jax.Array) -> dict[str, jax.Array]:
-        """Codebook usage of a batch of labels (log it: SPEC 8)."""
-        return codebook_usage(labels, self.num_codes)
+    def __call__(self, z_q: jax.Array) -> jax.Array:
+        x = self.encoder(self.proj_in(z_q).astype(jnp.float32))
+        return self.proj_out(x).astype(jnp.float32)

@@ -1,18 +1,11 @@
-"""DINO-style classification head of MATPAC (SPEC section 4)."""
+"""DINO-style classification head of MATPAC (docs/SPEC.md section 4)."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from matpac_jax.models.layers import partitioned
-from matpac_jax.models.vit import _linear
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """torch F.normalize: x / max(||x||, eps)."""
-    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
-    return x / jnp.maximum(norm, eps)
+from matpac_jax.models.layers import XAVIER_UNIFORM, Init, l2_normalize, linear, partitioned
 
 
 class DinoHead(nnx.Module):
@@ -21,13 +14,19 @@ class DinoHead(nnx.Module):
     The last layer keeps weight norm's two parts: `last_v` (bottleneck, K) and
     `last_g` (K,), W = g * v / ||v|| per output unit, both trainable (the
     official head trains g; DINO's option to freeze it is not used).
+    `mlp_init` is the kernel init of the three MLP layers (the student's
+    xavier-uniform; the official teacher head keeps N(0, 0.02), see
+    `models.masked_latent.Teacher`).
     """
 
     def __init__(self, in_dim: int, out_dim: int = 2048, hidden_dim: int = 2048,
-                 bottleneck_dim: int = 256, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        self.fc1 = _linear(in_dim, hidden_dim, ("embed", "mlp"), dtype=dtype, rngs=rngs)
-        self.fc2 = _linear(hidden_dim, hidden_dim, (None, "mlp"), dtype=dtype, rngs=rngs)
-        self.fc3 = _linear(hidden_dim, bottleneck_dim, ("mlp", None), dtype=dtype, rngs=rngs)
+                 bottleneck_dim: int = 256, *, mlp_init: Init = XAVIER_UNIFORM,
+                 dtype=jnp.float32, rngs: nnx.Rngs):
+        mk = lambda din, dout, names: linear(din, dout, names, init=mlp_init, dtype=dtype,
+                                             rngs=rngs)
+        self.fc1 = mk(in_dim, hidden_dim, ("embed", "mlp"))
+        self.fc2 = mk(hidden_dim, hidden_dim, (None, "mlp"))
+        self.fc3 = mk(hidden_dim, bottleneck_dim, ("mlp", None))
         # torch nn.Linear default init for v (its direction is all that matters).
         bound = bottleneck_dim ** -0.5
         v_init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(

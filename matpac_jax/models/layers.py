@@ -1,6 +1,6 @@
-"""Building blocks shared by the ViT and BEATs modules: partitioned init,
-Linear and LayerNorm with float32 parameters and logical axis names, and
-per-layer rematerialisation."""
+"""Building blocks shared by every model: partitioned init, Linear and
+LayerNorm with float32 parameters and logical axis names, the `Buffer`
+variable kind, per-layer rematerialisation and the XLA:CPU workaround switch."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -12,6 +12,25 @@ from flax import nnx
 Init = jax.nn.initializers.Initializer
 XAVIER_UNIFORM = nnx.initializers.xavier_uniform()
 TORCH_LINEAR = jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")  # U(+-1/sqrt(fan_in))
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class Buffer(nnx.Variable):
+    """Non-trainable state that a loss or method hook updates and checkpoints
+    keep (MATPAC's center). Never differentiated, never seen by the optimiser."""
+
+
+def dtype(name: str):
+    """Compute dtype from its config name (`config.model.dtype`)."""
+    if name not in DTYPES:
+        raise ValueError(f"config.model.dtype={name!r}; known: {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
+    """torch F.normalize: x / max(||x||, eps)."""
+    n = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
+    return x / jnp.maximum(n, eps)
 
 
 def partitioned(init: Init, names: Sequence[str | None]) -> Init:
@@ -35,6 +54,13 @@ def linear(din: int, dout: int, names: tuple, *, init: Init, dtype, rngs: nnx.Rn
         rngs=rngs)
 
 
+def xavier_linear(din: int, dout: int, names: tuple, *, dtype, rngs: nnx.Rngs,
+                  use_bias: bool = True) -> nnx.Linear:
+    """Xavier-uniform Linear, zero bias (the M2D/MATPAC init)."""
+    return linear(din, dout, names, init=XAVIER_UNIFORM, dtype=dtype, rngs=rngs,
+                  use_bias=use_bias)
+
+
 def layer_norm(dim: int, *, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
     """float32 LayerNorm with two-pass variance (as torch)."""
     return nnx.LayerNorm(
@@ -49,13 +75,14 @@ def layer_norm(dim: int, *, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
 def materialize_grad(x: jax.Array) -> jax.Array:
     """Identity whose incoming gradient XLA computes once instead of per consumer.
 
-    In a residual stack the gradient of the residual stream is a chain of
-    cheap adds (LayerNorm backward plus the skip) through every later block.
-    XLA:CPU fuses that whole chain into each consumer that needs a transposed
-    copy for a weight gradient, recomputing it per consumer: 14-18 % of a
-    ViT-B MATPAC step (docs/BENCHMARKS.md). The backward here returns
-    `g / (1 + 0 * g)`, which equals `g` exactly for finite values; XLA does not
-    duplicate a divide into consumers, so the chain is cut at every call.
+    An XLA:CPU workaround (`set_cpu_workarounds`). In a residual stack the
+    gradient of the residual stream is a chain of cheap adds (LayerNorm
+    backward plus the skip) through every later block; XLA:CPU fuses that
+    whole chain into each consumer that needs a transposed copy for a weight
+    gradient, recomputing it per consumer (docs/BENCHMARKS.md). The backward
+    here returns `g / (1 + 0 * g)`, which equals `g` exactly for finite
+    values; XLA does not duplicate a divide into consumers, so the chain is
+    cut at every call.
     """
     return x
 
@@ -100,3 +127,25 @@ def set_remat(model: nnx.Module, remat: str) -> None:
     for _, module in nnx.iter_modules(model):
         if hasattr(module, "remat"):
             module.remat = remat
+
+
+# Code paths that only exist because of how XLA:CPU compiles a step; the
+# maths is the same either way (tests check the gradients match). The list,
+# with measurements, is in docs/ARCHITECTURE.md.
+CPU_WORKAROUNDS = ("auto", "on", "off")
+
+
+def cpu_workarounds_enabled(setting: str, backend: str | None = None) -> bool:
+    """`config.model.cpu_workarounds`: 'auto' turns them on for the CPU backend only."""
+    if setting not in CPU_WORKAROUNDS:
+        raise ValueError(f"config.model.cpu_workarounds={setting!r}; known: {CPU_WORKAROUNDS}")
+    if setting == "auto":
+        return (backend or jax.default_backend()) == "cpu"
+    return setting == "on"
+
+
+def set_cpu_workarounds(model: nnx.Module, enabled: bool) -> None:
+    """Switch every module that has an XLA:CPU workaround (`.cpu_workaround`)."""
+    for _, module in nnx.iter_modules(model):
+        if hasattr(module, "cpu_workaround"):
+            module.cpu_workaround = bool(enabled)

@@ -1,13 +1,10 @@
-"""ViT encoder and predictor of M2D / MATPAC (SPEC sections 2-3), Flax NNX.
+"""ViT encoder and predictor of M2D / MATPAC (docs/SPEC.md sections 2-3), Flax NNX.
 
 Parameters are float32 and carry logical axis names (docs/ARCHITECTURE.md);
 `dtype` is the compute dtype of the matmuls. LayerNorm and softmax run in
-float32 and the residual stream stays float32.
-
-Sharding: flax >= 0.12 shards a partitioned variable eagerly when it is created
-and then needs a mesh. `partitioned` only asks for that when a mesh is set
-(`jax.set_mesh(...)` + logical axis rules, as the trainer does); without a mesh
-(tests, inference) the names are kept as metadata only.
+float32 and the residual stream stays float32. Modules are built without a
+mesh; the trainer lays the variables out from their logical names
+(training/sharding.py).
 """
 from __future__ import annotations
 
@@ -19,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from matpac_jax.models.layers import (
-    XAVIER_UNIFORM, call_layer, layer_norm, linear, materialize_grad, partitioned)
+    call_layer, layer_norm, materialize_grad, partitioned, xavier_linear)
 
 
 def sincos_pos_table(grid_f: int, grid_t: int, dim: int) -> np.ndarray:
@@ -50,13 +47,6 @@ def _table(grid_f: int, grid_t: int, dim: int, frames: int) -> np.ndarray:
     return out
 
 
-def _linear(din: int, dout: int, names: tuple, *, dtype, rngs: nnx.Rngs,
-            use_bias: bool = True) -> nnx.Linear:
-    """Xavier-uniform Linear, zero bias (official init)."""
-    return linear(din, dout, names, init=XAVIER_UNIFORM, dtype=dtype, rngs=rngs,
-                  use_bias=use_bias)
-
-
 def _layer_norm(dim: int, *, eps: float = 1e-6, rngs: nnx.Rngs) -> nnx.LayerNorm:
     return layer_norm(dim, eps=eps, rngs=rngs)
 
@@ -68,8 +58,8 @@ class Attention(nnx.Module):
         if dim % num_heads:
             raise ValueError(f"dim {dim} not divisible by {num_heads} heads")
         self.num_heads = num_heads
-        self.qkv = _linear(dim, 3 * dim, ("embed", "qkv"), dtype=dtype, rngs=rngs)
-        self.proj = _linear(dim, dim, ("heads", "embed"), dtype=dtype, rngs=rngs)
+        self.qkv = xavier_linear(dim, 3 * dim, ("embed", "qkv"), dtype=dtype, rngs=rngs)
+        self.proj = xavier_linear(dim, dim, ("heads", "embed"), dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
         """key_mask (B, n) bool: False keys are ignored (padding)."""
@@ -83,15 +73,19 @@ class Attention(nnx.Module):
 
 class Mlp(nnx.Module):
     def __init__(self, dim: int, hidden: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        self.fc1 = _linear(dim, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
-        self.fc2 = _linear(hidden, dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+        self.fc1 = xavier_linear(dim, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+        self.fc2 = xavier_linear(hidden, dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
 
 
 class Block(nnx.Module):
-    """Pre-norm ViT block: x += attn(ln1(x)); x += mlp(ln2(x))."""
+    """Pre-norm ViT block: x += attn(ln1(x)); x += mlp(ln2(x)).
+
+    `cpu_workaround` (layers.set_cpu_workarounds) cuts XLA:CPU's duplicated
+    residual-gradient chain at the block input (`layers.materialize_grad`).
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, *,
                  dtype=jnp.float32, rngs: nnx.Rngs):
@@ -99,9 +93,11 @@ class Block(nnx.Module):
         self.attn = Attention(dim, num_heads, dtype=dtype, rngs=rngs)
         self.norm2 = _layer_norm(dim, rngs=rngs)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
+        self.cpu_workaround = False
 
     def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
-        x = materialize_grad(x)
+        if self.cpu_workaround:
+            x = materialize_grad(x)
         x = x + self.attn(self.norm1(x), key_mask).astype(x.dtype)
         return x + self.mlp(self.norm2(x)).astype(x.dtype)
 
@@ -144,7 +140,7 @@ class ViTEncoder(nnx.Module):
             raise ValueError(f"input {in_freq}x{max_frames} not divisible by patch {patch}")
         self.in_freq, self.max_frames, self.patch, self.dim = in_freq, max_frames, patch, dim
         self.grid_f, self.grid_t = in_freq // patch, max_frames // patch
-        self.patch_embed = _linear(patch * patch, dim, ("patch", "embed"), dtype=dtype, rngs=rngs)
+        self.patch_embed = xavier_linear(patch * patch, dim, ("patch", "embed"), dtype=dtype, rngs=rngs)
         self.cls_token = nnx.Param(partitioned(
             nnx.initializers.normal(0.02), (None, None, "embed"))(rngs.params(), (1, 1, dim)))
         self.stack = TransformerStack(dim, depth, num_heads, mlp_ratio, dtype=dtype, rngs=rngs)
@@ -204,11 +200,11 @@ class Predictor(nnx.Module):
                  depth: int = 8, num_heads: int = 16, mlp_ratio: float = 4.0,
                  dtype=jnp.float32, rngs: nnx.Rngs):
         self.grid_f, self.grid_t, self.pred_dim = grid_f, grid_t, pred_dim
-        self.embed = _linear(dim, pred_dim, ("embed", None), dtype=dtype, rngs=rngs)
+        self.embed = xavier_linear(dim, pred_dim, ("embed", None), dtype=dtype, rngs=rngs)
         self.mask_token = nnx.Param(partitioned(
             nnx.initializers.normal(0.02), (None, None, "embed"))(rngs.params(), (1, 1, pred_dim)))
         self.stack = TransformerStack(pred_dim, depth, num_heads, mlp_ratio, dtype=dtype, rngs=rngs)
-        self.pred = _linear(pred_dim, dim, (None, "embed"), dtype=dtype, rngs=rngs)
+        self.pred = xavier_linear(pred_dim, dim, (None, "embed"), dtype=dtype, rngs=rngs)
 
     def __call__(self, latent: jax.Array, ids_restore: jax.Array,
                  ids_shuffle: jax.Array | None = None) -> jax.Array:

@@ -1,4 +1,4 @@
-"""BEATs masked audio modelling (SPEC 8): predict tokenizer labels of masked patches.
+"""BEATs masked audio modelling (docs/SPEC.md section 8): predict tokenizer labels of masked patches.
 
 The official pre-training code was never released; this follows the paper:
 75 % of patches masked per sample, only visible patches go through the
@@ -7,19 +7,16 @@ positions and a learned mask embedding at masked ones (on the full patch
 grid), and the loss is cross-entropy over the codebook at masked positions
 only. Predictor size is not given by the paper: default 3 layers at the
 encoder width, 12 heads (as a public reproduction), built from the same
-BEATs layers (conv positional embedding + gated relative position bias).
+BEATs layers (`models.beats.LabelPredictor`).
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
-from matpac_jax.models.beats import (
-    BEATsConfig, BEATsEncoder, TransformerEncoder, linear, partitioned)
+from matpac_jax.models.beats import BEATsEncoder, LabelPredictor
 
 
 class MaskIndices(NamedTuple):
@@ -44,41 +41,6 @@ def random_mask(key: jax.Array, batch: int, num_patches: int, ratio: float = 0.7
     return MaskIndices(keep.astype(jnp.int32), masked.astype(jnp.int32))
 
 
-class LabelPredictor(nnx.Module):
-    """Transformer over the full grid -> codebook logits at the masked positions.
-
-    Visible positions carry the encoder outputs, masked positions a learned
-    mask embedding; the layers get positions from their own conv positional
-    embedding and relative position bias (same blocks as the encoder;
-    `layer_norm_first=False` gives DeepNorm post-LN, True pre-LN + final LN).
-    """
-
-    def __init__(self, encoder_cfg: BEATsConfig, num_classes: int = 1024, *,
-                 num_layers: int = 3, num_heads: int = 12, ffn_dim: int | None = None,
-                 layer_norm_first: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
-        d = encoder_cfg.encoder_embed_dim
-        self.cfg = dataclasses.replace(
-            encoder_cfg, encoder_layers=num_layers, encoder_attention_heads=num_heads,
-            encoder_ffn_embed_dim=ffn_dim or 4 * d, layer_norm_first=layer_norm_first,
-            deep_norm=not layer_norm_first, relative_position_embedding=True,
-            gru_rel_pos=True, layer_wise_gradient_decay_ratio=1.0, finetuned_model=False)
-        self.num_classes = num_classes
-        self.mask_emb = nnx.Param(partitioned(nnx.initializers.normal(0.02), ("embed",))(
-            rngs.params(), (d,)))
-        self.encoder = TransformerEncoder(self.cfg, dtype=dtype, rngs=rngs)
-        self.head = linear(d, num_classes, ("embed", "vocab"), dtype=dtype, rngs=rngs)
-
-    def __call__(self, visible: jax.Array, mask: MaskIndices) -> jax.Array:
-        """visible (B, n_keep, D) encoder outputs -> (B, n_mask, C) float32 logits."""
-        b, _, d = visible.shape
-        n = mask.keep.shape[1] + mask.masked.shape[1]
-        rows = jnp.arange(b)[:, None]
-        x = jnp.broadcast_to(self.mask_emb[...], (b, n, d))
-        x = x.at[rows, mask.keep].set(visible.astype(jnp.float32))
-        x = self.encoder(x)[rows, mask.masked]
-        return self.head(x).astype(jnp.float32)
-
-
 def mam_loss(encoder: BEATsEncoder, predictor: LabelPredictor, fbank: jax.Array,
              labels: jax.Array, *, rng: jax.Array | None = None,
              mask: MaskIndices | None = None, mask_ratio: float = 0.75,
@@ -101,7 +63,7 @@ def mam_loss(encoder: BEATsEncoder, predictor: LabelPredictor, fbank: jax.Array,
         mask = random_mask(rng, b, n, mask_ratio)
     rows = jnp.arange(b)[:, None]
     visible = encoder(tokens[rows, mask.keep], mask.keep, num_patches=n)
-    logits = predictor(visible, mask)
+    logits = predictor(visible, mask.keep, mask.masked)
     target = labels[rows, mask.masked].astype(jnp.int32)
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]

@@ -1,5 +1,6 @@
-"""Masked latent prediction (M2D) + classification (MATPAC): SPEC sections 2-5.
+"""Masked latent prediction (M2D) + classification (MATPAC): docs/SPEC.md sections 2-5.
 
+Losses, masking, EMA and schedules; the networks are in models/masked_latent.py.
 One loss function serves both methods: M2D is `alpha=1, standardize_target=True`
 with no heads; MATPAC is `alpha=0.5, standardize_target=False` with heads.
 """
@@ -11,8 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from matpac_jax.models.heads import DinoHead, l2_normalize
-from matpac_jax.models.vit import Predictor, TransformerStack, ViTEncoder
+from matpac_jax.models.layers import l2_normalize
+from matpac_jax.models.masked_latent import Student, Teacher
 
 
 def random_masking(rng: jax.Array, batch: int, num_tokens: int, ratio: float):
@@ -26,53 +27,6 @@ def random_masking(rng: jax.Array, batch: int, num_tokens: int, ratio: float):
     ids_shuffle = jnp.argsort(noise, axis=1)
     ids_restore = jnp.argsort(ids_shuffle, axis=1)
     return ids_shuffle, ids_restore, len_keep
-
-
-class Student(nnx.Module):
-    """Encoder (patch embed, CLS, blocks) + predictor (+ MATPAC head)."""
-
-    def __init__(self, encoder: ViTEncoder, predictor: Predictor, head: DinoHead | None = None):
-        self.encoder = encoder
-        self.predictor = predictor
-        self.head = nnx.data(head)  # data even when None, so a head can be set later
-
-    @classmethod
-    def create(cls, *, in_freq: int = 80, max_frames: int = 608, patch: int = 16,
-               dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
-               pred_dim: int = 512, pred_depth: int = 8, pred_heads: int = 16,
-               head_out_dim: int | None = 2048, head_hidden_dim: int = 2048,
-               head_bottleneck_dim: int = 256, dtype=jnp.float32,
-               rngs: nnx.Rngs) -> "Student":
-        """ViT-B defaults; `head_out_dim=None` gives M2D (no head)."""
-        enc = ViTEncoder(in_freq=in_freq, max_frames=max_frames, patch=patch, dim=dim,
-                         depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                         dtype=dtype, rngs=rngs)
-        pred = Predictor(grid_f=enc.grid_f, grid_t=enc.grid_t, dim=dim, pred_dim=pred_dim,
-                         depth=pred_depth, num_heads=pred_heads, mlp_ratio=mlp_ratio,
-                         dtype=dtype, rngs=rngs)
-        head = None
-        if head_out_dim is not None:
-            head = DinoHead(dim, head_out_dim, head_hidden_dim, head_bottleneck_dim,
-                            dtype=dtype, rngs=rngs)
-        return cls(enc, pred, head)
-
-
-class Teacher(nnx.Module):
-    """EMA target: its state mirrors `student.encoder.stack` and `student.head`."""
-
-    def __init__(self, stack: TransformerStack, head: DinoHead | None = None):
-        self.stack = stack
-        self.head = nnx.data(head)  # data even when None, so a head can be set later
-
-    @classmethod
-    def create(cls, student: Student, *, rngs: nnx.Rngs) -> "Teacher":
-        """Blocks initialised independently (as both official codes do); head
-        copied from the student head (as MATPAC does)."""
-        s = student.encoder.stack
-        stack = TransformerStack(s.dim, s.depth, s.num_heads, s.mlp_ratio,
-                                 dtype=s.dtype, rngs=rngs)
-        head = None if student.head is None else nnx.clone(student.head)
-        return cls(stack, head)
 
 
 def _ema(target: nnx.Module, source: nnx.Module, momentum) -> None:
@@ -94,9 +48,13 @@ def teacher_temp_schedule(step, warmup_steps: int = 9827, start: float = 0.04,
     return start + (end - start) * frac
 
 
-def ema_momentum_schedule(step, total_steps: int, start: float, end: float):
-    """Linear start -> end over the run (per update), then `end`."""
-    frac = jnp.clip(jnp.asarray(step, jnp.float32) / total_steps, 0.0, 1.0)
+def ema_momentum_schedule(step, anneal_steps: int, start: float, end: float):
+    """Linear start -> end, reaching `end` at update `anneal_steps`, then `end`.
+
+    MATPAC (fairseq `get_annealed_rate`) anneals over `total_steps` updates;
+    M2D (`ema_decay_sched`) over `total_steps - 1`, so its last update uses `end`.
+    """
+    frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(int(anneal_steps), 1), 0.0, 1.0)
     return start + (end - start) * frac
 
 

@@ -1,4 +1,5 @@
-"""Orbax checkpoints: train state, data-iterator state and config, together.
+"""Orbax checkpoints: train state, data-iterator state, config and the
+pretrained parts' architecture (`Method.architecture`), together.
 
 Orbax writes each step to a temporary directory and renames it when every
 process has finished, so a half-written checkpoint (SIGKILL mid-save) is
@@ -47,7 +48,7 @@ class Checkpointer:
         )
         self.manager = ocp.CheckpointManager(
             checkpoint_dir(workdir),
-            item_names=("state", "data", "config"),
+            item_names=("state", "data", "config", "architecture"),
             options=options,
         )
 
@@ -55,9 +56,10 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, data_iter: Any, config: ml_collections.ConfigDict,
-             *, force: bool = False) -> bool:
+             *, architecture: dict | None = None, force: bool = False) -> bool:
         args = {"state": ocp.args.StandardSave(state),
-                "config": ocp.args.JsonSave(config.to_dict())}
+                "config": ocp.args.JsonSave(config.to_dict()),
+                "architecture": ocp.args.JsonSave(architecture or {})}
         if data_iter is not None:
             args["data"] = grain.checkpoint.CheckpointSave(_IteratorSnapshot(data_iter))
         return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
@@ -89,21 +91,61 @@ def latest_checkpoint(workdir: str) -> tuple[int, epath.Path] | None:
     return step, root / str(step)
 
 
+def find_checkpoint(path: str, step: int | None = None) -> epath.Path:
+    """One step's checkpoint folder: `path` itself, or step `step` (default:
+    the latest) of the workdir `path`."""
+    root = epath.Path(path)
+    if (root / "state").exists():
+        return root
+    if step is not None:
+        found = checkpoint_dir(path) / str(step)
+        if not (found / "state").exists():
+            raise ValueError(f"{path}: no checkpoint of step {step}")
+        return found
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise ValueError(f"no checkpoint found in {path}")
+    return latest[1]
+
+
+def _json_item(checkpoint_path: epath.Path, item: str) -> Any | None:
+    folder = epath.Path(checkpoint_path) / item
+    path = folder / "metadata"
+    if not path.exists():
+        candidates = list(folder.glob("*")) if folder.exists() else []
+        if not candidates:
+            return None
+        path = candidates[0]
+    return json.loads(path.read_text())
+
+
 def load_config(checkpoint_path: epath.Path) -> ml_collections.ConfigDict:
     """The config a checkpoint was written with (saved beside the state)."""
-    path = epath.Path(checkpoint_path) / "config" / "metadata"
-    if not path.exists():
-        candidates = list((epath.Path(checkpoint_path) / "config").glob("*"))
-        if not candidates:
-            raise FileNotFoundError(f"{checkpoint_path}: no saved config")
-        path = candidates[0]
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    value = _json_item(checkpoint_path, "config")
+    if value is None:
+        raise FileNotFoundError(f"{checkpoint_path}: no saved config")
+    return ml_collections.ConfigDict(value)
 
 
-def restore_state_only(checkpoint_path: epath.Path, abstract_state: Any) -> Any:
-    """Restore just the train state of one checkpoint (inference, evaluation)."""
-    with ocp.StandardCheckpointer() as ckptr:
-        return ckptr.restore(os.fspath(epath.Path(checkpoint_path) / "state"), abstract_state)
+def load_architecture(checkpoint_path: epath.Path) -> dict | None:
+    """`Method.architecture()` as saved (None: a checkpoint written before it was)."""
+    return _json_item(checkpoint_path, "architecture")
+
+
+def restore_model_state(checkpoint_path: epath.Path, abstract_model: Any) -> Any:
+    """Just the `model` part of one checkpoint's train state (inference,
+    evaluation, pretrained stages): no optimiser moments are read. Arrays land
+    on the first local device."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = {"model": jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                                    abstract_model)}
+    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
+    with ocp.PyTreeCheckpointer() as ckptr:
+        restored = ckptr.restore(
+            os.fspath(epath.Path(checkpoint_path) / "state"),
+            args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                        partial_restore=True))
+    return restored["model"]
 
 
 def is_primary() -> bool:

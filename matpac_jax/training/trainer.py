@@ -1,9 +1,10 @@
 """The one training loop: MATPAC, M2D and the BEATs stages all run through it.
 
-A method (see `matpac_jax.objectives.registry`) supplies the model and its
-loss; this file owns everything else: mesh and sharding, the jitted step with
-donated state, checkpoint/resume (state + data iterator), preemption,
-non-finite guards, metrics and profiling. Read it top to bottom; fork it.
+A method (`matpac_jax.methods.base.Method`) supplies the model, its loss and
+its update hooks; this file owns everything else: mesh and sharding, the
+jitted step with donated state, checkpoint/resume (state + data iterator),
+preemption, non-finite guards, metrics and profiling. Read it top to bottom;
+fork it.
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from absl import logging
 from flax import nnx
 
 from matpac_jax.data import loader as data_loader
+from matpac_jax.methods.base import Method
 from matpac_jax.models import layers
-from matpac_jax.objectives import methods
+from matpac_jax.models.layers import Buffer
 from matpac_jax.training import checkpoint as ckpt
 from matpac_jax.training import metrics as metrics_lib
 from matpac_jax.training import optim, sharding
@@ -51,7 +53,7 @@ class Run:
     """Everything `train` builds before the first step (also used by bench)."""
 
     config: ml_collections.ConfigDict
-    method: Any
+    method: Method
     mesh: jax.sharding.Mesh
     graphdef: Any
     state: Any
@@ -87,10 +89,11 @@ def validate(config: ml_collections.ConfigDict, devices=None) -> jax.sharding.Me
             f"data-parallel size {dp}"
         )
     layers.check_remat(config.model.get("remat", "none"))
+    layers.cpu_workarounds_enabled(config.model.get("cpu_workarounds", "auto"))
     return mesh
 
 
-def loss_and_grads(method: Any, model: nnx.Module, x: jax.Array, rng: jax.Array, step,
+def loss_and_grads(method: Method, model: nnx.Module, x: jax.Array, rng: jax.Array, step,
                    accum_steps: int = 1):
     """((loss, metrics), gradients of the trainable parameters) for batch `x`.
 
@@ -118,7 +121,7 @@ def loss_and_grads(method: Any, model: nnx.Module, x: jax.Array, rng: jax.Array,
         # A fresh model per microbatch, all starting from the same buffers.
         m = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
         out = grads_of(m, xb, jax.random.fold_in(rng, i))
-        return out, nnx.state(m, methods.Buffer)
+        return out, nnx.state(m, Buffer)
 
     def body(total, inputs):
         return jax.tree.map(jnp.add, total, one(*inputs)), None
@@ -131,20 +134,22 @@ def loss_and_grads(method: Any, model: nnx.Module, x: jax.Array, rng: jax.Array,
     return out
 
 
-def build(config: ml_collections.ConfigDict, devices=None) -> Run:
+def build(config: ml_collections.ConfigDict, method: Method, devices=None) -> Run:
     """Mesh, sharded state, and the compiled-on-first-call train step."""
     mesh = validate(config, devices)
-    method = methods.get(config)
     accum = config.get("grad_accum_steps", 1)
-    if accum > 1 and getattr(method, "no_grad_accum", None):
+    if accum > 1 and not method.supports_grad_accum:
         raise ValueError(f"config.grad_accum_steps={accum}: not supported by "
-                         f"method {config.method!r} ({method.no_grad_accum})")
+                         f"method {config.method!r} ({method.grad_accum_note})")
     rules = sharding.logical_rules(config.fsdp, config.mesh.get("tensor", 1) != 1)
     tx, lr_schedule = optim.make_optimizer(config.opt, config.total_steps)
+    workarounds = layers.cpu_workarounds_enabled(config.model.get("cpu_workarounds", "auto"),
+                                                 mesh.devices.flat[0].platform)
 
     def init():
         model = method.build(nnx.Rngs(config.seed))
         layers.set_remat(model, config.model.get("remat", "none"))
+        layers.set_cpu_workarounds(model, workarounds)
         return TrainState(model, tx, method.trainable)
 
     # Built without a mesh in scope: variables are created unsharded inside
@@ -153,12 +158,11 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Run:
     graphdef, abstract_state = nnx.split(abstract)
     state_sh = sharding.state_shardings(abstract_state, mesh, rules)
     state = jax.jit(lambda: nnx.state(init()), out_shardings=state_sh)()
-    if hasattr(method, "initialize"):  # pretrained parts (BEATs teacher/tokenizer)
-        ts = nnx.merge(graphdef, state)
-        method.initialize(ts.model)
-        state = jax.device_put(nnx.state(ts), state_sh)
+    ts = nnx.merge(graphdef, state)
+    method.initialize(ts.model)  # pretrained parts (BEATs teacher / tokenizer)
+    state = jax.device_put(nnx.state(ts), state_sh)
 
-    batch_shape = (config.batch_size, *method.input_shape)
+    batch_shape = (config.batch_size, *method.input.shape)
     batch_sh = sharding.batch_sharding(mesh, len(batch_shape))
     skip_nonfinite = config.nonfinite == "skip"
 
@@ -168,14 +172,11 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Run:
         old = jax.tree.map(lambda a: a, state) if skip_nonfinite else None
         ts = nnx.merge(graphdef, state)
         model, step = ts.model, ts.optimizer.step[...]
-        if method.ema_timing == "before":
-            method.ema_update(model, step)
-
         (loss, aux), grads = loss_and_grads(method, model, x, rng, step, accum)
         grad_norm = optax.tree.norm(grads)
+        method.before_update(model, step)
         ts.optimizer.update(model, grads)
-        if method.ema_timing == "after":
-            method.ema_update(model, step)
+        method.after_update(model, step)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         bad = ts.first_bad_step[...]
         ts.first_bad_step[...] = jnp.where((bad < 0) & ~finite, step.astype(jnp.int32), bad)
@@ -212,13 +213,13 @@ def data_path(config: ml_collections.ConfigDict, workdir: str) -> str:
                                    num_clips=config.data.get("demo_clips", 64))
 
 
-def make_data(config: ml_collections.ConfigDict, method: Any, path: str):
+def make_data(config: ml_collections.ConfigDict, method: Method, path: str):
     """This process's part of the global batch, as a checkpointable grain iterator."""
     per_process = config.batch_size // jax.process_count()
     return iter(
         data_loader.make_loader(
             path,
-            frontend=method.frontend,
+            frontend=method.input.frontend,
             crop_frames=config.data.crop_frames,
             batch_size=per_process,
             seed=config.seed,
@@ -227,7 +228,7 @@ def make_data(config: ml_collections.ConfigDict, method: Any, path: str):
             shard_index=jax.process_index(),
             shard_count=jax.process_count(),
             short_clips=config.data.short_clips,
-            norm_stats=method.norm_stats,
+            norm_stats=method.input.norm_stats,
         )
     )
 
@@ -280,14 +281,13 @@ def compile_step(run: Run, x: jax.Array):
     return compiled, flops
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict[str, float]:
     """Train to `config.total_steps`, resuming from `workdir` if it has checkpoints."""
     if "://" not in workdir:
         os.makedirs(workdir, exist_ok=True)
     path = data_path(config, workdir)
     data_loader.find_shards(path)  # a clear error before any compilation
-    run = build(config)
-    method = run.method
+    run = build(config, method)
     data = make_data(config, method, path)
     checkpointer = ckpt.Checkpointer(
         workdir, every=config.checkpoint_every, keep=config.keep_checkpoints,
@@ -352,7 +352,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         stop = preemption.reached(done)
         if done % config.checkpoint_every == 0 or done == config.total_steps or stop:
             _check_finite(run, config)
-            checkpointer.save(done, run.state, data, config, force=True)
+            checkpointer.save(done, run.state, data, config,
+                              architecture=method.architecture(), force=True)
         if stop:
             logging.warning("Saved checkpoint %d after preemption; exiting.", done)
             break
@@ -363,36 +364,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     if bar is not None:
         bar.close()
     return last
-
-
-def restore_model(path: str, step: int | None = None):
-    """(method, model, config) from a workdir (latest or given step) or a step dir.
-
-    Restores onto one device without initialising weights first: the
-    abstract state comes from `nnx.eval_shape`. Used by `matpac_jax.load`.
-    """
-    from etils import epath
-
-    root = epath.Path(path)
-    if (root / "state").exists():
-        ckpt_path = root
-    elif step is not None:
-        ckpt_path = ckpt.checkpoint_dir(path) / str(step)
-    else:
-        found = ckpt.latest_checkpoint(path)
-        if found is None:
-            raise ValueError(f"no checkpoint found in {path}")
-        ckpt_path = found[1]
-    config = ckpt.load_config(ckpt_path)
-    method = methods.get(config)
-    tx, _ = optim.make_optimizer(config.opt, config.total_steps)
-    abstract = nnx.eval_shape(lambda: TrainState(method.build(nnx.Rngs(0)), tx, method.trainable))
-    graphdef, abstract_state = nnx.split(abstract)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract_state = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract_state)
-    state = ckpt.restore_state_only(ckpt_path, abstract_state)
-    return method, nnx.merge(graphdef, state).model, config
 
 
 def _tensorboard_dir(workdir: str) -> str:

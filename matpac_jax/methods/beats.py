@@ -1,4 +1,4 @@
-"""BEATs stages as methods of the one training loop (SPEC section 8).
+"""BEATs stages as methods of the one training loop (docs/SPEC.md section 8).
 
 - `beats_mam`: masked audio modelling of tokenizer labels. Iteration 1 uses
   the frozen random-projection tokenizer; iteration n >= 2 a trained
@@ -10,36 +10,37 @@
   them through the VQ codebook.
 
 Frozen parts live outside `student`, so the loop never differentiates them.
-Pretrained weights are copied in by `initialize` after the (cheap, random)
-init, instead of being baked into the compiled init as constants.
+`from_config` loads the pretrained parts; `initialize` copies them into the
+built model (after the cheap random init, instead of baking them into the
+compiled init as constants).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from matpac_jax.models.beats import BEATsConfig, BEATsEncoder, BEATsTokenizer, RandomProjectionTokenizer
+from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method
+from matpac_jax.models.beats import BEATsConfig, BEATsEncoder, Estimator, LabelPredictor
+from matpac_jax.models.codebook import BEATsTokenizer, RandomProjectionTokenizer, codebook_usage
+from matpac_jax.models.layers import dtype
 from matpac_jax.objectives import beats_mam, beats_tokenizer
-from matpac_jax.objectives.methods import TRAINABLE, register
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def load_stage_model(path: str, want: str) -> nnx.Module:
+def load_pretrained(path: str, want: str) -> nnx.Module:
     """`want` ('encoder' | 'tokenizer') from an official .pt file or one of our workdirs."""
     if os.path.isdir(path):
-        from matpac_jax.training import trainer
+        from matpac_jax.methods import load_workdir
 
-        method, model, _ = trainer.restore_model(path)
-        if want == "encoder" and method.kind == "beats":
-            return model.student.encoder
+        method, model, _ = load_workdir(path)
+        if want == "encoder" and isinstance(method, BeatsMamMethod):
+            return method.encoder(model)
         if want == "tokenizer" and isinstance(method, BeatsTokenizerMethod):
-            return model.student.tokenizer
-        raise ValueError(f"{path}: a {method.kind!r} workdir has no BEATs {want}")
+            return method.encoder(model)
+        raise ValueError(f"{path}: a {method.config.method!r} workdir has no BEATs {want}")
     from matpac_jax.conversion.beats import load_beats
 
     model = load_beats(path)
@@ -50,27 +51,13 @@ def load_stage_model(path: str, want: str) -> nnx.Module:
     return model
 
 
-class _BeatsBase:
-    trainable = TRAINABLE
-    ema_timing = None
-    kind = "beats"
-    frontend = "beats"
-    norm_stats = None
-
+class _BeatsMethod(Method):
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
         self.cfg = BEATsConfig.from_dict(config.model.to_dict())
-        self.dtype = _DTYPES[config.model.dtype]
-        self.input_shape = (config.data.crop_frames, 128)
-
-    def ema_update(self, model, step) -> None:
-        pass
-
-    def schedules(self, step: int) -> dict[str, float]:
-        return {}
-
-    def default_norm_stats(self):
-        return None
+        self.dtype = dtype(config.model.dtype)
+        self.input = InputSpec("beats", (config.data.crop_frames, 128))
+        self.embedding = EmbeddingSpec("beats", "beats")
 
 
 class BeatsMamModel(nnx.Module):
@@ -80,44 +67,59 @@ class BeatsMamModel(nnx.Module):
 
 
 class BeatsStudent(nnx.Module):
-    def __init__(self, encoder: BEATsEncoder, predictor: beats_mam.LabelPredictor):
+    def __init__(self, encoder: BEATsEncoder, predictor: LabelPredictor):
         self.encoder = encoder
         self.predictor = predictor
 
 
-class BeatsMamMethod(_BeatsBase):
+class BeatsMamMethod(_BeatsMethod):
     """Iteration n of BEATs SSL: predict the tokenizer's labels of masked patches."""
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    def __init__(self, config: ml_collections.ConfigDict,
+                 tokenizer: BEATsTokenizer | None = None,
+                 tokenizer_cfg: BEATsConfig | None = None):
         super().__init__(config)
-        path = config.tokenizer_checkpoint
-        self._pretrained = load_stage_model(path, "tokenizer") if path else None
-        self.num_classes = (self._pretrained.quantize.num_codes if self._pretrained is not None
+        self.pretrained_tokenizer = tokenizer
+        self.tokenizer_cfg = tokenizer.cfg if tokenizer is not None else tokenizer_cfg
+        self.num_classes = (self.tokenizer_cfg.quant_n if self.tokenizer_cfg is not None
                             else config.objective.num_codes)
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict,
+                    architecture: dict | None = None) -> "BeatsMamMethod":
+        if architecture is not None:
+            cfg = architecture.get("tokenizer")
+            return cls(config, tokenizer_cfg=BEATsConfig.from_dict(cfg) if cfg else None)
+        path = config.tokenizer_checkpoint
+        return cls(config, load_pretrained(path, "tokenizer") if path else None)
+
+    def architecture(self) -> dict:
+        if self.tokenizer_cfg is None:
+            return {}
+        return {"tokenizer": dataclasses.asdict(self.tokenizer_cfg)}
 
     def build(self, rngs: nnx.Rngs) -> BeatsMamModel:
         o = self.config.objective
         encoder = BEATsEncoder(self.cfg, dtype=self.dtype, rngs=rngs)
-        predictor = beats_mam.LabelPredictor(
-            self.cfg, self.num_classes, num_layers=o.predictor_layers,
-            num_heads=o.predictor_heads, dtype=self.dtype, rngs=rngs)
-        if self._pretrained is None:
-            tokenizer = RandomProjectionTokenizer(o.num_codes, o.codebook_dim, self.cfg.input_patch_size,
-                                                  seed=o.tokenizer_seed,
-                                                  input_norm=o.tokenizer_input_norm)
+        predictor = LabelPredictor(self.cfg, self.num_classes, num_layers=o.predictor_layers,
+                                   num_heads=o.predictor_heads, dtype=self.dtype, rngs=rngs)
+        if self.tokenizer_cfg is None:
+            tokenizer = RandomProjectionTokenizer(
+                o.num_codes, o.codebook_dim, self.cfg.input_patch_size, seed=o.tokenizer_seed,
+                input_norm=o.tokenizer_input_norm)
         else:
-            tokenizer = BEATsTokenizer(self._pretrained.cfg, dtype=self.dtype, rngs=rngs)
+            tokenizer = BEATsTokenizer(self.tokenizer_cfg, dtype=self.dtype, rngs=rngs)
         return BeatsMamModel(BeatsStudent(encoder, predictor), tokenizer)
 
     def initialize(self, model: BeatsMamModel) -> None:
-        if self._pretrained is not None:
-            nnx.update(model.tokenizer, nnx.state(self._pretrained))
+        if self.pretrained_tokenizer is not None:
+            nnx.update(model.tokenizer, nnx.state(self.pretrained_tokenizer))
 
     def loss(self, model: BeatsMamModel, x: jax.Array, rng: jax.Array, step):
         labels = jax.lax.stop_gradient(model.tokenizer.extract_labels(x))
         loss, aux = beats_mam.mam_loss(model.student.encoder, model.student.predictor, x, labels,
                                        rng=rng, mask_ratio=self.config.objective.mask_ratio)
-        usage = beats_tokenizer.codebook_usage(labels, self.num_classes)
+        usage = codebook_usage(labels, self.num_classes)
         return loss, {"accuracy": aux["accuracy"], "label_perplexity": usage["perplexity"],
                       "label_used_codes": usage["used_codes"]}
 
@@ -132,39 +134,50 @@ class BeatsTokenizerModel(nnx.Module):
 
 
 class TokenizerStudent(nnx.Module):
-    def __init__(self, tokenizer: BEATsTokenizer, estimator: beats_tokenizer.Estimator):
+    def __init__(self, tokenizer: BEATsTokenizer, estimator: Estimator):
         self.tokenizer = tokenizer
         self.estimator = estimator
 
 
-class BeatsTokenizerMethod(_BeatsBase):
+class BeatsTokenizerMethod(_BeatsMethod):
     """Tokenizer distillation from the previous iteration's SSL model."""
 
-    # Why config.grad_accum_steps > 1 is refused (trainer.build).
-    no_grad_accum = ("the codebook's k-means init and EMA update act on the whole batch; "
-                     "use model.remat or more devices")
+    supports_grad_accum = False
+    grad_accum_note = ("the codebook's k-means init and EMA update act on the whole batch; "
+                       "use model.remat or more devices")
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    def __init__(self, config: ml_collections.ConfigDict, teacher: BEATsEncoder | None = None,
+                 teacher_cfg: BEATsConfig | None = None):
         super().__init__(config)
+        self.pretrained_teacher = teacher
+        self.teacher_cfg = teacher.cfg if teacher is not None else teacher_cfg
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict,
+                    architecture: dict | None = None) -> "BeatsTokenizerMethod":
+        if architecture is not None and "teacher" in architecture:
+            return cls(config, teacher_cfg=BEATsConfig.from_dict(architecture["teacher"]))
         if not config.teacher_checkpoint:
             raise ValueError("config.teacher_checkpoint is required: an official BEATs .pt "
                              "or a workdir of a beats_mam run")
-        self._teacher = load_stage_model(config.teacher_checkpoint, "encoder")
-        self.teacher_cfg = self._teacher.cfg
+        return cls(config, load_pretrained(config.teacher_checkpoint, "encoder"))
+
+    def architecture(self) -> dict:
+        return {"teacher": dataclasses.asdict(self.teacher_cfg)}
 
     def build(self, rngs: nnx.Rngs) -> BeatsTokenizerModel:
         o = self.config.objective
         tokenizer = BEATsTokenizer(self.cfg, dtype=self.dtype, rngs=rngs)
         tokenizer.quantize.decay, tokenizer.quantize.beta = o.codebook_decay, o.beta
         tokenizer.quantize.kmeans_iters = o.kmeans_iters
-        estimator = beats_tokenizer.Estimator(self.cfg, self.teacher_cfg.encoder_embed_dim,
-                                              num_layers=o.estimator_layers, dtype=self.dtype,
-                                              rngs=rngs)
+        estimator = Estimator(self.cfg, self.teacher_cfg.encoder_embed_dim,
+                              num_layers=o.estimator_layers, dtype=self.dtype, rngs=rngs)
         teacher = BEATsEncoder(self.teacher_cfg, dtype=self.dtype, rngs=rngs)
         return BeatsTokenizerModel(TokenizerStudent(tokenizer, estimator), teacher)
 
     def initialize(self, model: BeatsTokenizerModel) -> None:
-        nnx.update(model.teacher, nnx.state(self._teacher))
+        if self.pretrained_teacher is not None:
+            nnx.update(model.teacher, nnx.state(self.pretrained_teacher))
 
     def loss(self, model: BeatsTokenizerModel, x: jax.Array, rng: jax.Array, step):
         teacher = jax.lax.stop_gradient(model.teacher.extract_features(x))
@@ -177,7 +190,3 @@ class BeatsTokenizerMethod(_BeatsBase):
 
     def encoder(self, model: BeatsTokenizerModel) -> BEATsTokenizer:
         return model.student.tokenizer
-
-
-register("beats_mam", BeatsMamMethod)
-register("beats_tokenizer", BeatsTokenizerMethod)

@@ -1,75 +1,69 @@
-"""Methods: what the one training loop needs to know about each objective.
+"""M2D and MATPAC as methods of the one training loop (docs/SPEC.md sections 2-5).
 
-A method builds the whole model (trainable `student` plus frozen/EMA parts
-and buffers), computes the loss of one batch, and does any EMA update. The
-loop differentiates only `nnx.Param`s under `student` (`TRAINABLE`), so EMA
-teachers, centers and codebooks never reach the optimiser.
+Both are `MaskedLatentMethod`; the config tells them apart: MATPAC has the
+classification heads (`objective.alpha < 1`), no target standardisation,
+the EMA on the pre-update weights (`ema_timing='before'`) and an EMA anneal
+over `total_steps`; M2D has no heads, standardised targets, the EMA after
+the optimiser step and an anneal that ends at the last step.
 """
 from __future__ import annotations
-
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from matpac_jax.data import frontends
+from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method
+from matpac_jax.models.layers import Buffer, dtype
+from matpac_jax.models.masked_latent import Student, Teacher
 from matpac_jax.objectives import masked_latent as ml
 
-TRAINABLE = nnx.All(nnx.Param, nnx.PathContains("student"))
-
-
-class Buffer(nnx.Variable):
-    """Non-trainable state that lives in checkpoints (center, codebook stats)."""
-
-
-def _dtype(name: str):
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
+EMA_TIMINGS = ("before", "after")
 
 
 class MaskedLatentModel(nnx.Module):
-    """M2D / MATPAC: student (encoder, predictor, head), EMA teacher, center."""
+    """Student (encoder, predictor, head), EMA teacher, MATPAC's center."""
 
-    def __init__(self, student: ml.Student, teacher: ml.Teacher, center: jax.Array | None):
+    def __init__(self, student: Student, teacher: Teacher, center: jax.Array | None):
         self.student = student
         self.teacher = teacher
         self.center = Buffer(center) if center is not None else None
 
 
-class MaskedLatentMethod:
+class MaskedLatentMethod(Method):
     """M2D (alpha=1, standardised target) and MATPAC (alpha=0.5, K heads)."""
-
-    trainable = TRAINABLE
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
         self.obj = config.objective
-        self.frontend = config.data.frontend
-        self.norm_stats = tuple(config.data.norm_stats) if config.data.get("norm_stats") else None
-        self.input_shape = (config.model.in_freq, config.data.crop_frames)
-        self.ema_timing = self.obj.ema_timing
+        if self.obj.ema_timing not in EMA_TIMINGS:
+            raise ValueError(f"config.objective.ema_timing={self.obj.ema_timing!r}; "
+                             f"known: {EMA_TIMINGS}")
+        norm = tuple(config.data.norm_stats) if config.data.get("norm_stats") else None
+        frontend = config.data.frontend
+        self.input = InputSpec(frontend, (config.model.in_freq, config.data.crop_frames), norm)
+        self.embedding = EmbeddingSpec("vit", frontend, norm)
         self.use_head = config.method == "matpac" and self.obj.alpha < 1.0
-        self.kind = config.method
 
     def build(self, rngs: nnx.Rngs) -> MaskedLatentModel:
         m = self.config.model
-        student = ml.Student.create(
+        student = Student.create(
             in_freq=m.in_freq, max_frames=self.config.data.crop_frames, patch=m.patch,
             dim=m.dim, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
             pred_dim=m.pred_dim, pred_depth=m.pred_depth, pred_heads=m.pred_heads,
             head_out_dim=m.head_out_dim if self.use_head else None,
             head_hidden_dim=m.head_hidden_dim, head_bottleneck_dim=m.head_bottleneck_dim,
-            dtype=_dtype(m.dtype), rngs=rngs,
+            dtype=dtype(m.dtype), rngs=rngs,
         )
-        teacher = ml.Teacher.create(student, rngs=rngs)
+        teacher = Teacher.create(student, rngs=rngs)
         center = jnp.zeros((1, 1, m.head_out_dim), jnp.float32) if self.use_head else None
         return MaskedLatentModel(student, teacher, center)
 
     def _momenta(self, step):
         o, total = self.obj, self.config.total_steps
-        enc = ml.ema_momentum_schedule(step, total, o.ema_start, o.ema_end)
-        head = ml.ema_momentum_schedule(step, total, o.head_ema_start, o.head_ema_end)
+        anneal = total - 1 if o.ema_end_at_last_step else total
+        enc = ml.ema_momentum_schedule(step, anneal, o.ema_start, o.ema_end)
+        head = ml.ema_momentum_schedule(step, anneal, o.head_ema_start, o.head_ema_end)
         return enc, head
 
     def _teacher_temp(self, step):
@@ -77,12 +71,22 @@ class MaskedLatentMethod:
         return ml.teacher_temp_schedule(step, o.teacher_temp_warmup_steps,
                                         o.teacher_temp_start, o.teacher_temp_end)
 
-    def ema_update(self, model: MaskedLatentModel, step) -> None:
+    def _ema(self, model: MaskedLatentModel, step, skip_first: bool) -> None:
         enc, head = self._momenta(step)
-        if self.ema_timing == "before":  # MATPAC: on pre-update weights, not at update 0
-            enc = jnp.where(step == 0, 1.0, enc)
-            head = jnp.where(step == 0, 1.0, head)
+        if skip_first:
+            enc, head = jnp.where(step == 0, 1.0, enc), jnp.where(step == 0, 1.0, head)
         ml.ema_update(model.teacher, model.student, enc, head)
+
+    def before_update(self, model: MaskedLatentModel, step) -> None:
+        # MATPAC: inside the forward, after the teacher branch, on the weights
+        # the gradients were taken at; not at update 0 (fairseq `do_ema_step`).
+        if self.obj.ema_timing == "before":
+            self._ema(model, step, skip_first=True)
+
+    def after_update(self, model: MaskedLatentModel, step) -> None:
+        # M2D: `update_target_network` after the optimiser step, every update.
+        if self.obj.ema_timing == "after":
+            self._ema(model, step, skip_first=False)
 
     def loss(self, model: MaskedLatentModel, x: jax.Array, rng: jax.Array, step):
         o = self.obj
@@ -114,23 +118,4 @@ class MaskedLatentMethod:
         return out
 
     def encoder(self, model: MaskedLatentModel):
-        """The module `matpac_jax.load` embeds with."""
         return model.student.encoder
-
-    def default_norm_stats(self) -> tuple[float, float]:
-        return self.norm_stats or frontends.NORM[self.frontend]
-
-
-_METHODS = {"matpac": MaskedLatentMethod, "m2d": MaskedLatentMethod}
-
-
-def register(name: str, cls: Any) -> None:
-    _METHODS[name] = cls
-
-
-def get(config: ml_collections.ConfigDict):
-    from matpac_jax.objectives import beats_methods  # noqa: F401 (registers the BEATs stages)
-
-    if config.method not in _METHODS:
-        raise ValueError(f"config.method={config.method!r}; known: {sorted(_METHODS)}")
-    return _METHODS[config.method](config)

@@ -1,0 +1,47 @@
+"""The methods the training loop runs, by `config.method`.
+
+Adding a method: write its module here (a `base.Method` subclass), a config
+in configs/, and one line in `METHODS` (docs/ARCHITECTURE.md).
+"""
+from __future__ import annotations
+
+import os
+
+import ml_collections
+from flax import nnx
+
+from matpac_jax.methods import beats, masked_latent
+from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method
+
+METHODS: dict[str, type[Method]] = {
+    "matpac": masked_latent.MaskedLatentMethod,
+    "m2d": masked_latent.MaskedLatentMethod,
+    "beats_mam": beats.BeatsMamMethod,
+    "beats_tokenizer": beats.BeatsTokenizerMethod,
+}
+
+__all__ = ["METHODS", "EmbeddingSpec", "InputSpec", "Method", "get", "load_workdir"]
+
+
+def get(config: ml_collections.ConfigDict) -> Method:
+    """The method `config.method` names, with its pretrained parts loaded."""
+    if config.method not in METHODS:
+        raise ValueError(f"config.method={config.method!r}; known: {sorted(METHODS)}")
+    return METHODS[config.method].from_config(config)
+
+
+def load_workdir(path: str | os.PathLike, step: int | None = None
+                 ) -> tuple[Method, nnx.Module, ml_collections.ConfigDict]:
+    """(method, model, config) from a training workdir (latest or given step) or
+    one step's checkpoint folder, for inference: only the model is read (no
+    optimiser state), onto one device, without initialising weights first."""
+    from matpac_jax.training import checkpoint as ckpt
+
+    ckpt_path = ckpt.find_checkpoint(os.fspath(path), step)
+    config = ckpt.load_config(ckpt_path)
+    if config.method not in METHODS:
+        raise ValueError(f"{ckpt_path}: config.method={config.method!r}; known: {sorted(METHODS)}")
+    method = METHODS[config.method].from_config(config, ckpt.load_architecture(ckpt_path))
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: method.build(nnx.Rngs(0))))
+    state = ckpt.restore_model_state(ckpt_path, abstract)
+    return method, nnx.merge(graphdef, state), config

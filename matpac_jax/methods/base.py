@@ -1,0 +1,108 @@
+"""The method interface: everything the one training loop knows about a method.
+
+A method (MATPAC, M2D, a BEATs stage) builds the whole training model and
+computes the loss of one batch; the loop (training/trainer.py) owns the rest:
+mesh, sharding, optimiser, checkpoints, data. The loop differentiates only
+the `nnx.Param`s under the model's `student` attribute (`TRAINABLE`), so EMA
+teachers, frozen tokenizers, centers and codebooks never reach the optimiser.
+
+One step of the loop, inside one jitted function:
+
+  (loss, metrics), grads = value_and_grad(method.loss)(model, x, rng, step)
+  method.before_update(model, step)   # pre-update weights (MATPAC's EMA)
+  optimiser applies grads
+  method.after_update(model, step)    # post-update weights (M2D's EMA)
+
+`step` is the number of updates done before this one (0 for the first), a
+traced int32. Adding a method: docs/ARCHITECTURE.md, "Adding a method".
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+
+import jax
+import ml_collections
+from flax import nnx
+
+from matpac_jax.models.layers import Buffer  # noqa: F401 (part of the interface)
+
+TRAINABLE = nnx.All(nnx.Param, nnx.PathContains("student"))
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """What one training example is: front-end features of a crop."""
+
+    frontend: str                               # a front end of data/frontends.py
+    shape: tuple[int, int]                      # (80, frames) or (frames, 128)
+    norm_stats: tuple[float, float] | None = None  # None: the front end's standard
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingSpec:
+    """How `matpac_jax.load` turns `Method.encoder(model)` into embeddings."""
+
+    family: str                                 # 'vit' | 'beats': inference.EMBEDDERS
+    frontend: str
+    norm_stats: tuple[float, float] | None = None
+
+
+class Method(abc.ABC):
+    """Base class of every method; the defaults are the no-op hooks.
+
+    Subclasses set `input` and `embedding` in `__init__` from the config and
+    implement `build`, `loss` and `encoder`.
+    """
+
+    config: ml_collections.ConfigDict
+    input: InputSpec
+    embedding: EmbeddingSpec
+    trainable = TRAINABLE
+    # config.grad_accum_steps > 1 runs a batch as microbatches whose gradients,
+    # metrics and `Buffer`s are averaged; a method whose state updates do not
+    # average (a k-means on the whole batch) sets this False and says why.
+    supports_grad_accum: bool = True
+    grad_accum_note: str = ""
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict,
+                    architecture: dict | None = None) -> "Method":
+        """The method for `config`, its pretrained parts (if any) loaded.
+
+        `architecture` (what `architecture()` returned when a checkpoint was
+        saved) is given when restoring: the pretrained parts' weights are in
+        the checkpoint, so only their shapes are needed, not their files.
+        """
+        return cls(config)
+
+    def architecture(self) -> dict:
+        """JSON-able shapes of the pretrained parts, saved with checkpoints."""
+        return {}
+
+    @abc.abstractmethod
+    def build(self, rngs: nnx.Rngs) -> nnx.Module:
+        """The whole model, randomly initialised (called under `nnx.eval_shape` too)."""
+
+    def initialize(self, model: nnx.Module) -> None:
+        """Copy pretrained parts into a freshly built model (before training)."""
+
+    @abc.abstractmethod
+    def loss(self, model: nnx.Module, x: jax.Array, rng: jax.Array,
+             step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """(scalar loss, scalar metrics) of a global batch `x`; may update `Buffer`s."""
+
+    def before_update(self, model: nnx.Module, step: jax.Array) -> None:
+        """After the gradients, before the optimiser changes the student."""
+
+    def after_update(self, model: nnx.Module, step: jax.Array) -> None:
+        """After the optimiser step."""
+
+    def schedules(self, step: int) -> dict[str, float]:
+        """Host-side values of the method's schedules at `step`, for logging."""
+        return {}
+
+    @abc.abstractmethod
+    def encoder(self, model: nnx.Module) -> nnx.Module:
+        """The part of `model` that embeddings come from."""
+
