@@ -16,6 +16,7 @@ def get_config(arg: str | None = None):
     c.data.short_clips = "drop"  # MATPAC keeps only clips >= 608 frames
     c.opt.lr = 3e-4  # absolute, not batch-scaled
     c.opt.eps = 1e-6
+    c.opt.adam = "fairseq"  # fairseq's Adam: eps added to sqrt(nu) before bias correction
     c.opt.decay_exclude_1d = False  # decoupled decay on every parameter
     c.objective = dict(
         mask_ratio=0.7, alpha=0.5, standardize_target=False,

@@ -14,8 +14,13 @@ os.environ.setdefault(
 )
 
 import pathlib  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # benchmarks/ holds code some tests share (trajectory inputs)
+    sys.path.insert(0, str(ROOT))
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 DATASETS = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "datasets"

@@ -39,6 +39,7 @@ def base(method: str, frontend: str) -> ml_collections.ConfigDict:
     c.data.norm_stats = ()  # () = the front end's standard (mean, std)
 
     c.opt = ml_collections.ConfigDict()
+    c.opt.adam = "adamw"  # or "fairseq": eps before the bias correction (training/optim.py)
     c.opt.lr = 3e-4
     c.opt.warmup_steps = 19_654
     c.opt.b1 = 0.9

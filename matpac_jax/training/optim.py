@@ -18,16 +18,6 @@ def warmup_cosine(peak: float, warmup_steps: int, total_steps: int, end: float =
     )
 
 
-def linear(start: float, end: float, steps: int):
-    """Linear ramp over `steps` updates, then constant (EMA momenta, temperatures)."""
-
-    def schedule(step):
-        frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(int(steps), 1), 0.0, 1.0)
-        return start + (end - start) * frac
-
-    return schedule
-
-
 def _decay_mask(params):
     """Weight decay only on matrices: biases, norms, gains and tokens are excluded."""
     return jax.tree.map(lambda p: getattr(p, "ndim", 0) > 1, params)
@@ -51,18 +41,48 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+def scale_by_fairseq_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+    """Adam moments as fairseq's `Adam` (and torch's pre-2.0 `Adam`) applies them:
+    `mu / (sqrt(nu) + eps) * sqrt(1 - b2^t) / (1 - b1^t)`. Same as optax's
+    `mu_hat / (sqrt(nu_hat) + eps)` except that eps is added before the bias
+    correction, i.e. an effective eps of `eps / sqrt(1 - b2^t)` (4.5x eps at
+    the first update with b2 = 0.95)."""
+
+    def init(params):
+        zeros = lambda p: jnp.zeros_like(p)
+        return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32),
+                                      mu=jax.tree.map(zeros, params),
+                                      nu=jax.tree.map(zeros, params))
+
+    def update(updates, state, params=None):
+        del params
+        mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
+        nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, updates)
+        count = state.count + 1
+        t = count.astype(jnp.float32)
+        step = jnp.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        out = jax.tree.map(lambda m, v: step * m / (jnp.sqrt(v) + eps), mu, nu)
+        return out, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init, update)
+
+
+ADAM_FORMS = ("adamw", "fairseq")
+
+
 def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int):
-    """AdamW (decoupled) with warm-up cosine lr, global-norm clipping, decay mask."""
+    """Decoupled-weight-decay Adam with warm-up cosine lr, global-norm clipping,
+    decay mask. `opt.adam` picks where eps goes: 'adamw' (torch.optim.AdamW,
+    optax: M2D) or 'fairseq' (fairseq's Adam: MATPAC), see `scale_by_fairseq_adam`."""
     lr = warmup_cosine(opt.lr, opt.warmup_steps, total_steps)
     mask = _decay_mask if opt.decay_exclude_1d else None
-    tx = optax.adamw(
-        learning_rate=lr,
-        b1=opt.b1,
-        b2=opt.b2,
-        eps=opt.eps,
-        weight_decay=opt.weight_decay,
-        mask=mask,
-    )
+    form = opt.get("adam", "adamw")
+    if form not in ADAM_FORMS:
+        raise ValueError(f"config.opt.adam={form!r}; known: {ADAM_FORMS}")
+    scale = (optax.scale_by_adam(opt.b1, opt.b2, opt.eps) if form == "adamw"
+             else scale_by_fairseq_adam(opt.b1, opt.b2, opt.eps))
+    tx = optax.chain(scale, optax.add_decayed_weights(opt.weight_decay, mask),
+                     optax.scale_by_learning_rate(lr))
     if opt.clip_grad_norm:
         tx = optax.chain(clip_by_global_norm(opt.clip_grad_norm), tx)
     return tx, lr

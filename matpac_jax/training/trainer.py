@@ -281,13 +281,15 @@ def compile_step(run: Run, x: jax.Array):
     return compiled, flops
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict[str, float]:
-    """Train to `config.total_steps`, resuming from `workdir` if it has checkpoints."""
+def train(config: ml_collections.ConfigDict, workdir: str, method: Method,
+          devices=None) -> dict[str, float]:
+    """Train to `config.total_steps`, resuming from `workdir` if it has checkpoints.
+    `devices`: the mesh's devices (default: all)."""
     if "://" not in workdir:
         os.makedirs(workdir, exist_ok=True)
     path = data_path(config, workdir)
     data_loader.find_shards(path)  # a clear error before any compilation
-    run = build(config, method)
+    run = build(config, method, devices)
     data = make_data(config, method, path)
     checkpointer = ckpt.Checkpointer(
         workdir, every=config.checkpoint_every, keep=config.keep_checkpoints,

@@ -1,0 +1,582 @@
+"""PyTorch restatement of the official MATPAC / M2D training step, and of our
+BEATs iteration-1 step, for two uses:
+
+  trajectory IN.npz OUT.npz   run 50 updates from the inputs that
+                              benchmarks/trajectory.py wrote (our initial
+                              weights, loader crops, masks) and add per-step
+                              metrics and the final weights: the fixture of
+                              tests/test_trajectory.py.
+  bench [--method ...]        time one step of the ViT-B (or BEATs) model: the
+                              same-machine anchor of docs/BENCHMARKS.md.
+
+Not a dependency of matpac_jax: it runs in its own environment.
+
+  python -m venv /tmp/tv && /tmp/tv/bin/pip install torch numpy
+  /tmp/tv/bin/python benchmarks/torch_reference.py bench --method matpac --batch 4 --threads 2
+
+What is restated, from the official code (docs/SPEC.md sections 2-5):
+- MATPAC (aurianworld/matpac on fairseq): the teacher branch, the centered
+  and sharpened teacher head and the EMA of encoder and head run inside the
+  forward, EMA on the pre-update student and not at update 0, decay annealed
+  over `total_steps` (`get_annealed_rate`); loss 0.5 pred + 0.5 cls;
+  fairseq's `clip_grad_norm_` and fairseq's `Adam` (eps added to sqrt(v)
+  before bias correction, decoupled weight decay on every parameter); the
+  fairseq cosine schedule, lr of update n = schedule(n).
+- M2D (nttcslab/m2d on MAE): standardised targets (unbiased variance), MAE's
+  per-iteration `adjust_learning_rate`, `torch.nn.utils.clip_grad_norm_`,
+  `torch.optim.AdamW` with timm's no-decay group (1-D and biases), and the
+  target EMA after the optimiser step with `ema_decay_sched` (step /
+  (total - 1)).
+- BEATs iteration 1 (no official training code; our design, docs/SPEC.md
+  section 8): the official backbone (DeepNorm post-LN, gated relative bias,
+  weight-normed conv positional embedding, layer-wise gradient decay), a
+  frozen random-projection tokenizer, a label predictor over the full grid,
+  cross-entropy on masked patches, AdamW with no decay on 1-D parameters.
+Parameters are held in our layout (kernels (in, out), our names) so that the
+inputs load without a mapping table; every op is written out here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------
+# Parameters: a flat {our path: tensor} dict, and small functional layers on it.
+
+
+class Params(dict):
+    """{path: tensor}; `sub(prefix)` is a view of the keys under `prefix/`."""
+
+    def sub(self, prefix: str) -> "Params":
+        p = prefix.rstrip("/") + "/"
+        return Params({k[len(p):]: v for k, v in self.items() if k.startswith(p)})
+
+
+def linear(p: Params, x, name: str):
+    y = x @ p[f"{name}/kernel"]
+    return y + p[f"{name}/bias"] if f"{name}/bias" in p else y
+
+
+def layer_norm(p: Params, x, name: str, eps: float):
+    return F.layer_norm(x, x.shape[-1:], p[f"{name}/scale"], p[f"{name}/bias"], eps)
+
+
+def gelu(x):
+    return F.gelu(x)  # exact erf GELU, as timm and fairseq
+
+
+def sincos_table(grid_f: int, grid_t: int, dim: int) -> torch.Tensor:
+    """(1 + F*T, dim), frequency-major tokens, CLS row zero; first half time, second frequency."""
+    def axis(pos, d):
+        w = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2))
+        a = np.outer(pos, w)
+        return np.concatenate([np.sin(a), np.cos(a)], axis=1)
+    f, t = np.meshgrid(np.arange(grid_f), np.arange(grid_t), indexing="ij")
+    table = np.concatenate([axis(t.ravel(), dim // 2), axis(f.ravel(), dim // 2)], axis=1)
+    return torch.tensor(np.concatenate([np.zeros((1, dim)), table]), dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------
+# ViT (timm Block as both official codes use it)
+
+
+def vit_block(p: Params, x, heads: int):
+    b, n, d = x.shape
+    h = layer_norm(p, x, "norm1", 1e-6)
+    q, k, v = linear(p, h, "attn/qkv").reshape(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+    a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+    x = x + linear(p, a, "attn/proj")
+    h = layer_norm(p, x, "norm2", 1e-6)
+    return x + linear(p, gelu(linear(p, h, "mlp/fc1")), "mlp/fc2")
+
+
+def vit_stack(p: Params, x, heads: int):
+    i = 0
+    while f"blocks/{i}/norm1/scale" in p:
+        x = vit_block(p.sub(f"blocks/{i}"), x, heads)
+        i += 1
+    return layer_norm(p, x, "norm", 1e-6)
+
+
+def patch_embed(p: Params, x, dim: int):
+    """Conv2d 16x16 stride 16 over (B, 1, F, T), flattened frequency-major."""
+    w = p["kernel"].T.reshape(dim, 1, 16, 16)
+    y = F.conv2d(x[:, None], w, p["bias"], stride=16)
+    return y.flatten(2).transpose(1, 2)
+
+
+def gather(t, ids):
+    return torch.gather(t, 1, ids[..., None].expand(-1, -1, t.shape[-1]))
+
+
+def dino_head(p: Params, x):
+    x = gelu(linear(p, x, "fc1"))
+    x = gelu(linear(p, x, "fc2"))
+    x = F.normalize(linear(p, x, "fc3"), dim=-1, eps=1e-12)
+    v = p["last_v"].T                                  # weight_v (K, bottleneck)
+    w = p["last_g"][:, None] * v / v.norm(dim=1, keepdim=True)
+    return x @ w.T
+
+
+class MaskedLatent:
+    """The M2D / MATPAC forward on a batch and a mask; returns losses and metrics."""
+
+    def __init__(self, params: Params, cfg: dict):
+        m = cfg["model"]
+        self.p, self.cfg, self.m = params, cfg, m
+        self.grid_f, self.grid_t = m["in_freq"] // 16, cfg["data"]["crop_frames"] // 16
+        self.pos = sincos_table(self.grid_f, self.grid_t, m["dim"])[None]
+        self.pred_pos = sincos_table(self.grid_f, self.grid_t, m["pred_dim"])[None]
+        self.matpac = cfg["method"] == "matpac" and cfg["objective"]["alpha"] < 1
+
+    def forward(self, x, ids_shuffle, teacher_temp):
+        p, m, o = self.p, self.m, self.cfg["objective"]
+        s = p.sub("student")
+        tokens = patch_embed(s.sub("encoder/patch_embed"), x, m["dim"]) + self.pos[:, 1:]
+        b, n, _ = tokens.shape
+        keep = int(n * (1 - o["mask_ratio"]))
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        cls = (s["encoder/cls_token"] + self.pos[:, :1]).expand(b, -1, -1)
+        z_v = vit_stack(s.sub("encoder/stack"), torch.cat([cls, gather(tokens, ids_shuffle[:, :keep])], 1),
+                        m["num_heads"])
+        with torch.no_grad():  # teacher: CLS + masked tokens, official order
+            z_m = vit_stack(p.sub("teacher/stack"),
+                            torch.cat([cls, gather(tokens, ids_shuffle[:, keep:])], 1),
+                            m["num_heads"])[:, 1:]
+        # predictor (the official "decoder")
+        pr = s.sub("predictor")
+        y = linear(pr, z_v, "embed")
+        masks = pr["mask_token"].expand(b, n - keep, -1)
+        y_grid = gather(torch.cat([y[:, 1:], masks], 1), ids_restore)
+        y = torch.cat([y[:, :1], y_grid], 1) + self.pred_pos
+        y = vit_stack(pr.sub("stack"), y, m["pred_heads"])[:, 1:]
+        z_hat = linear(pr, gather(y, ids_shuffle)[:, keep:], "pred")
+        target = z_m
+        if o["standardize_target"]:
+            target = (target - target.mean(-1, keepdim=True)) / torch.sqrt(
+                target.var(-1, keepdim=True) + 1e-6)
+        loss_pred = (2 - 2 * (F.normalize(z_hat, dim=-1) * F.normalize(target, dim=-1)).sum(-1))
+        out = {"loss_pred": loss_pred.mean()}
+        if not self.matpac:
+            out["loss"] = out["loss_pred"]
+            return out
+        logits_s = dino_head(s.sub("head"), z_hat)
+        with torch.no_grad():
+            logits_t = dino_head(p.sub("teacher/head"), z_m)
+            probs_t = F.softmax((logits_t - p["center"]) / teacher_temp, dim=-1)
+            mean_p = probs_t.mean(dim=(0, 1))
+            new_center = p["center"] * o["center_momentum"] + mean_p[None, None] * (
+                1 - o["center_momentum"])
+        loss_cls = -(probs_t * F.log_softmax(logits_s / o["student_temp"], dim=-1)).sum(-1)
+        out.update(loss_cls=loss_cls.mean(), new_center=new_center,
+                   teacher_perplexity=torch.exp(-(mean_p * torch.log(mean_p + 1e-12)).sum()))
+        out["loss"] = o["alpha"] * out["loss_pred"] + (1 - o["alpha"]) * out["loss_cls"]
+        c = new_center.reshape(-1)
+        out["center_entropy"] = -(c * torch.log(c + 1e-12)).sum()
+        return out
+
+
+# ----------------------------------------------------------------------------
+# BEATs backbone (official maths) and our iteration-1 objective
+
+
+class GradMultiply(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.scale, None
+
+
+def bucket(rel, num_buckets: int, max_distance: int):
+    half = num_buckets // 2
+    max_exact = half // 2
+    out = (rel > 0).long() * half
+    n = rel.abs()
+    large = max_exact + (torch.log(n.clamp(min=1).float() / max_exact)
+                         / math.log(max_distance / max_exact) * (half - max_exact)).long()
+    large = torch.minimum(large, torch.full_like(large, half - 1))
+    return out + torch.where(n < max_exact, n, large)
+
+
+def conv_pos(p: Params, x, groups: int):
+    v, g = p["weight_v"], p["weight_g"]               # (K, D/G, D), (K,)
+    w = v * (g / v.pow(2).sum(dim=(1, 2)).sqrt())[:, None, None]
+    k = w.shape[0]
+    y = F.conv1d(x.transpose(1, 2), w.permute(2, 1, 0), p["bias"], padding=k // 2, groups=groups)
+    if k % 2 == 0:
+        y = y[:, :, :-1]
+    return gelu(y).transpose(1, 2)
+
+
+def beats_attention(p: Params, x, pos_bias, heads: int):
+    b, n, d = x.shape
+    dh = d // heads
+    split = lambda t: t.reshape(b, n, heads, dh).transpose(1, 2)  # (B, H, n, dh)
+    q, k, v = (split(linear(p, x, f"{name}_proj")) for name in ("q", "k", "v"))
+    g = torch.sigmoid(linear(p, q, "grep_linear").reshape(b, heads, n, 2, 4).sum(-1))
+    gate = g[..., 0] * (g[..., 1] * p["grep_a"][None, :, None] - 1.0) + 2.0   # (B, H, n)
+    bias = gate[..., None] * pos_bias
+    a = F.softmax(q @ k.transpose(-1, -2) / math.sqrt(dh) + bias, dim=-1) @ v
+    return linear(p, a.transpose(1, 2).reshape(b, n, d), "out_proj")
+
+
+def beats_encoder(p: Params, x, cfg: dict, layers: int, heads: int, positions=None,
+                  num_patches=None, grad_decay: float = 1.0):
+    """Official `TransformerEncoder` (post-LN DeepNorm) on all tokens, or on the
+    kept ones with their grid `positions` (conv on the zero-filled full grid)."""
+    b, n, d = x.shape
+    if positions is None:
+        x = x + conv_pos(p.sub("pos_conv"), x, cfg["conv_pos_groups"])
+        positions = torch.arange(n)[None]
+    else:
+        full = torch.zeros(b, num_patches, d)
+        full = full.scatter(1, positions[..., None].expand(-1, -1, d), x)
+        x = x + gather(conv_pos(p.sub("pos_conv"), full, cfg["conv_pos_groups"]), positions)
+    x = layer_norm(p, x, "layer_norm", 1e-5)
+    rel = positions[:, None, :] - positions[:, :, None]
+    table = p["layers/0/self_attn/relative_attention_bias"]
+    pos_bias = table[bucket(rel, cfg["num_buckets"], cfg["max_distance"])].permute(0, 3, 1, 2)
+    alpha = (2 * layers) ** 0.25
+    for i in range(layers):
+        lp = p.sub(f"layers/{i}")
+        if grad_decay != 1.0:
+            x = GradMultiply.apply(x, grad_decay)
+        a = beats_attention(lp.sub("self_attn"), x, pos_bias, heads)
+        x = layer_norm(lp, x * alpha + a, "self_attn_layer_norm", 1e-5)
+        f = linear(lp, gelu(linear(lp, x, "fc1")), "fc2")
+        x = layer_norm(lp, x * alpha + f, "final_layer_norm", 1e-5)
+    return x
+
+
+def patchify_time_major(x):
+    b, t, f = x.shape
+    x = x[:, : t // 16 * 16].reshape(b, t // 16, 16, f // 16, 16)
+    return x.permute(0, 1, 3, 2, 4).reshape(b, (t // 16) * (f // 16), 256)
+
+
+class BeatsIter1:
+    def __init__(self, params: Params, cfg: dict):
+        self.p, self.cfg, self.m, self.o = params, cfg, cfg["model"], cfg["objective"]
+
+    def forward(self, x, keep, masked):
+        p, m, o = self.p, self.m, self.o
+        with torch.no_grad():  # frozen random-projection tokenizer
+            z = F.normalize(patchify_time_major(x) @ p["tokenizer/projection"], dim=-1)
+            labels = (z @ p["tokenizer/codebook"].T).argmax(-1)
+        enc = p.sub("student/encoder")
+        tokens = layer_norm(enc, patchify_time_major(x) @ enc["patch_embedding/kernel"],
+                            "layer_norm", 1e-5)
+        if "post_extract_proj/kernel" in enc:
+            tokens = linear(enc, tokens, "post_extract_proj")
+        n = tokens.shape[1]
+        visible = beats_encoder(enc.sub("encoder"), gather(tokens, keep), m, m["encoder_layers"],
+                                m["encoder_attention_heads"], positions=keep, num_patches=n,
+                                grad_decay=m["layer_wise_gradient_decay_ratio"])
+        pr = p.sub("student/predictor")
+        b, _, d = visible.shape
+        grid = pr["mask_emb"].expand(b, n, d).scatter(1, keep[..., None].expand(-1, -1, d), visible)
+        y = beats_encoder(pr.sub("encoder"), grid, m, o["predictor_layers"], o["predictor_heads"])
+        logits = linear(pr, gather(y, masked), "head")
+        target = torch.gather(labels, 1, masked)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+        counts = torch.bincount(labels.reshape(-1), minlength=o["num_codes"]).float()
+        q = counts / counts.sum()
+        return {"loss": loss,
+                "accuracy": (logits.argmax(-1) == target).float().mean(),
+                "label_perplexity": torch.exp(-(q[q > 0] * q[q > 0].log()).sum()),
+                "label_used_codes": (counts > 0).sum().float()}
+
+
+# ----------------------------------------------------------------------------
+# Official optimisation pieces
+
+
+def warmup_cosine(step: int, peak: float, warmup: int, total: int) -> float:
+    """fairseq `cosine` (warmup_init_lr = min_lr = 0) and MAE `adjust_learning_rate`
+    with epochs = steps: both linear from 0, then half-cosine to 0 at `total`."""
+    if step < warmup:
+        return peak * step / warmup
+    return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+
+def clip_grad_norm(params, max_norm: float) -> float:
+    """fairseq `clip_grad_norm_` = torch `clip_grad_norm_`: norm of all grads,
+    grads times min(1, max / (norm + 1e-6)); returns the pre-clip norm."""
+    grads = [q.grad for q in params if q.grad is not None]
+    norm = torch.norm(torch.stack([torch.norm(g, 2, dtype=torch.float32) for g in grads]))
+    if max_norm > 0:
+        coef = (max_norm / (norm + 1e-6)).clamp(max=1)
+        for g in grads:
+            g.mul_(coef)
+    return float(norm)
+
+
+class FairseqAdam:
+    """fairseq.optim.adam.Adam (non-fused path): decoupled decay, eps on sqrt(v)."""
+
+    def __init__(self, params, betas, eps, weight_decay):
+        self.params, (self.b1, self.b2), self.eps, self.wd = list(params), betas, eps, weight_decay
+        self.m = [torch.zeros_like(q) for q in self.params]
+        self.v = [torch.zeros_like(q) for q in self.params]
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self, lr: float):
+        self.t += 1
+        bc1, bc2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
+        step_size = lr * math.sqrt(bc2) / bc1
+        for q, m, v in zip(self.params, self.m, self.v):
+            g = q.grad
+            m.mul_(self.b1).add_(g, alpha=1 - self.b1)
+            v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+            denom = v.sqrt().add_(self.eps)
+            if self.wd:
+                q.add_(q, alpha=-self.wd * lr)
+            q.addcdiv_(m, denom, value=-step_size)
+
+
+def adamw_groups(named, weight_decay: float):
+    """timm `add_weight_decay`: no decay for 1-D parameters and biases."""
+    decay = [q for k, q in named if q.ndim > 1 and not k.endswith("/bias")]
+    rest = [q for k, q in named if not (q.ndim > 1 and not k.endswith("/bias"))]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def annealed(start, end, step, total):
+    """fairseq `get_annealed_rate` (MATPAC)."""
+    if step >= total:
+        return end
+    return end - (end - start) * (1 - step / total)
+
+
+@torch.no_grad()
+def ema(params: Params, teacher: str, student: str, decay: float):
+    for k in [k for k in params if k.startswith(teacher + "/")]:
+        t, s = params[k], params[student + k[len(teacher):]]
+        t.mul_(decay).add_(s, alpha=1 - decay)
+
+
+# ----------------------------------------------------------------------------
+# The trajectory
+
+
+def _batch(inputs, cfg, step: int):
+    """The crops our loader cut at `step`, normalised as the loader does."""
+    from_front = {"matpac": (-7.056, 4.193), "m2d": (-7.1, 4.2), "beats": (15.41663, 2 * 6.55582)}
+    mean, std = from_front[cfg["data"]["frontend"]]
+    scale = np.float32(1.0 / std)
+    add = np.float32(-mean) * scale
+    crop = cfg["data"]["crop_frames"]
+    rows = []
+    for clip, start in inputs["crops"][step]:
+        c = inputs["clips"][clip].astype(np.float32)
+        c = c[:, start:start + crop] if cfg["data"]["frontend"] != "beats" else c[start:start + crop]
+        rows.append(c * scale + add)
+    return torch.tensor(np.stack(rows))
+
+
+def trajectory(inputs: dict, log=print) -> dict[str, np.ndarray]:
+    cfg = json.loads(str(inputs["config"]))
+    method, o, opt = cfg["method"], cfg["objective"], cfg["opt"]
+    total = cfg["total_steps"]
+    params = Params({k[len("init/"):]: torch.tensor(np.asarray(inputs[k]), dtype=torch.float32
+                                                    if inputs[k].dtype != np.int32 else None)
+                     for k in inputs if k.startswith("init/")})
+    named = [(k, q) for k, q in params.items() if k.startswith("student/")]
+    for _, q in named:
+        q.requires_grad_(True)
+    trainable = [q for _, q in named]
+    if method == "matpac":
+        optimizer = FairseqAdam(trainable, (opt["b1"], opt["b2"]), opt["eps"], opt["weight_decay"])
+        model = MaskedLatent(params, cfg)
+    else:
+        optimizer = torch.optim.AdamW(
+            adamw_groups(named, opt["weight_decay"]) if opt["decay_exclude_1d"]
+            else [{"params": trainable, "weight_decay": opt["weight_decay"]}],
+            lr=0.0, betas=(opt["b1"], opt["b2"]), eps=opt["eps"])
+        model = MaskedLatent(params, cfg) if method == "m2d" else BeatsIter1(params, cfg)
+    records: dict[str, list] = {}
+    for step in range(total):
+        x = _batch(inputs, cfg, step)
+        lr = warmup_cosine(step, opt["lr"], opt["warmup_steps"], total)
+        rec = {"lr": lr}
+        if method == "beats_mam":
+            n_keep = inputs["masks"].shape[2] - int(inputs["masks"].shape[2] * o["mask_ratio"])
+            ids = torch.tensor(inputs["masks"][step]).long()
+            out = model.forward(x, ids[:, :n_keep], ids[:, n_keep:])
+        else:
+            temp = annealed(o["teacher_temp_start"], o["teacher_temp_end"], step,
+                            o["teacher_temp_warmup_steps"])
+            out = model.forward(x, torch.tensor(inputs["masks"][step]).long(), temp)
+        if method == "matpac":
+            rec["teacher_temp"] = temp
+            with torch.no_grad():
+                params["center"].copy_(out.pop("new_center"))
+            # EMA inside the forward, on the pre-update student, not at update 0
+            enc_m = annealed(o["ema_start"], o["ema_end"], step, total)
+            head_m = annealed(o["head_ema_start"], o["head_ema_end"], step, total)
+            if step > 0:
+                if head_m < 1:
+                    ema(params, "teacher/head", "student/head", head_m)
+                ema(params, "teacher/stack", "student/encoder/stack", enc_m)
+            rec.update(ema_momentum=enc_m, head_ema_momentum=head_m)
+        for q in trainable:
+            q.grad = None
+        out["loss"].backward()
+        rec["grad_norm"] = clip_grad_norm(trainable, opt["clip_grad_norm"])
+        if method == "matpac":
+            optimizer.step(lr)
+        else:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.step()
+        if method == "m2d":  # update_target_network after the step, ema_decay_sched
+            m = o["ema_start"] + (o["ema_end"] - o["ema_start"]) * step / (total - 1)
+            ema(params, "teacher/stack", "student/encoder/stack", m)
+            rec["ema_momentum"] = m
+        for k, v in out.items():
+            rec[k] = float(v)
+        for k, v in rec.items():
+            records.setdefault(k, []).append(v)
+        if step % 10 == 0 or step == total - 1:
+            log(f"step {step + 1}/{total} " + " ".join(f"{k}={v:.5g}" for k, v in rec.items()))
+    result = {f"steps/{k}": np.asarray(v, np.float64) for k, v in records.items()}
+    result |= {f"final/{k}": v.detach().numpy() for k, v in params.items()}
+    return result
+
+
+# ----------------------------------------------------------------------------
+# The speed anchor
+
+
+def bench(args) -> dict:
+    """One ViT-B MATPAC / M2D (or BEATs iter1) step on random inputs, median of runs."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    if args.method in ("matpac", "m2d"):
+        cfg = {"method": args.method, "data": {"crop_frames": 608, "frontend": args.method},
+               "model": {"in_freq": 80, "dim": args.dim, "num_heads": args.heads,
+                         "pred_dim": 512, "pred_heads": 16},
+               "objective": {"mask_ratio": 0.7, "alpha": 0.5 if args.method == "matpac" else 1.0,
+                             "standardize_target": args.method == "m2d", "student_temp": 0.1,
+                             "center_momentum": 0.9}}
+        params = _random_vit_params(rng, args.dim, 12, 512, 8, args.method == "matpac")
+        model = MaskedLatent(params, cfg)
+        x = torch.randn(args.batch, 80, 608)
+        n = 5 * 38
+        def fwd():
+            ids = torch.argsort(torch.rand(args.batch, n), dim=1)
+            return model.forward(x, ids, 0.07)
+    else:
+        raise SystemExit("bench --method beats_mam: see benchmarks/compare_torch.py")
+    trainable = [q for k, q in params.items() if k.startswith("student/")]
+    for q in trainable:
+        q.requires_grad_(True)
+    optimizer = (FairseqAdam(trainable, (0.9, 0.95), 1e-6, 0.05) if args.method == "matpac"
+                 else torch.optim.AdamW(trainable, lr=3e-4, betas=(0.9, 0.95), eps=1e-8,
+                                        weight_decay=0.05))
+    times = []
+    for _ in range(args.steps + 2):
+        t0 = time.perf_counter()
+        out = fwd()
+        for q in trainable:
+            q.grad = None
+        out["loss"].backward()
+        clip_grad_norm(trainable, 3.0)
+        if args.method == "matpac":
+            with torch.no_grad():
+                params["center"].copy_(out["new_center"])
+            ema(params, "teacher/head", "student/head", 0.998)
+            ema(params, "teacher/stack", "student/encoder/stack", 0.99995)
+            optimizer.step(3e-4)
+        else:
+            optimizer.step()
+            ema(params, "teacher/stack", "student/encoder/stack", 0.99995)
+        times.append(time.perf_counter() - t0)
+    step = statistics.median(times[2:])
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "method": args.method, "dim": args.dim, "batch": args.batch,
+            "step_s": round(step, 4), "samples_per_s": round(args.batch / step, 3),
+            "params_M": round(sum(q.numel() for q in trainable) / 1e6, 1),
+            "loss": float(out["loss"].detach())}
+
+
+def _random_vit_params(rng, dim, depth, pred_dim, pred_depth, head) -> Params:
+    """Xavier-uniform ViT weights in our layout (values do not matter for timing)."""
+    p = Params()
+
+    def lin(name, din, dout):
+        a = math.sqrt(6 / (din + dout))
+        p[f"{name}/kernel"] = torch.tensor(rng.uniform(-a, a, (din, dout)), dtype=torch.float32)
+        p[f"{name}/bias"] = torch.zeros(dout)
+
+    def ln(name, d):
+        p[f"{name}/scale"], p[f"{name}/bias"] = torch.ones(d), torch.zeros(d)
+
+    def stack(prefix, d, n):
+        for i in range(n):
+            b = f"{prefix}/blocks/{i}"
+            ln(f"{b}/norm1", d), ln(f"{b}/norm2", d)
+            lin(f"{b}/attn/qkv", d, 3 * d), lin(f"{b}/attn/proj", d, d)
+            lin(f"{b}/mlp/fc1", d, 4 * d), lin(f"{b}/mlp/fc2", 4 * d, d)
+        ln(f"{prefix}/norm", d)
+
+    lin("student/encoder/patch_embed", 256, dim)
+    p["student/encoder/cls_token"] = torch.randn(1, 1, dim) * 0.02
+    stack("student/encoder/stack", dim, depth)
+    stack("teacher/stack", dim, depth)
+    lin("student/predictor/embed", dim, pred_dim)
+    p["student/predictor/mask_token"] = torch.randn(1, 1, pred_dim) * 0.02
+    stack("student/predictor/stack", pred_dim, pred_depth)
+    lin("student/predictor/pred", pred_dim, dim)
+    if head:
+        for who in ("student", "teacher"):
+            lin(f"{who}/head/fc1", dim, 2048), lin(f"{who}/head/fc2", 2048, 2048)
+            lin(f"{who}/head/fc3", 2048, 256)
+            p[f"{who}/head/last_v"] = torch.tensor(rng.uniform(-1 / 16, 1 / 16, (256, 2048)),
+                                                   dtype=torch.float32)
+            p[f"{who}/head/last_g"] = torch.ones(2048)
+        p["center"] = torch.zeros(1, 1, 2048)
+    return p
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("trajectory", help="run the official update on trajectory inputs")
+    t.add_argument("inputs")
+    t.add_argument("out")
+    b = sub.add_parser("bench", help="time one ViT-B step")
+    b.add_argument("--method", choices=("matpac", "m2d"), default="matpac")
+    b.add_argument("--batch", type=int, default=4)
+    b.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    b.add_argument("--steps", type=int, default=5)
+    b.add_argument("--dim", type=int, default=768, help="encoder width (predictor stays 512)")
+    b.add_argument("--heads", type=int, default=12)
+    args = ap.parse_args()
+    torch.use_deterministic_algorithms(True)
+    if args.command == "trajectory":
+        torch.set_num_threads(1)
+        inputs = dict(np.load(args.inputs))
+        out = trajectory(inputs)
+        np.savez_compressed(args.out, **inputs, **out)
+        print(f"wrote {args.out}")
+    else:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(json.dumps(bench(args), indent=1))
+
+
+if __name__ == "__main__":
+    main()
