@@ -22,6 +22,8 @@ setup(
         "numpy>=1.26",
         "absl-py>=2.0",
         "tqdm>=4.60",
+        "google-crc32c>=1.5",   # TFRecord checksums
+        "tensorboardX>=2.6",    # TensorBoard event files without TensorFlow
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "nbformat>=5.9", "matplotlib>=3.8"],

@@ -344,68 +344,6 @@ def _position(position: int, unused_record: int) -> int:
     return position
 
 
-class _Rebatch(grain.IterDataset):
-    """Fixed-size batches from variable-size ones ('drop' mode), with exact resume.
-
-    State: the parent's state before the chunk that holds the next row, and how
-    many rows of that chunk are already out.
-    """
-
-    def __init__(self, parent: grain.IterDataset, batch_size: int, drop_remainder: bool):
-        super().__init__(parent)
-        self.batch_size, self.drop_remainder = batch_size, drop_remainder
-
-    def __iter__(self):
-        return _RebatchIterator(self._parent.__iter__(), self.batch_size, self.drop_remainder)
-
-
-class _RebatchIterator(grain.DatasetIterator):
-
-    def __init__(self, parent, batch_size: int, drop_remainder: bool):
-        super().__init__(parent)
-        self.batch_size, self.drop_remainder = batch_size, drop_remainder
-        self._chunk_state = self._parent.get_state()
-        self._chunk, self._used = None, 0
-
-    def _pull(self) -> bool:
-        self._chunk_state = self._parent.get_state()
-        try:
-            self._chunk = next(self._parent)
-        except StopIteration:
-            self._chunk = None
-            return False
-        self._used = 0
-        return True
-
-    def __next__(self):
-        parts, have = [], 0
-        while have < self.batch_size:
-            if self._chunk is None or self._used >= len(self._chunk["x"]):
-                if not self._pull():
-                    break
-            take = min(self.batch_size - have, len(self._chunk["x"]) - self._used)
-            parts.append({k: v[self._used : self._used + take] for k, v in self._chunk.items()})
-            self._used += take
-            have += take
-        if have == 0 or (have < self.batch_size and self.drop_remainder):
-            raise StopIteration
-        if len(parts) == 1:
-            return parts[0]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-    def get_state(self):
-        return {"parent": self._chunk_state, "used": self._used if self._chunk is not None else 0}
-
-    def set_state(self, state):
-        self._parent.set_state(state["parent"])
-        self._chunk, self._used = None, 0
-        if state["used"]:
-            self._pull()
-            self._used = state["used"]
-        else:
-            self._chunk_state = state["parent"]
-
-
 def make_dataset(
     path: str | os.PathLike,
     *,
@@ -458,8 +396,8 @@ def make_dataset(
     ds = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(1, 2 * read_threads))
     )
-    if drop:
-        ds = _Rebatch(ds, batch_size, drop_remainder)
+    if drop:  # batches with dropped clips are topped up; state = parent + rows used
+        ds = grain.experimental.RebatchIterDataset(ds, batch_size, drop_remainder)
     if worker_count > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return ds

@@ -2,27 +2,20 @@
 
 A TFRecord file is a sequence of records:
   uint64 length (LE) | uint32 masked_crc32c(length bytes) | data | uint32 masked_crc32c(data)
-CRC32C (Castagnoli) has no hardware path in numpy. When numba is importable (it
-is: librosa depends on it) a JIT slicing-by-8 loop does ~2 GB/s (~80 us for a
-160 KB record). Without numba (or with MATPAC_NO_NUMBA=1) it is computed on many
-chunks of the record in lockstep (slicing-by-4 tables) and the chunk CRCs are
-combined with GF(2) "append L zero bytes" matrices in a log-depth tree (~1 ms
-for 160 KB).
+CRC32C (Castagnoli) comes from google-crc32c (the C library, with its own
+pure-Python fallback where no wheel fits).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import struct
 from typing import Iterator
 
+import google_crc32c
 import numpy as np
 
-_POLY = 0x82F63B78  # CRC32C, reflected.
 _MASK_DELTA = 0xA282EAD8
-_WORDS_PER_CHUNK = 16  # 64-byte chunks processed in lockstep.
-_CHUNK = 4 * _WORDS_PER_CHUNK
 
 
 class CorruptRecordError(IOError):
@@ -33,141 +26,9 @@ class CorruptRecordError(IOError):
         super().__init__(f"corrupt TFRecord {path} at byte offset {offset}: {reason}")
 
 
-def _make_tables() -> np.ndarray:
-    t0 = np.zeros(256, np.uint64)
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ _POLY if c & 1 else c >> 1
-        t0[i] = c
-    tables = [t0.astype(np.uint32)]
-    for _ in range(3):
-        prev = tables[-1]
-        tables.append((prev >> np.uint32(8)) ^ t0.astype(np.uint32)[prev & np.uint32(0xFF)])
-    return np.stack(tables)
-
-
-_TABLES = _make_tables()
-_T0_LIST = [int(v) for v in _TABLES[0]]
-
-
-def _crc_small(data: bytes, crc: int = 0xFFFFFFFF) -> int:
-    """Byte-at-a-time register update (for short inputs); returns the register."""
-    for b in data:
-        crc = _T0_LIST[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc
-
-
-def _apply(cols: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Applies the GF(2) matrix with columns `cols` (32,) to uint32 vectors `v`."""
-    bits = (v[:, None] >> np.arange(32, dtype=np.uint32)) & np.uint32(1)
-    return np.bitwise_xor.reduce(bits * cols[None, :], axis=1)
-
-
-@functools.lru_cache(maxsize=None)
-def _zeros_tables(level: int) -> np.ndarray:
-    """_zeros_operator(level) as 4 byte-indexed tables (fast to apply)."""
-    cols = _zeros_operator(level)
-    byte = np.arange(256, dtype=np.uint32)
-    return np.stack([_apply(cols, byte << np.uint32(8 * k)) for k in range(4)])
-
-
-def _apply_tables(t: np.ndarray, v: np.ndarray) -> np.ndarray:
-    return t[0][v & 0xFF] ^ t[1][(v >> 8) & 0xFF] ^ t[2][(v >> 16) & 0xFF] ^ t[3][v >> 24]
-
-
-@functools.lru_cache(maxsize=None)
-def _zeros_operator(level: int) -> np.ndarray:
-    """Columns of the operator "feed _CHUNK * 2**level zero bytes" (register, init 0)."""
-    if level < 0:  # One zero byte.
-        basis = np.uint32(1) << np.arange(32, dtype=np.uint32)
-        return _TABLES[0][basis & np.uint32(0xFF)] ^ (basis >> np.uint32(8))
-    if level == 0:
-        m = np.uint32(1) << np.arange(32, dtype=np.uint32)
-        for _ in range(_CHUNK):
-            m = _apply(_zeros_operator(-1), m)
-        return m
-    prev = _zeros_operator(level - 1)
-    return _apply(prev, prev)
-
-
-@functools.lru_cache(maxsize=None)
-def _numba_crc():
-    """The numba CRC32C kernel, or None (numba missing, or MATPAC_NO_NUMBA=1)."""
-    if os.environ.get("MATPAC_NO_NUMBA", "") not in ("", "0"):
-        return None
-    try:
-        import numba
-    except ImportError:
-        return None
-    tables = np.zeros((8, 256), np.uint32)
-    tables[0] = _TABLES[0]
-    for k in range(1, 8):
-        tables[k] = (tables[k - 1] >> np.uint32(8)) ^ _TABLES[0][tables[k - 1] & np.uint32(0xFF)]
-
-    def kernel(buf, t):  # Slicing-by-8 over little-endian word pairs.
-        crc = np.uint32(0xFFFFFFFF)
-        n = buf.size
-        m = n // 8
-        w = buf[: m * 8].view(np.uint32)
-        for j in range(m):
-            a = crc ^ w[2 * j]
-            b = w[2 * j + 1]
-            crc = (
-                t[7, a & 0xFF]
-                ^ t[6, (a >> 8) & 0xFF]
-                ^ t[5, (a >> 16) & 0xFF]
-                ^ t[4, a >> 24]
-                ^ t[3, b & 0xFF]
-                ^ t[2, (b >> 8) & 0xFF]
-                ^ t[1, (b >> 16) & 0xFF]
-                ^ t[0, b >> 24]
-            )
-        for i in range(m * 8, n):
-            crc = t[0, (crc ^ buf[i]) & 0xFF] ^ (crc >> 8)
-        return crc ^ np.uint32(0xFFFFFFFF)
-
-    try:
-        jitted = numba.njit(nogil=True, cache=True)(kernel)
-    except Exception:  # no writable cache location
-        jitted = numba.njit(nogil=True)(kernel)
-    if np.little_endian:
-        return lambda data: int(jitted(np.frombuffer(data, np.uint8), tables))
-    return None
-
-
 def crc32c(data: bytes) -> int:
     """Plain CRC32C (init and final xor 0xFFFFFFFF) of bytes-like data."""
-    if len(data) >= 4 * _CHUNK:
-        fast = _numba_crc()
-        if fast is not None:
-            return fast(data)
-    return crc32c_numpy(data)
-
-
-def crc32c_numpy(data: bytes) -> int:
-    """crc32c without numba (numpy lockstep chunks + GF(2) combine)."""
-    n = len(data)
-    if n < 4 * _CHUNK:
-        return _crc_small(bytes(data)) ^ 0xFFFFFFFF
-    num_chunks = -(-n // _CHUNK)
-    buf = np.zeros(num_chunks * _CHUNK, np.uint8)
-    # Leading zeros leave an init-0 register at 0; init 0xFFFFFFFF is the same as
-    # complementing the first 4 message bytes with init 0.
-    start = buf.size - n
-    buf[start:] = np.frombuffer(data, np.uint8)
-    buf[start : start + 4] ^= 0xFF
-    words = buf.view("<u4").reshape(num_chunks, _WORDS_PER_CHUNK).T.astype(np.uint32)
-    crc = np.zeros(num_chunks, np.uint32)
-    for w in words:
-        crc = _apply_tables(_TABLES[::-1], crc ^ w)
-    level = 0
-    while crc.size > 1:
-        if crc.size % 2:  # A leading zero chunk has CRC 0 and changes nothing.
-            crc = np.concatenate([np.zeros(1, np.uint32), crc])
-        crc = _apply_tables(_zeros_tables(level), crc[0::2]) ^ crc[1::2]
-        level += 1
-    return int(crc[0]) ^ 0xFFFFFFFF
+    return google_crc32c.value(bytes(data) if not isinstance(data, bytes) else data)
 
 
 def masked_crc32c(data: bytes) -> int:

@@ -1,20 +1,10 @@
-"""TensorBoard scalars without TensorFlow, console lines, and MFU.
-
-TensorBoard reads `events.out.tfevents.*` files: TFRecord-framed `Event`
-protos. An `Event` with scalars needs five protobuf fields, so we encode them
-by hand rather than depend on TensorFlow or tensorboardX.
-"""
+"""TensorBoard scalars without TensorFlow (tensorboardX), console lines, and MFU."""
 from __future__ import annotations
 
 import os
-import socket
-import struct
-import time
 from typing import Mapping
 
 import jax
-
-from matpac_jax.data.tfrecord import masked_crc32c
 
 # Dense bf16 peak FLOP/s per device, for MFU. Override with config.peak_flops.
 PEAK_FLOPS = {
@@ -42,99 +32,34 @@ def peak_flops(device: jax.Device, override: float | None = None) -> float | Non
     return None
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(num: int, wire: int, payload: bytes) -> bytes:
-    return _varint(num << 3 | wire) + payload
-
-
-def _len_field(num: int, data: bytes) -> bytes:
-    return _field(num, 2, _varint(len(data)) + data)
-
-
-def encode_scalar_event(step: int, scalars: Mapping[str, float], wall_time: float) -> bytes:
-    """Event{wall_time=1, step=2, summary=5{value=1{tag=1, simple_value=2}}}."""
-    values = b"".join(
-        _len_field(1, _len_field(1, tag.encode()) + _field(2, 5, struct.pack("<f", float(v))))
-        for tag, v in scalars.items()
-    )
-    return (
-        _field(1, 1, struct.pack("<d", wall_time))
-        + _field(2, 0, _varint(int(step)))
-        + _len_field(5, values)
-    )
-
-
 class EventWriter:
-    """Appends scalar events to a TensorBoard event file (process 0 only)."""
+    """TensorBoard scalars (tensorboardX's writer), process 0 only, flushed per call."""
 
     def __init__(self, logdir: str):
-        self._file = None
+        self._writer = None
         if jax.process_index() != 0:
             return
-        os.makedirs(logdir, exist_ok=True)
-        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
-        self._file = open(os.path.join(logdir, name), "ab")
-        version = _field(1, 1, struct.pack("<d", time.time())) + _len_field(3, b"brain.Event:2")
-        self._write(version)
+        from tensorboardX import SummaryWriter
 
-    def _write(self, data: bytes) -> None:
-        header = struct.pack("<Q", len(data))
-        self._file.write(header + struct.pack("<I", masked_crc32c(header)))
-        self._file.write(data + struct.pack("<I", masked_crc32c(data)))
+        self._writer = SummaryWriter(logdir, flush_secs=3600)
 
     def scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-        if self._file is None:
+        if self._writer is None:
             return
-        self._write(encode_scalar_event(step, scalars, time.time()))
-        self._file.flush()
+        for tag, value in scalars.items():
+            self._writer.add_scalar(tag, float(value), int(step))
+        self._writer.flush()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        b = buf[i]
-        n |= (b & 0x7F) << shift
-        i, shift = i + 1, shift + 7
-        if not b & 0x80:
-            return n, i
-
-
-def _fields(buf: bytes):
-    """(field number, value) pairs of one protobuf message (wire types 0/1/2/5)."""
-    i = 0
-    while i < len(buf):
-        key, i = _read_varint(buf, i)
-        num, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = _read_varint(buf, i)
-        elif wire == 1:
-            value, i = buf[i:i + 8], i + 8
-        elif wire == 2:
-            n, i = _read_varint(buf, i)
-            value, i = buf[i:i + n], i + n
-        elif wire == 5:
-            value, i = buf[i:i + 4], i + 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        yield num, value
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
     """All scalars of the event files in `logdir`: {tag: [(step, value), ...]}."""
+    from tensorboardX.proto import event_pb2
+
     from matpac_jax.data.tfrecord import read_records
 
     out: dict[str, list[tuple[int, float]]] = {}
@@ -142,20 +67,10 @@ def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
         if not name.startswith("events.out.tfevents."):
             continue
         for record in read_records(os.path.join(logdir, name)):
-            fields = list(_fields(record))
-            step = next((v for n, v in fields if n == 2), 0)
-            for n, summary in fields:
-                if n != 5:
-                    continue
-                for _, value in _fields(summary):
-                    tag, simple = None, None
-                    for vn, vv in _fields(value):
-                        if vn == 1:
-                            tag = vv.decode()
-                        elif vn == 2:
-                            simple = struct.unpack("<f", vv)[0]
-                    if tag is not None and simple is not None:
-                        out.setdefault(tag, []).append((step, simple))
+            event = event_pb2.Event.FromString(record)
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    out.setdefault(value.tag, []).append((event.step, value.simple_value))
     return out
 
 
