@@ -15,7 +15,7 @@ python -c 'import jax; print(jax.devices())' | tee "$OUT/devices.txt"
 for cfg in matpac_as2m m2d_as2m beats_iter1_as2m; do
   for remat in none dots; do
     name="${cfg}_remat_${remat}"
-    if ! python -m matpac_jax.bench --config="configs/$cfg.py" --per_device_batch="$PDB" \
+    if ! python benchmarks/bench_step.py --config="configs/$cfg.py" --per_device_batch="$PDB" \
         --steps=10 --config.model.remat="$remat" --json="$OUT/$name.json" "$@" \
         >"$OUT/$name.log" 2>&1; then
       echo "$name failed; see $OUT/$name.log" | tee -a "$OUT/failures.txt"

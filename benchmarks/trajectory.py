@@ -1,7 +1,7 @@
 """Trajectory parity: our training loop against a PyTorch restatement of the
 official update, over 50 optimiser steps of a tiny model.
 
-  python benchmarks/trajectory.py --method matpac --out /tmp/traj_matpac_in.npz
+  python benchmarks/trajectory.py --method=matpac --out=/tmp/traj_matpac_in.npz
   /tmp/tv/bin/python benchmarks/torch_reference.py trajectory /tmp/traj_matpac_in.npz \
       tests/fixtures/trajectory_matpac.npz
 
@@ -16,7 +16,6 @@ adds per-step metrics and the final weights. `tests/test_trajectory.py` runs
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -169,11 +168,17 @@ def make_inputs(method: str, workdir: str) -> dict[str, np.ndarray]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--method", choices=sorted(CONFIG_FILES), required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--workdir", default="/tmp/trajectory_inputs")
-    args = p.parse_args(argv)
+    from absl import flags
+
+    from matpac_jax import cli
+
+    fv = flags.FlagValues()
+    flags.DEFINE_enum("method", None, sorted(CONFIG_FILES), "method", flag_values=fv,
+                      required=True)
+    flags.DEFINE_string("out", None, "inputs .npz", flag_values=fv, required=True)
+    flags.DEFINE_string("workdir", "/tmp/trajectory_inputs", "scratch folder", flag_values=fv)
+    cli.parse(fv, argv, "python benchmarks/trajectory.py", __doc__)
+    args = fv
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     out = make_inputs(args.method, os.path.join(args.workdir, args.method))
     np.savez_compressed(args.out, **out)

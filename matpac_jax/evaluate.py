@@ -1,24 +1,23 @@
 """Linear-probe evaluation (EVAR protocol, SPEC section 7) of a checkpoint on task folders.
 
-  python -m matpac_jax.evaluate --checkpoint CKPT --task DIR [--task DIR ...] --out OUT.json
+  python -m matpac_jax.evaluate --checkpoint=CKPT --task=DIR [--task=DIR ...] --out=OUT.json
 
 CKPT is anything `matpac_jax.load` accepts (official M2D/MATPAC/BEATs file,
-training workdir), `random-init` with `--config FILE[:ARG]` (the untrained
-encoder of that config: the baseline a pre-trained one must beat), or
-`logmel-baseline` (mean and std over time of the 80-bin MATPAC log-mel).
-A task DIR holds `meta.csv` (`file,label,split`). Clip embeddings are cached
-under --cache_dir, so re-runs only train the probes. `--lr` with several
-values trains one probe per value and keeps the best on the validation split
-(a deviation from EVAR's fixed 3e-5, for tasks too small for 3e-5 to
-converge in 200 epochs; see docs/RESULTS.md). OUT.json:
+training workdir, one step's checkpoint folder WORKDIR/checkpoints/STEP),
+`random-init` with `--config=FILE[:ARG]` (the untrained encoder of that
+config: the baseline a pre-trained one must beat), or `logmel-baseline`
+(mean and std over time of the 80-bin MATPAC log-mel). A task DIR holds
+`meta.csv` (`file,label,split`). Clip embeddings are cached under
+--cache_dir, so re-runs only train the probes. `--lr` with several values
+(`--lr=3e-5,1e-4,3e-4,1e-3`) trains one probe per value and keeps the best
+on the validation split (a deviation from EVAR's fixed 3e-5, for tasks too
+small for 3e-5 to converge in 200 epochs; see docs/RESULTS.md). OUT.json:
 {"tasks": {NAME: {"metric", "mean", "std", "per_seed", ...}}}.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
 import sys
@@ -26,18 +25,13 @@ import time
 from typing import Callable
 
 import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+from matpac_jax import cli
 
 RANDOM_INIT, LOGMEL = "random-init", "logmel-baseline"
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "matpac_jax", "embeddings")
-
-
-def load_config(spec: str):
-    """`path/to/config.py[:arg]` -> ConfigDict, as `--config` of main.py."""
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("probe_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
 
 
 def random_init_embedder(config, seed: int | None = None, batch_size: int = 16,
@@ -64,33 +58,35 @@ def logmel_stats(files: list[str]) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
-def make_embed(checkpoint: str, config: str | None, seed: int | None, batch_size: int,
+def make_embed(checkpoint: str, config, seed: int | None, batch_size: int,
                freq_tokens: str | None = None) -> tuple[Callable[[list[str]], np.ndarray], str]:
     """(files -> (N, D) embeddings, an id of the checkpoint for the cache key).
-    The model is only loaded when embeddings are not cached."""
+    `config`: the ConfigDict of `random-init`. The model is only loaded when
+    embeddings are not cached."""
     if checkpoint == LOGMEL:
         return logmel_stats, LOGMEL + ":matpac-80"
     if checkpoint == RANDOM_INIT:
-        if not config:
-            raise SystemExit("--checkpoint random-init needs --config FILE[:ARG]")
-        cfg = load_config(config)
+        if config is None:
+            raise SystemExit("error: --checkpoint=random-init needs --config=FILE[:ARG]")
+        cfg = config
         digest = hashlib.sha1(cfg.to_json().encode()).hexdigest()[:12]
-        ckpt_id = f"{RANDOM_INIT}:{config}:{digest}:seed={cfg.seed if seed is None else seed}"
+        ckpt_id = f"{RANDOM_INIT}:{cfg.method}:{digest}:seed={cfg.seed if seed is None else seed}"
         loader = lambda: random_init_embedder(cfg, seed, batch_size, freq_tokens)
     else:
         path = os.path.abspath(checkpoint)
         if os.path.isdir(path):
             from matpac_jax.training import checkpoint as ckpt
 
-            found = ckpt.latest_checkpoint(path)
-            if found is None:
-                raise SystemExit(f"no checkpoint found in {path}")
-            ckpt_id = f"workdir:{path}:step={found[0]}"
+            try:
+                found = ckpt.find_checkpoint(path)
+            except ValueError as e:
+                raise SystemExit(f"error: {e}") from None
+            ckpt_id = f"workdir:{found}"
         elif os.path.isfile(path):
             st = os.stat(path)
             ckpt_id = f"file:{path}:{st.st_size}:{st.st_mtime_ns}"
         else:
-            raise SystemExit(f"--checkpoint {checkpoint}: no such file or directory")
+            raise SystemExit(f"error: --checkpoint={checkpoint}: no such file or directory")
 
         def loader():
             from matpac_jax.inference import load
@@ -119,48 +115,59 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("checkpoint", None, f"checkpoint file, training workdir, {RANDOM_INIT!r} "
+                    f"or {LOGMEL!r}", flag_values=FLAGS, required=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "config FILE[:ARG] for --checkpoint=random-init (--config.x=y overrides)",
+    flag_values=FLAGS, lock_config=True)
+flags.DEFINE_multi_string("task", None, "task folder with meta.csv (repeatable)",
+                          flag_values=FLAGS, required=True)
+flags.DEFINE_string("out", None, "output JSON", flag_values=FLAGS, required=True)
+flags.DEFINE_string("cache_dir", DEFAULT_CACHE, "embedding cache ('' disables)",
+                    flag_values=FLAGS)
+flags.DEFINE_list("seeds", ["0", "1", "2"], "probe seeds", flag_values=FLAGS)
+flags.DEFINE_list("lr", ["3e-5"], "probe learning rate (EVAR: 3e-5); several: pick per seed "
+                  "on valid", flag_values=FLAGS)
+flags.DEFINE_integer("epochs", 200, "max probe epochs (EVAR: 200)", flag_values=FLAGS)
+flags.DEFINE_integer("init_seed", None, "random-init seed (default: config.seed)",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 16, "chunks per encoder call", flag_values=FLAGS)
+flags.DEFINE_enum("freq_tokens", None, ["concat", "mean"], "frequency patches of a time "
+                  "step: concatenated or averaged (default: the method's, docs/SPEC.md "
+                  "section 6)", flag_values=FLAGS)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m matpac_jax.evaluate",
-                                description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True,
-                   help=f"checkpoint file, training workdir, {RANDOM_INIT!r} or {LOGMEL!r}")
-    p.add_argument("--config", help="config FILE[:ARG] for --checkpoint random-init")
-    p.add_argument("--task", action="append", required=True, help="task folder with meta.csv")
-    p.add_argument("--out", required=True, help="output JSON")
-    p.add_argument("--cache_dir", default=DEFAULT_CACHE, help="embedding cache ('' disables)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--lr", type=float, nargs="+", default=[3e-5],
-                   help="probe learning rate (EVAR: 3e-5); several: pick per seed on valid")
-    p.add_argument("--epochs", type=int, default=200, help="max probe epochs (EVAR: 200)")
-    p.add_argument("--init_seed", type=int, default=None, help="random-init seed (config.seed)")
-    p.add_argument("--batch_size", type=int, default=16, help="chunks per encoder call")
-    p.add_argument("--freq_tokens", choices=("concat", "mean"), default=None,
-                   help="frequency patches of a time step: concatenated or averaged "
-                        "(default: the method's, SPEC section 6)")
-    args = p.parse_args(argv)
-    if args.freq_tokens and args.checkpoint == LOGMEL:
-        p.error("--freq_tokens does not apply to logmel-baseline")
+    cli.parse(FLAGS, argv, "python -m matpac_jax.evaluate", __doc__)
+    if FLAGS.freq_tokens and FLAGS.checkpoint == LOGMEL:
+        print("error: --freq_tokens does not apply to logmel-baseline", file=sys.stderr)
+        return 2
+    lr_values = cli.floats(FLAGS, "lr")
+    seeds = [int(v) for v in cli.floats(FLAGS, "seeds")]
+    cli.output_folder(FLAGS.out)
 
     from matpac_jax.evaluation import linear_probe as lp
 
-    cfg = lp.ProbeConfig(lr=args.lr[0], epochs=args.epochs)
-    lrs = args.lr if len(args.lr) > 1 else ()
-    embed, ckpt_id = make_embed(args.checkpoint, args.config, args.init_seed, args.batch_size,
-                                args.freq_tokens)
+    cfg = lp.ProbeConfig(lr=lr_values[0], epochs=FLAGS.epochs)
+    lrs = lr_values if len(lr_values) > 1 else ()
+    embed, ckpt_id = make_embed(FLAGS.checkpoint, _CONFIG.value, FLAGS.init_seed,
+                                FLAGS.batch_size, FLAGS.freq_tokens)
     results = {}
-    for directory in args.task:
+    for directory in FLAGS.task:
         task = lp.load_task(directory)
         t0 = time.perf_counter()
-        emb, cached = lp.cached_embeddings(embed, ckpt_id, task, args.cache_dir)
+        emb, cached = lp.cached_embeddings(embed, ckpt_id, task, FLAGS.cache_dir)
         t1 = time.perf_counter()
-        results[task.name] = lp.probe_task(emb, task, args.seeds, cfg, lrs)
+        results[task.name] = lp.probe_task(emb, task, seeds, cfg, lrs)
         print(f"{task.name}: {len(task.files)} clips, embeddings {emb.shape} "
               f"{'from cache' if cached else 'computed'} in {t1 - t0:.1f}s, "
               f"probe {time.perf_counter() - t1:.1f}s", file=sys.stderr)
-    out = {"checkpoint": args.checkpoint, "config": args.config, "freq_tokens": args.freq_tokens,
-           "probe": {**dataclasses.asdict(cfg), "lr": args.lr}, "tasks": results}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
+    config_file = FLAGS["config"].config_filename if _CONFIG.value is not None else None
+    out = {"checkpoint": FLAGS.checkpoint, "config": config_file,
+           "freq_tokens": FLAGS.freq_tokens,
+           "probe": {**dataclasses.asdict(cfg), "lr": lr_values}, "tasks": results}
+    with open(FLAGS.out, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=2)
     print(format_table(results))
     return 0

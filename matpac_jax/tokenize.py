@@ -1,6 +1,6 @@
 """Label audio files with a BEATs tokenizer checkpoint.
 
-    python -m matpac_jax.tokenize --checkpoint Tokenizer.pt --out labels.npz a.wav b.flac
+    python -m matpac_jax.tokenize --checkpoint=Tokenizer.pt --out=labels.npz a.wav b.flac
 
 Writes `labels` (all files' patch labels concatenated, int32, time-major
 within each file), `lengths` (labels per file, int64) and `files`. Each file
@@ -9,14 +9,15 @@ is labelled whole (16 kHz mono, Kaldi fbank, normalised); files shorter than
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from flax import nnx
 
+from matpac_jax import cli
 from matpac_jax.data.audio import load_audio
 from matpac_jax.data.frontends import beats_fbank, normalize
 from matpac_jax.methods.beats import load_pretrained
@@ -43,21 +44,26 @@ def tokenize_files(tokenizer: BEATsTokenizer, paths: Sequence[str]) -> tuple[np.
     return labels.astype(np.int32), lengths
 
 
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("checkpoint", None, "official BEATs Tokenizer .pt, or a beats_tokenizer "
+                    "workdir", flag_values=FLAGS, required=True)
+flags.DEFINE_string("out", None, "output .npz", flag_values=FLAGS, required=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m matpac_jax.tokenize", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True,
-                        help="official BEATs Tokenizer .pt, or a beats_tokenizer workdir")
-    parser.add_argument("--out", required=True, help="output .npz")
-    parser.add_argument("audio", nargs="+", help="audio files")
-    args = parser.parse_args(argv)
+    audio = cli.parse(FLAGS, argv, "python -m matpac_jax.tokenize", __doc__)
+    if not audio:
+        print("error: no audio files given", file=sys.stderr)
+        return 2
+    cli.output_folder(FLAGS.out)
     try:
-        model = load_pretrained(args.checkpoint, "tokenizer")
+        model = load_pretrained(FLAGS.checkpoint, "tokenizer")
     except ValueError as e:
-        parser.error(str(e))
-    labels, lengths = tokenize_files(model, args.audio)
-    np.savez(args.out, labels=labels, lengths=lengths, files=np.array(args.audio))
-    print(f"{len(args.audio)} files, {labels.size} labels -> {args.out}")
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    labels, lengths = tokenize_files(model, audio)
+    np.savez(FLAGS.out, labels=labels, lengths=lengths, files=np.array(audio))
+    print(f"{len(audio)} files, {labels.size} labels -> {FLAGS.out}")
     return 0
 
 

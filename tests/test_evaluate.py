@@ -110,7 +110,7 @@ def test_cli_writes_schema_and_reuses_cache(tiny_task, fixtures_dir, tmp_path, m
 def test_random_init_and_logmel_baseline(tiny_task, tmp_path):
     for extra, dim in [(["--checkpoint", "random-init",
                          "--config", f"{ROOT}/configs/matpac_as2m.py:demo"], 5 * 192),
-                       (["--checkpoint", "logmel-baseline", "--lr", "3e-5", "1e-3"], 160)]:
+                       (["--checkpoint", "logmel-baseline", "--lr=3e-5,1e-3"], 160)]:
         out = tmp_path / "out.json"
         assert evaluate.main([*extra, "--task", str(tiny_task), "--out", str(out),
                               "--cache_dir", "", "--seeds", "0"]) == 0

@@ -127,7 +127,7 @@ def test_prepare_csv_labels_and_cli(datasets_dir, tmp_path):
     assert recs[first[0]]["shape"] == (98, 128)  # BEATs layout (T, 128).
     for args, msg in [
         (["--input", str(tmp_path / "nope"), "--frontend", "m2d"], "no such folder"),
-        (["--input", str(csv_path), "--frontend", "mfcc"], "invalid choice"),
+        (["--input", str(csv_path), "--frontend", "mfcc"], "--frontend"),
     ]:
         proc = subprocess.run(
             [

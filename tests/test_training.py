@@ -257,7 +257,7 @@ def test_two_processes_train_save_and_resume(shards, tmp_path):
 
 
 def test_bench_reports_flops_and_mfu(shards):
-    from matpac_jax import bench
+    from benchmarks import bench_step as bench
 
     config = tiny_config(shards, peak_flops=1e12)
     result = bench.benchmark(config, per_device_batch=1, steps=1)

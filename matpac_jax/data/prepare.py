@@ -1,6 +1,6 @@
 """Audio folder or CSV -> float16 log-mel TFRecord shards + manifest.json.
 
-  python -m matpac_jax.data.prepare --input DIR_OR_CSV --output OUT --frontend matpac
+  python -m matpac_jax.data.prepare --input=DIR_OR_CSV --output=OUT --frontend=matpac
 
 Each shard is written to `<shard>.tmp` and renamed when complete, then a
 sidecar `<shard>.json` (counts, skipped files) and `<shard>.index.npy` (record
@@ -16,7 +16,6 @@ also works without it (it reads every `*.tfrecord` under OUT).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import glob
@@ -30,7 +29,9 @@ import sys
 import time
 
 import numpy as np
+from absl import flags
 
+from matpac_jax import cli
 from matpac_jax.data import audio
 from matpac_jax.data import frontends
 from matpac_jax.data import tfrecord
@@ -309,34 +310,31 @@ def merge_manifests(output: str) -> dict:
     return merged
 
 
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("input", None, "audio folder (recursive) or CSV with 'file'[,'label']",
+                    flag_values=FLAGS)
+flags.DEFINE_string("output", None, "shard folder", flag_values=FLAGS, required=True)
+flags.DEFINE_enum("frontend", None, sorted(frontends.FRONTENDS), "front end of the shards",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("num_shards", None, "shards (default: ~1024 clips each)", flag_values=FLAGS)
+flags.DEFINE_integer("workers", 1, "processes on this machine", flag_values=FLAGS)
+flags.DEFINE_integer("worker_index", 0, "this machine's index", flag_values=FLAGS)
+flags.DEFINE_integer("num_workers", 1, "machines sharing the job", flag_values=FLAGS)
+flags.DEFINE_string("name", "data", "shard file name prefix", flag_values=FLAGS)
+flags.DEFINE_bool("merge", False, "only merge the worker manifests", flag_values=FLAGS)
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", help="audio folder (recursive) or CSV with 'file'[,'label']")
-    p.add_argument("--output", required=True, help="shard folder")
-    p.add_argument("--frontend", choices=sorted(frontends.FRONTENDS))
-    p.add_argument("--num_shards", type=int, default=None)
-    p.add_argument("--workers", type=int, default=1, help="processes on this machine")
-    p.add_argument("--worker_index", type=int, default=0)
-    p.add_argument("--num_workers", type=int, default=1, help="machines sharing the job")
-    p.add_argument("--name", default="data")
-    p.add_argument("--merge", action="store_true", help="only merge worker manifests")
-    args = p.parse_args(argv)
+    cli.parse(FLAGS, argv, "python -m matpac_jax.data.prepare", __doc__)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if args.merge:
-        m = merge_manifests(args.output)
+    if FLAGS.merge:
+        m = merge_manifests(FLAGS.output)
     else:
-        if not args.input or not args.frontend:
-            p.error("--input and --frontend are required (unless --merge)")
-        m = prepare(
-            args.input,
-            args.output,
-            args.frontend,
-            args.num_shards,
-            args.workers,
-            args.worker_index,
-            args.num_workers,
-            args.name,
-        )
+        if not FLAGS.input or not FLAGS.frontend:
+            print("error: --input and --frontend are required (unless --merge)", file=sys.stderr)
+            return 2
+        m = prepare(FLAGS.input, FLAGS.output, FLAGS.frontend, FLAGS.num_shards, FLAGS.workers,
+                    FLAGS.worker_index, FLAGS.num_workers, FLAGS.name)
     print(
         json.dumps(
             {k: m[k] for k in ("frontend", "num_examples", "num_frames")}

@@ -1,7 +1,7 @@
 """Training curves of one or more workdirs from their TensorBoard event files.
 
-  python -m matpac_jax.evaluation.plot_curves --workdir /tmp/matpac_demo \
-      [--workdir m2d=/tmp/m2d_demo ...] --out docs/loss_curves.png
+  python -m matpac_jax.evaluation.plot_curves --workdir=/tmp/matpac_demo \
+      [--workdir=m2d=/tmp/m2d_demo ...] --out=docs/loss_curves.png
 
 One panel per logged scalar (losses, grad norm, MATPAC's center entropy and
 teacher perplexity: the collapse indicators); schedules and timings are left
@@ -9,10 +9,13 @@ out. Needs matplotlib (`pip install matpac_jax[plot]`).
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
+
+from absl import flags
+
+from matpac_jax import cli
 
 SKIP = {"lr", "ema_momentum", "head_ema_momentum", "teacher_temp", "step_time_s",
         "samples_per_s", "mfu"}
@@ -66,14 +69,16 @@ def plot(runs: dict, out: str) -> list[str]:
     return tags
 
 
+FLAGS = flags.FlagValues()
+flags.DEFINE_multi_string("workdir", None, "PATH or NAME=PATH (repeat for several runs)",
+                          flag_values=FLAGS, required=True)
+flags.DEFINE_string("out", None, "output image (.png)", flag_values=FLAGS, required=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m matpac_jax.evaluation.plot_curves",
-                                description=__doc__.splitlines()[0])
-    p.add_argument("--workdir", action="append", required=True, help="PATH or NAME=PATH")
-    p.add_argument("--out", required=True, help="output image (.png)")
-    args = p.parse_args(argv)
-    tags = plot(load_runs(args.workdir), args.out)
-    print(f"wrote {args.out}: {', '.join(tags)}", file=sys.stderr)
+    cli.parse(FLAGS, argv, "python -m matpac_jax.evaluation.plot_curves", __doc__)
+    tags = plot(load_runs(FLAGS.workdir), cli.output_folder(FLAGS.out))
+    print(f"wrote {FLAGS.out}: {', '.join(tags)}", file=sys.stderr)
     return 0
 
 

@@ -25,7 +25,6 @@ import jax
 import ml_collections
 from flax import nnx
 
-from matpac_jax.models.layers import Buffer  # noqa: F401 (part of the interface)
 
 TRAINABLE = nnx.All(nnx.Param, nnx.PathContains("student"))
 

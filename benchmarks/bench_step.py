@@ -1,33 +1,37 @@
 """Training-step benchmark: compile time, step time, samples/s, FLOPs, MFU and
 the compiled step's memory per device.
 
-  python -m matpac_jax.bench --config=configs/matpac_as2m.py --per_device_batch=4 \
+  python benchmarks/bench_step.py --config=configs/matpac_as2m.py --per_device_batch=4 \
       --config.model.dtype=float32
 
 Uses random inputs of the config's shape (the data pipeline is benchmarked
-separately by `matpac_jax.data.bench_data`), the real jitted step with
+separately by benchmarks/bench_data.py), the real jitted step with
 donated state, and XLA's cost analysis of the compiled step for FLOPs.
 """
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from matpac_jax import methods
+from matpac_jax import cli, methods
 from matpac_jax.training import metrics, trainer
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-_PER_DEVICE = flags.DEFINE_integer("per_device_batch", 4, "Batch per device.")
-_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).")
-_JSON = flags.DEFINE_string("json", None, "Also write the results here.")
+FLAGS = flags.FlagValues()
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
+                                          flag_values=FLAGS, lock_config=True)
+_PER_DEVICE = flags.DEFINE_integer("per_device_batch", 4, "Batch per device.", flag_values=FLAGS)
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).",
+                              flag_values=FLAGS)
+_JSON = flags.DEFINE_string("json", None, "Also write the results here.", flag_values=FLAGS)
 _COMPILE_ONLY = flags.DEFINE_bool(
     "compile_only", False, "Report FLOPs and compiled memory without running a step "
-    "(plan a device's batch on a machine without it).")
+    "(plan a device's batch on a machine without it).", flag_values=FLAGS)
 
 
 def _memory(compiled) -> dict:
@@ -88,14 +92,18 @@ def benchmark(config, per_device_batch: int, steps: int, compile_only: bool = Fa
     return result
 
 
-def main(argv):
-    del argv
+def main(argv=None) -> int:
+    cli.parse(FLAGS, argv, "python benchmarks/bench_step.py", __doc__)
+    if _CONFIG.value is None:
+        print("error: --config is required", file=sys.stderr)
+        return 2
     result = benchmark(_CONFIG.value, _PER_DEVICE.value, _STEPS.value, _COMPILE_ONLY.value)
     print(json.dumps(result, indent=1))
     if _JSON.value:
-        with open(_JSON.value, "w") as f:
+        with open(cli.output_folder(_JSON.value), "w") as f:
             json.dump(result, f, indent=1)
+    return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

@@ -1,34 +1,37 @@
 """Embedding throughput: clips/s for 10-second clips at ViT-B size (random init).
 
-`python -m matpac_jax.bench_embed [--clips 8] [--batch-size 8] [--dtype float32]`
+`python benchmarks/bench_embed.py [--clips=8] [--batch_size=8] [--dtype=float32]`
 Times `Embedder.clip_embeddings` end to end (front end + batched encoder)
 after one warm-up call that compiles the shapes.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from flax import nnx
 
-from matpac_jax.inference import Embedder
+from matpac_jax import cli
+from matpac_jax.inference import ViTEmbedder
 from matpac_jax.models.vit import ViTEncoder
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_integer("clips", 8, "clips per call", flag_values=FLAGS)
+flags.DEFINE_float("seconds", 10.0, "clip length", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 8, "chunks per encoder call", flag_values=FLAGS)
+flags.DEFINE_integer("repeats", 2, "timed calls", flag_values=FLAGS)
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype",
+                  flag_values=FLAGS)
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--clips", type=int, default=8)
-    p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    args = p.parse_args(argv)
-
+    cli.parse(FLAGS, argv, "python benchmarks/bench_embed.py", __doc__)
+    args = FLAGS
     enc = ViTEncoder(dtype=jnp.dtype(args.dtype), rngs=nnx.Rngs(0))  # ViT-B, 80 x 608
-    e = Embedder(enc, "matpac", "matpac", None, batch_size=args.batch_size)
+    e = ViTEmbedder(enc, "matpac", "matpac", None, batch_size=args.batch_size)
     rng = np.random.default_rng(0)
     waves = [(0.1 * rng.standard_normal(int(args.seconds * 16000))).astype(np.float32)
              for _ in range(args.clips)]

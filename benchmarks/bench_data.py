@@ -1,6 +1,6 @@
 """Data-layer throughput on one core: shard preparation and loader crops.
 
-  python -m matpac_jax.data.bench_data [--clips 48] [--frontend matpac]
+  python benchmarks/bench_data.py [--clips=48] [--frontend=matpac]
 
 Preparation: 10-second procedural clips written as 16-bit FLAC, then
 `prepare` with one process (decode + front end + float16 + CRC + write).
@@ -14,25 +14,31 @@ also the cost of the first epoch under 'once'.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
 
 import numpy as np
 import soundfile as sf
+from absl import flags
 
-from matpac_jax.data import demo
-from matpac_jax.data import loader
-from matpac_jax.data import prepare
+from matpac_jax import cli
+from matpac_jax.data import loader, prepare, toy_sounds
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_integer("clips", 48, "10-s clips to prepare", flag_values=FLAGS)
+flags.DEFINE_integer("crops", 6400, "crops to time", flag_values=FLAGS)
+flags.DEFINE_enum("frontend", "matpac", ["matpac", "m2d", "beats"], "front end",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("read_threads", 0, "loader read threads", flag_values=FLAGS)
 
 
 def _write_flacs(directory: str, n: int) -> None:
     rng = np.random.default_rng(0)
     for i in range(n):
-        label = demo.CLASSES[i % len(demo.CLASSES)]
-        wave = demo.synthesize(label, rng, seconds=10.0)
-        sf.write(os.path.join(directory, f"{i:04d}.flac"), wave, demo.SR, subtype="PCM_16")
+        label = toy_sounds.CLASSES[i % len(toy_sounds.CLASSES)]
+        wave = toy_sounds.synthesize(label, rng, seconds=10.0)
+        sf.write(os.path.join(directory, f"{i:04d}.flac"), wave, toy_sounds.SR, subtype="PCM_16")
 
 
 def bench_prepare(tmp: str, clips: int, frontend: str) -> tuple[float, str]:
@@ -84,13 +90,9 @@ def bench_element(shards: str, frontend: str, crops: int) -> float:
     return crops / (time.perf_counter() - start)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--clips", type=int, default=48)
-    p.add_argument("--crops", type=int, default=6400)
-    p.add_argument("--frontend", default="matpac", choices=("matpac", "m2d", "beats"))
-    p.add_argument("--read-threads", type=int, default=0)
-    args = p.parse_args()
+def main(argv=None) -> None:
+    cli.parse(FLAGS, argv, "python benchmarks/bench_data.py", __doc__)
+    args = FLAGS
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         rate, shards = bench_prepare(tmp, args.clips, args.frontend)
