@@ -1,4 +1,4 @@
-"""M2D, ViT-B/16, AudioSet-2M, official hyper-parameters (SPEC sections 2-5).
+"""M2D, ViT-B/16, AudioSet-2M, official hyper-parameters (docs/SPEC.md sections 2-5).
 
   python -m matpac_jax.main --config=configs/m2d_as2m.py --workdir=gs://BUCKET/m2d \
       --config.data.path=gs://BUCKET/as2m_m2d

@@ -1,4 +1,4 @@
-"""MATPAC, ViT-B/16, AudioSet-2M, official hyper-parameters (SPEC sections 2-5).
+"""MATPAC, ViT-B/16, AudioSet-2M, official hyper-parameters (docs/SPEC.md sections 2-5).
 
   python -m matpac_jax.main --config=configs/matpac_as2m.py --workdir=gs://BUCKET/matpac \
       --config.data.path=gs://BUCKET/as2m_matpac

@@ -1,4 +1,4 @@
-"""Linear-probe evaluation (EVAR protocol, SPEC section 7) of a checkpoint on task folders.
+"""Linear-probe evaluation (EVAR protocol, docs/SPEC.md section 7) of a checkpoint on task folders.
 
   python -m matpac_jax.evaluate --checkpoint=CKPT --task=DIR [--task=DIR ...] --out=OUT.json
 

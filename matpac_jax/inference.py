@@ -26,7 +26,7 @@ embedding is the mean over all patches.
 
 `freq_tokens` picks how the frequency patches of one time step become a frame:
 'concat' (F*D, the ViT default of docs/SPEC.md section 6) or 'mean' (D: the
-BEATs default, and the SPEC's "768-d frame variant" for the ViT). None: the
+BEATs default, and docs/SPEC.md's "768-d frame variant" for the ViT). None: the
 family's default.
 """
 from __future__ import annotations

@@ -40,6 +40,7 @@ def shards(tmp_path_factory):
     return demo.ensure_demo_shards(str(tmp_path_factory.mktemp("demo")), "beats", num_clips=16)
 
 
+@pytest.mark.slow
 def test_iterations_chain(shards, tmp_path):
     def run(name, workdir, **overrides):
         c = config(name, **overrides)
@@ -80,6 +81,7 @@ def test_tokenizer_stage_needs_a_teacher(shards, tmp_path):
         train(c, str(tmp_path / "wd"))
 
 
+@pytest.mark.slow
 def test_tokenizer_stage_from_official_beats_file(shards, tmp_path, fixtures_dir):
     c = config("beats_tokenizer_as2m", teacher_checkpoint=str(fixtures_dir / "BEATs_small.pt"))
     c.data.path = shards

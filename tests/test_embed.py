@@ -1,4 +1,4 @@
-"""Embeddings API and CLI (SPEC section 6): chunking, frame counts, resampling, dispatch."""
+"""Embeddings API and CLI (docs/SPEC.md section 6): chunking, frame counts, resampling, dispatch."""
 import numpy as np
 import jax.numpy as jnp
 import pytest

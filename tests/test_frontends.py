@@ -35,7 +35,7 @@ def test_single_equals_batch_and_frame_count(ref, name):
     np.testing.assert_array_equal(frontends.compute(name, wave[1]), batch[1])
     t_axis = -1 if frontends.FEATURE_LAYOUT[name] == "freq_time" else -2
     assert batch.shape[t_axis] == frontends.num_frames(name, wave.shape[-1])
-    # 10 s: 998 frames without centering, 1001 with (SPEC section 1).
+    # 10 s: 998 frames without centering, 1001 with (docs/SPEC.md section 1).
     assert frontends.num_frames(name, 160000) == (1001 if name == "m2d" else 998)
 
 

@@ -92,6 +92,7 @@ def test_prepare_folder_with_bad_inputs(audio_dir, tmp_path, caplog):
     assert json.loads((out / "manifest.json").read_text())["frontend"] == "matpac"
 
 
+@pytest.mark.slow
 def test_prepare_csv_labels_and_cli(datasets_dir, tmp_path):
     src = datasets_dir / "keywords_digits"
     rows = (src / "meta.csv").read_text().splitlines()

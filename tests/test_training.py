@@ -78,6 +78,7 @@ def _params(workdir):
     return step, [np.asarray(x) for x in jax.tree.leaves(nnx.state(model))]
 
 
+@pytest.mark.slow
 def test_same_loss_on_1_and_8_devices_in_several_meshes(shards):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, 80, 64)).astype(np.float32)
@@ -101,6 +102,7 @@ def test_same_loss_on_1_and_8_devices_in_several_meshes(shards):
         np.testing.assert_allclose(out, ref, rtol=2e-5, err_msg=name)
 
 
+@pytest.mark.slow
 def test_config_errors_before_compilation(shards, tmp_path):
     with pytest.raises(ValueError, match="needs 6 devices"):
         trainer.validate(tiny_config(shards, mesh={"data": 3, "fsdp": 2, "tensor": 1}))
@@ -117,6 +119,7 @@ def test_config_errors_before_compilation(shards, tmp_path):
     assert proc.returncode != 0 and "no_such_field" in proc.stderr
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_identical(shards, tmp_path):
     # Uninterrupted reference.
     ref_dir = tmp_path / "ref"
@@ -148,6 +151,7 @@ def test_sigkill_then_resume_is_bitwise_identical(shards, tmp_path):
     assert [s for s, _ in scalars["loss"]] == [2, 4, 6, 8]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits(shards, tmp_path):
     cmd, env = cli(tmp_path / "wd", shards, total_steps=100000, checkpoint_every=100000,
                    log_every=1)
@@ -163,6 +167,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(shards, tmp_path):
     assert 2 <= step < 100000
 
 
+@pytest.mark.slow
 def test_terminal_progress_bar_and_profile_trace(shards, tmp_path):
     """On a terminal (a real pty) the run shows a progress bar with an ETA under
     the metric lines, and `profile.num_steps` writes a jax.profiler trace into
@@ -199,6 +204,7 @@ def test_terminal_progress_bar_and_profile_trace(shards, tmp_path):
     assert traces and traces[0].stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_nonfinite_stops_with_step_or_skips(shards, tmp_path):
     config = tiny_config(shards, total_steps=4, log_every=1)
     run = build(config)
@@ -219,6 +225,7 @@ def test_nonfinite_stops_with_step_or_skips(shards, tmp_path):
     assert int(run.state["optimizer"]["step"][...]) == 1
 
 
+@pytest.mark.slow
 def test_two_processes_train_save_and_resume(shards, tmp_path):
     """Real jax.distributed on localhost: 2 processes x 4 CPU devices, gloo collectives."""
     import portpicker
@@ -256,6 +263,7 @@ def test_two_processes_train_save_and_resume(shards, tmp_path):
     assert checkpoint.latest_checkpoint(str(workdir))[0] == 4
 
 
+@pytest.mark.slow
 def test_bench_reports_flops_and_mfu(shards):
     from benchmarks import bench_step as bench
 
@@ -305,6 +313,7 @@ def _one_step(config, x):
     return float(m["loss"]), [np.asarray(a) for a in jax.tree.leaves(state["model"])], program
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["matpac", "beats_mam"])
 def test_remat_recomputes_layers_and_gives_the_same_update(shards, method):
     """Memory itself is the backend's business (XLA:CPU merges the recomputation
@@ -335,6 +344,7 @@ def test_remat_recomputes_layers_and_gives_the_same_update(shards, method):
         trainer.validate(make("some"))
 
 
+@pytest.mark.slow
 def test_grad_accumulation_is_the_mean_of_its_microbatches(shards, tmp_path):
     """Loss, gradients and MATPAC's center: k microbatches give the mean of k
     separate half-batch computations (strided rows, keys fold_in(rng, i))."""

@@ -36,6 +36,8 @@ MESHES = {
     "1 device": ({"mesh": {"data": 1, "fsdp": 1, "tensor": 1}}, 1),
     "data 4 x fsdp 2": ({"mesh": {"data": 4, "fsdp": 2, "tensor": 1}, "fsdp": True}, 8),
 }
+MESH_PARAMS = [pytest.param("1 device"),
+               pytest.param("data 4 x fsdp 2", marks=pytest.mark.slow)]
 
 
 @pytest.fixture(scope="module", params=sorted(traj.CONFIG_FILES))
@@ -79,7 +81,7 @@ def test_inputs_are_what_our_code_draws(reference, tmp_path):
                                err_msg=f"the loader's batches changed: {REGENERATE}")
 
 
-@pytest.mark.parametrize("mesh", sorted(MESHES))
+@pytest.mark.parametrize("mesh", MESH_PARAMS)
 def test_training_follows_the_official_trajectory(reference, mesh, tmp_path):
     name, ref = reference
     overrides, num_devices = MESHES[mesh]

@@ -1,4 +1,4 @@
-"""Import official M2D / MATPAC weights without torch (SPEC section 9).
+"""Import official M2D / MATPAC weights without torch (docs/SPEC.md section 9).
 
 Handles M2D training checkpoints (`{'model': sd, ...}`: encoder, predictor
 `decoder_*`, teacher `target_*`), M2D encoder-only state dicts, EVAR fine-tune

@@ -1,4 +1,4 @@
-"""Numpy front ends matching the official PyTorch ones (SPEC section 1).
+"""Numpy front ends matching the official PyTorch ones (docs/SPEC.md section 1).
 
 All functions take a waveform (N,) or a batch (B, N) of 16 kHz float audio and
 are vectorised over the batch. They compute in float32 with float64 filterbanks
@@ -35,7 +35,7 @@ def _slaney_mel() -> np.ndarray:
 
 def _apply_bank(bank: scipy.sparse.csr_matrix, power: np.ndarray) -> np.ndarray:
     """(..., T, F) power -> (..., M, T). Sparse: the triangles cover few bins, and a
-    dense BLAS matmul is 10x slower (and thread-hungry) on small shared CPUs."""
+    dense BLAS matmul is slower (and thread-hungry) on small shared CPUs."""
     lead, (t, f) = power.shape[:-2], power.shape[-2:]
     out = bank @ power.reshape(-1, f).T  # (M, prod(lead) * T)
     out = np.asarray(out).reshape((bank.shape[0],) + lead + (t,))
@@ -157,6 +157,6 @@ def num_frames(frontend: str, num_samples: int) -> int:
 
 
 def normalize(feat, frontend: str, stats: tuple[float, float] | None = None) -> np.ndarray:
-    """(feat - mean) / std with SPEC constants; `stats=(mean, std)` overrides (M2D norm_stats)."""
+    """(feat - mean) / std with the docs/SPEC.md constants; `stats=(mean, std)` overrides (M2D norm_stats)."""
     mean, std = NORM[check_frontend(frontend)] if stats is None else stats
     return ((np.asarray(feat, np.float32) - np.float32(mean)) / np.float32(std)).astype(np.float32)

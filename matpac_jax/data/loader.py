@@ -160,8 +160,9 @@ class ShardSource:
 def _numba_widen():
     """numba kernel dst[...] = float16(src bits) * mul + add, or None (no numba).
 
-    numpy's float16 -> float32 cast has no SIMD path here (~120 us for an 80x608
-    crop); widening the bits by hand in a JIT loop takes ~15 us. `mul` carries
+    numpy's float16 -> float32 cast has no SIMD path on the CPUs measured
+    (docs/BENCHMARKS.md); widening the bits by hand in a JIT loop is several
+    times faster. `mul` carries
     the 2**112 exponent rebias of the bit trick (exact for normals, subnormals,
     zeros; inf/nan keep an all-ones exponent).
     """
@@ -300,9 +301,9 @@ class _EpochOrder:
     in the order of a permutation drawn from (seed, e) (identity without shuffle).
 
     Vectorised over a batch of positions, and each epoch's permutation is built
-    once per process (~30 ms and 16 MB for 2M records). It replaces grain's
-    MapDataset.shuffle, whose per-index Feistel evaluation cost ~0.9 ms per
-    element on a 32-record set and ~9 us on a 2M-record one, here.
+    once per process (16 MB for 2M records). It replaces grain's
+    MapDataset.shuffle, whose per-index Feistel evaluation cost more than the
+    rest of the pipeline per element (docs/BENCHMARKS.md).
     """
 
     def __init__(self, num_records: int, seed: int, shuffle: bool):

@@ -1,4 +1,4 @@
-"""Linear probe on frozen clip embeddings, EVAR protocol (SPEC section 7).
+"""Linear probe on frozen clip embeddings, EVAR protocol (docs/SPEC.md section 7).
 
 A task is a folder with `meta.csv` (`file,label,split`; split is train,
 valid or test; `;` separates the labels of a multi-label clip). Embeddings

@@ -216,5 +216,5 @@ class RandomProjectionTokenizer(nnx.Module):
         return jnp.argmax(sim, axis=-1).astype(jnp.int32)
 
     def usage(self, labels: jax.Array) -> dict[str, jax.Array]:
-        """Codebook usage of a batch of labels (log it: SPEC 8)."""
+        """Codebook usage of a batch of labels (log it: docs/SPEC.md section 8)."""
         return codebook_usage(labels, self.num_codes)

@@ -52,7 +52,7 @@ def base(method: str, frontend: str) -> ml_collections.ConfigDict:
 
 
 def vit_b(c: ml_collections.ConfigDict, dtype: str = "bfloat16") -> None:
-    """ViT-B/16 encoder, 8x512 predictor, K=2048 heads (SPEC sections 2-4)."""
+    """ViT-B/16 encoder, 8x512 predictor, K=2048 heads (docs/SPEC.md sections 2-4)."""
     c.model = ml_collections.ConfigDict(dict(
         in_freq=80, patch=16, dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
         pred_dim=512, pred_depth=8, pred_heads=16,
@@ -84,7 +84,7 @@ def beats(c: ml_collections.ConfigDict, dtype: str = "bfloat16") -> None:
 
     The official release has no training code: the optimiser settings below
     (Adam b=(0.9, 0.98), wd 0.01, 32k warm-up) are ours; steps, batch and
-    peak lr are the paper's (SPEC section 8).
+    peak lr are the paper's (docs/SPEC.md section 8).
     """
     c.data.frontend = "beats"
     c.data.crop_frames = 992  # 10 s of fbank frames (998), whole 16-frame patches
@@ -115,7 +115,7 @@ def beats_demo(c: ml_collections.ConfigDict) -> None:
     c.data.demo_clips = 768
     c.data.crop_frames = 304
     c.batch_size = 16
-    c.total_steps = 400  # about 0.3 s per step on a 2-core CPU (2.5 min in all)
+    c.total_steps = 400
     c.opt.warmup_steps = 50
     c.log_every = 20
     c.checkpoint_every = 100

@@ -30,7 +30,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
     One multiply by a scalar, which XLA fuses into the Adam update; optax's
     select-and-divide form is materialised as an extra pass over every
-    gradient on XLA:CPU (~40 ms of a ViT-B step, docs/BENCHMARKS.md).
+    gradient on XLA:CPU (docs/BENCHMARKS.md).
     """
 
     def update(updates, state, params=None):
