@@ -5,7 +5,7 @@
       --config.data.path=/mnt/gcs/as2m_beats
 
 Then configs/beats_tokenizer_as2m.py distils the next tokenizer from this run.
-Demo (CPU, embedded data): --config=configs/beats_iter1_as2m.py:demo
+Demo (CPU, the demo corpus rendered on first use, docs/DEMO_DATA.md): --config=configs/beats_iter1_as2m.py:demo
 """
 from matpac_jax.training import defaults
 

@@ -3,7 +3,7 @@
   python -m matpac_jax.main --config=configs/m2d_as2m.py --workdir=gs://BUCKET/m2d \
       --config.data.path=gs://BUCKET/as2m_m2d
 
-Demo on a CPU with the embedded procedural data (a few minutes):
+Demo on a CPU with the demo corpus (rendered on first use, docs/DEMO_DATA.md):
 
   python -m matpac_jax.main --config=configs/m2d_as2m.py:demo --workdir=/tmp/m2d_demo
 """

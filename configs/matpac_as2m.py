@@ -3,7 +3,7 @@
   python -m matpac_jax.main --config=configs/matpac_as2m.py --workdir=gs://BUCKET/matpac \
       --config.data.path=gs://BUCKET/as2m_matpac
 
-Demo on a CPU with the embedded procedural data (a few minutes):
+Demo on a CPU with the demo corpus (rendered on first use, docs/DEMO_DATA.md):
 
   python -m matpac_jax.main --config=configs/matpac_as2m.py:demo --workdir=/tmp/matpac_demo
 """

@@ -31,7 +31,7 @@ def base(method: str, frontend: str) -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.path = "gs://YOUR_BUCKET/as2m_shards"  # a folder of TFRecord shards, or "demo"
-    c.data.demo_clips = 64  # procedural clips generated when path == "demo"
+    c.data.demo_clips = 2000  # clips of the rendered demo corpus when path == "demo"
     c.data.frontend = frontend
     c.data.crop_frames = 608
     c.data.workers = 0  # grain worker processes per host
@@ -63,14 +63,12 @@ def vit_b(c: ml_collections.ConfigDict, dtype: str = "bfloat16") -> None:
 
 
 def demo(c: ml_collections.ConfigDict) -> None:
-    """Same method, small model, embedded procedural data, minutes on a CPU."""
+    """Same method, small model, the demo corpus (docs/DEMO_DATA.md), minutes on a CPU."""
     c.model.update(dict(dim=192, depth=4, num_heads=3, pred_dim=128, pred_depth=2,
                         pred_heads=4, head_out_dim=256, head_hidden_dim=256,
                         head_bottleneck_dim=64, dtype="float32"))
     c.data.path = "demo"
-    # Enough clips and steps to learn features that beat a random encoder
-    # (docs/RESULTS.md); 3-s crops give twice the samples per CPU second.
-    c.data.demo_clips = 768
+    # 3-s crops: twice the samples per CPU second of 6-s ones.
     c.data.crop_frames = 304
     c.batch_size = 16
     c.total_steps = 1000
@@ -106,13 +104,12 @@ def beats(c: ml_collections.ConfigDict, dtype: str = "bfloat16") -> None:
 
 
 def beats_demo(c: ml_collections.ConfigDict) -> None:
-    """Small BEATs for the CPU demo on the embedded data (same data settings as
-    the MATPAC/M2D demo: 768 clips, 3-s crops)."""
+    """Small BEATs for the CPU demo on the demo corpus (same data settings as
+    the MATPAC/M2D demo: 3-s crops)."""
     c.model.update(dict(embed_dim=64, encoder_layers=4, encoder_embed_dim=192,
                         encoder_ffn_embed_dim=384, encoder_attention_heads=4,
                         quant_n=256, quant_dim=32, dtype="float32"))
     c.data.path = "demo"
-    c.data.demo_clips = 768
     c.data.crop_frames = 304
     c.batch_size = 16
     c.total_steps = 400

@@ -204,13 +204,13 @@ def build(config: ml_collections.ConfigDict, method: Method, devices=None) -> Ru
 
 
 def data_path(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """`data.path`, or the embedded demo data (generated once into the workdir)."""
+    """`data.path`, or the demo corpus (rendered once, cached; shards in the workdir)."""
     if config.data.path != "demo":
         return config.data.path
     from matpac_jax.data import demo
 
     return demo.ensure_demo_shards(os.path.join(workdir, "demo_data"), config.data.frontend,
-                                   num_clips=config.data.get("demo_clips", 64))
+                                   num_clips=config.data.demo_clips)
 
 
 def make_data(config: ml_collections.ConfigDict, method: Method, path: str):
