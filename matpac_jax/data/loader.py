@@ -219,6 +219,7 @@ class CropNormalize:
         norm_stats: tuple[float, float] | None,
         with_ids: bool,
         seed: int = 0,
+        classes: tuple[str, ...] | None = None,
     ):
         if short_clips not in ("pad", "drop"):
             raise ValueError(f"short_clips must be 'pad' or 'drop', got {short_clips!r}")
@@ -226,6 +227,7 @@ class CropNormalize:
         self.time_axis = 1 if frontends.FEATURE_LAYOUT[frontend] == "freq_time" else 0
         self.mean, self.std = frontends.NORM[frontend] if norm_stats is None else norm_stats
         self.with_ids, self.seed = with_ids, seed
+        self.classes = {c: i for i, c in enumerate(classes)} if classes else None
 
     def _write(self, x: np.ndarray, start: int, out: np.ndarray) -> None:
         """out (crop layout, float32) <- normalised crop of x (float16) from `start` (or padded)."""
@@ -249,11 +251,23 @@ class CropNormalize:
     def _shape(self, frames: int, num_freq: int) -> tuple[int, int]:
         return (num_freq, frames) if self.time_axis else (frames, num_freq)
 
+    def _labels(self, element: dict, path: str, offset: int) -> np.ndarray:
+        """Multi-hot (C,) of a record's ';'-separated `label` over `classes`."""
+        names = split_labels(element.get("label"))
+        unknown = [c for c in names if c not in self.classes]
+        if not names or unknown:
+            raise ValueError(f"{path} record at byte offset {offset} (id {element.get('id')!r}): "
+                             + (f"labels {unknown} not among the {len(self.classes)} classes"
+                                if unknown else "no label"))
+        y = np.zeros(len(self.classes), np.float32)
+        y[[self.classes[c] for c in names]] = 1.0
+        return y
+
     def batch(self, source: ShardSource, positions: np.ndarray, records: np.ndarray) -> dict | None:
-        """{'x': (n, ...) float32, 'id'?} for the records kept (all of them unless 'drop')."""
+        """{'x': (n, ...) float32, 'y'?, 'id'?} for the records kept (all unless 'drop')."""
         rand = _crop_starts(self.seed, positions)
         out = None
-        ids, n = [], 0
+        ids, ys, n = [], [], 0
         for j, i in enumerate(records):
             data, path, offset = source.read(int(i))
             try:
@@ -277,12 +291,16 @@ class CropNormalize:
             self._write(x, start, out[n])
             if self.with_ids:
                 ids.append(element["id"])
+            if self.classes is not None:
+                ys.append(self._labels(element, path, offset))
             n += 1
         if n == 0:
             return None
         result = {"x": out if n == len(records) else out[:n]}
         if self.with_ids:
             result["id"] = np.asarray(ids)
+        if self.classes is not None:
+            result["y"] = np.stack(ys)
         return result
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict | None:
@@ -296,9 +314,45 @@ class CropNormalize:
         return {"x": out, "id": element["id"]} if self.with_ids else {"x": out}
 
 
+def split_labels(label: str | None) -> list[str]:
+    """A record's `label` field: one label, or several separated by ';'."""
+    return [s.strip() for s in (label or "").split(";") if s.strip()]
+
+
+def record_labels(shards: list[str]) -> list[list[str]]:
+    """Labels of every record, in loader order, from the shard sidecars that
+    `prepare` writes (no record is read); shards without them are decoded."""
+    out = []
+    for path in shards:
+        side = path + ".json"
+        info = json.load(open(side, encoding="utf-8")) if os.path.exists(side) else {}
+        if "labels" in info:
+            out.extend(split_labels(label) for label in info["labels"])
+        else:
+            out.extend(split_labels(tfrecord.decode_example(r).get("label"))
+                       for r in tfrecord.read_records(path))
+    return out
+
+
+def balanced_weights(labels: list[list[str]]) -> np.ndarray:
+    """Sampling probability of each clip: the sum over its labels of 1 / (clips
+    with that label), normalised (the class-balanced sampler of AudioSet recipes:
+    every class is drawn about equally often)."""
+    counts: dict[str, int] = {}
+    for ls in labels:
+        for c in ls:
+            counts[c] = counts.get(c, 0) + 1
+    w = np.array([sum(1.0 / counts[c] for c in ls) for ls in labels], np.float64)
+    if not w.any():
+        raise ValueError("balanced sampling needs labelled records")
+    return w / w.sum()
+
+
 class _EpochOrder:
     """Stream position -> record index: epoch e = position // n visits the records
     in the order of a permutation drawn from (seed, e) (identity without shuffle).
+    With `weights`, epoch e is n draws with replacement from (seed, e) instead
+    (class-balanced sampling); still a function of the position, so resume is exact.
 
     Vectorised over a batch of positions, and each epoch's permutation is built
     once per process (16 MB for 2M records). It replaces grain's
@@ -306,14 +360,17 @@ class _EpochOrder:
     rest of the pipeline per element (docs/BENCHMARKS.md).
     """
 
-    def __init__(self, num_records: int, seed: int, shuffle: bool):
-        self.n, self.seed, self.shuffle = num_records, seed, shuffle
+    def __init__(self, num_records: int, seed: int, shuffle: bool,
+                 weights: np.ndarray | None = None):
+        self.n, self.seed, self.shuffle, self.weights = num_records, seed, shuffle, weights
         self._cache: dict[int, np.ndarray] = {}
 
     def _perm(self, epoch: int) -> np.ndarray:
         perm = self._cache.get(epoch)
         if perm is None:
-            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            rng = np.random.default_rng([self.seed, epoch])
+            perm = (rng.permutation(self.n) if self.weights is None
+                    else rng.choice(self.n, self.n, p=self.weights))
             if len(self._cache) >= 2:  # Consecutive batches span at most two epochs.
                 self._cache.pop(min(self._cache))
             self._cache[epoch] = perm
@@ -363,6 +420,8 @@ def make_dataset(
     verify_crc: bool | str = "once",
     with_ids: bool = False,
     read_threads: int = 1,
+    classes: tuple[str, ...] | None = None,
+    balanced: bool = False,
 ) -> grain.IterDataset:
     """The pipeline as a grain.IterDataset (iterate it, or use make_loader).
 
@@ -370,6 +429,8 @@ def make_dataset(
     normalises a whole batch into one array (no per-record grain overhead, no
     stacking copy). `read_threads` batches are prepared ahead in threads (0: in
     the consumer's thread); `worker_count` > 0 moves that into grain processes.
+    `classes`: also yield 'y', the multi-hot labels of each clip over `classes`;
+    `balanced`: draw clips by inverse label frequency (`balanced_weights`).
     """
     frontends.check_frontend(frontend)
     if shard_index is None or shard_count is None:
@@ -385,9 +446,11 @@ def make_dataset(
     if len(source) == 0:
         raise ValueError(f"the shards under {path} hold no records")
     crop = CropNormalize(
-        frontend, crop_frames, short_clips, norm_stats, with_ids, seed=(seed + 1) % 2**32
+        frontend, crop_frames, short_clips, norm_stats, with_ids, seed=(seed + 1) % 2**32,
+        classes=classes,
     )
-    order = _EpochOrder(len(source), seed % 2**32, shuffle)
+    weights = balanced_weights(record_labels(shards)) if balanced else None
+    order = _EpochOrder(len(source), seed % 2**32, shuffle, weights)
     ds = grain.MapDataset.range(len(source)).repeat(num_epochs)
     ds = ds.map_with_index(_position)  # Position in the global stream (epoch * n + i).
     ds = ds[shard_index::shard_count]

@@ -8,6 +8,14 @@ offsets for the loader) are written. A shard counts as finished only when its
 sidecar exists, so re-running the same command resumes: finished shards are
 kept, the others (and any leftover .tmp) are redone.
 
+Labels (fine-tuning data): a CSV `--input` with a `label` column, or
+`--labels=CSV` beside an audio folder: a `file,label` CSV (`;` between the
+labels of a multi-label clip) or AudioSet's segment CSV (`# YTID,
+start_seconds, end_seconds, positive_labels`), matched to files named
+`YTID.wav`, `YYTID.wav` or `YTID_<start>[_<end>].wav`. Clips without a label
+are skipped and listed. Labels go into each record and into the shard's
+sidecar (`labels`), so balanced sampling reads no record.
+
 Several machines: run with `--worker_index i --num_workers m` on each. Worker i
 writes the shards s with s % m == i and `manifest-<i>-of-<m>.json`. When all are
 done, `--output OUT --merge` writes the combined `manifest.json`; the loader
@@ -90,6 +98,55 @@ def list_inputs(input_path: str) -> list[Clip]:
     raise FileNotFoundError(f"--input {input_path}: no such folder or CSV file")
 
 
+def read_labels(path: str) -> dict[str, str]:
+    """id -> ';'-joined labels from a `file,label` CSV or an AudioSet segment CSV."""
+    with open(path, newline="", encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    body = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not body:
+        raise ValueError(f"--labels {path}: no rows")
+    header = [h.strip() for h in next(csv.reader([body[0]]))]
+    if "label" in header:
+        key = next((k for k in ("file", "id", "YTID") if k in header), None)
+        if key is None:
+            raise ValueError(f"--labels {path}: needs a 'file' (or 'id') column next to 'label'")
+        rows = csv.DictReader(body)
+        return {r[key].strip(): r["label"].strip() for r in rows}
+    out = {}  # AudioSet: YTID, start, end, "label,label,..."
+    for n, row in enumerate(csv.reader(body, skipinitialspace=True)):
+        if len(row) < 4:
+            raise ValueError(f"--labels {path}: row {n + 1} is neither 'file,label' nor "
+                             f"AudioSet 'YTID, start, end, labels': {row}")
+        out[row[0].strip()] = ";".join(x.strip() for x in row[3].split(",") if x.strip())
+    return out
+
+
+def _label_keys(clip_id: str) -> list[str]:
+    """Names a label CSV may use for a clip: the id, its stem, the AudioSet YTID."""
+    stem = os.path.splitext(os.path.basename(clip_id))[0]
+    keys = [clip_id, os.path.splitext(clip_id)[0], stem]
+    base = stem
+    for _ in range(2):  # YTID_30.000 or YTID_30000_40000
+        head, _, tail = base.rpartition("_")
+        if head and tail.replace(".", "").isdigit():
+            base = head
+            keys.append(base)
+    keys += [k[1:] for k in keys if k.startswith("Y")]
+    return keys
+
+
+def attach_labels(clips: list[Clip], labels: dict[str, str]) -> tuple[list[Clip], list[dict]]:
+    """(labelled clips, skipped entries) for clips matched to a `read_labels` dict."""
+    kept, skipped = [], []
+    for c in clips:
+        label = next((labels[k] for k in _label_keys(c.id) if k in labels), None)
+        if label:
+            kept.append(dataclasses.replace(c, label=label))
+        else:
+            skipped.append({"file": c.path, "reason": "no label in the --labels CSV"})
+    return kept, skipped
+
+
 def shard_path(output: str, name: str, index: int, count: int) -> str:
     return os.path.join(output, f"{name}-{index:05d}-of-{count:05d}.tfrecord")
 
@@ -135,6 +192,7 @@ def write_shard(path: str, clips: list[Clip], frontend: str, progress=None) -> d
         "num_frames": 0,
         "skipped": [],
     }
+    labels = [] if any(c.label for c in clips) else None
     time_axis = -1 if frontends.FEATURE_LAYOUT[frontend] == "freq_time" else 0
     with tfrecord.TFRecordWriter(path) as writer:
         for clip in clips:
@@ -145,12 +203,16 @@ def write_shard(path: str, clips: list[Clip], frontend: str, progress=None) -> d
                 info["skipped"].append({"file": clip.path, "reason": err.reason})
             else:
                 writer.write(tfrecord.encode_example(feat, clip.id, clip.label))
+                if labels is not None:
+                    labels.append(clip.label or "")
                 info["num_examples"] += 1
                 info["num_frames"] += int(feat.shape[time_axis])
             if progress is not None:
                 progress(1)
     index = np.asarray(writer.offsets, np.int64).reshape(-1, 2)
     np.save(path + ".index.npy", index)
+    if labels is not None:
+        info["labels"] = labels
     _write_json(path + ".json", info)
     return info
 
@@ -197,14 +259,25 @@ def prepare(
     worker_index: int = 0,
     num_workers: int = 1,
     name: str = "data",
+    labels: str | None = None,
+    clips: list[Clip] | None = None,
 ) -> dict:
-    """Writes this worker's missing shards and its manifest; returns the manifest."""
+    """Writes this worker's missing shards and its manifest; returns the manifest.
+    `labels`: a label CSV (`read_labels`); `clips`: the clips, instead of
+    listing `input` (which then only names the source in the manifest)."""
     frontends.check_frontend(frontend)
     if not 0 <= worker_index < num_workers:
         raise ValueError(f"worker_index {worker_index} not in [0, {num_workers})")
-    clips = list_inputs(input)
+    clips = list_inputs(input) if clips is None else clips
     if not clips:
         raise ValueError(f"--input {input}: no audio files found")
+    unlabelled = []
+    if labels:
+        clips, unlabelled = attach_labels(clips, read_labels(labels))
+        for s in unlabelled[:5]:
+            log.warning("skipped %s: %s", s["file"], s["reason"])
+        if not clips:
+            raise ValueError(f"--labels {labels}: no clip of --input {input} has a label there")
     num_shards = num_shards or max(1, math.ceil(len(clips) / CLIPS_PER_SHARD))
     os.makedirs(output, exist_ok=True)
     splits = np.array_split(np.arange(len(clips)), num_shards)
@@ -244,6 +317,11 @@ def prepare(
         [infos[s] for s in mine], frontend, input, name, num_shards, worker_index, num_workers
     )
     manifest["clips_per_second"] = round(total / elapsed, 2) if total else None
+    manifest["skipped"] += unlabelled
+    classes = sorted({c for i in infos.values() for lab in i.get("labels", ())
+                      for c in lab.split(";") if c})
+    if classes:
+        manifest["classes"] = classes
     fname = (
         "manifest.json" if num_workers == 1 else f"manifest-{worker_index}-of-{num_workers}.json"
     )
@@ -322,6 +400,8 @@ flags.DEFINE_integer("worker_index", 0, "this machine's index", flag_values=FLAG
 flags.DEFINE_integer("num_workers", 1, "machines sharing the job", flag_values=FLAGS)
 flags.DEFINE_string("name", "data", "shard file name prefix", flag_values=FLAGS)
 flags.DEFINE_bool("merge", False, "only merge the worker manifests", flag_values=FLAGS)
+flags.DEFINE_string("labels", None, "label CSV for an audio folder: 'file,label' or AudioSet's "
+                    "segment CSV (YTID, start, end, positive_labels)", flag_values=FLAGS)
 
 
 def main(argv=None) -> int:
@@ -334,7 +414,7 @@ def main(argv=None) -> int:
             print("error: --input and --frontend are required (unless --merge)", file=sys.stderr)
             return 2
         m = prepare(FLAGS.input, FLAGS.output, FLAGS.frontend, FLAGS.num_shards, FLAGS.workers,
-                    FLAGS.worker_index, FLAGS.num_workers, FLAGS.name)
+                    FLAGS.worker_index, FLAGS.num_workers, FLAGS.name, FLAGS.labels)
     print(
         json.dumps(
             {k: m[k] for k in ("frontend", "num_examples", "num_frames")}

@@ -10,7 +10,7 @@ import os
 import ml_collections
 from flax import nnx
 
-from matpac_jax.methods import beats, masked_latent
+from matpac_jax.methods import beats, finetune, masked_latent
 from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method
 
 METHODS: dict[str, type[Method]] = {
@@ -18,6 +18,7 @@ METHODS: dict[str, type[Method]] = {
     "m2d": masked_latent.MaskedLatentMethod,
     "beats_mam": beats.BeatsMamMethod,
     "beats_tokenizer": beats.BeatsTokenizerMethod,
+    "finetune": finetune.FinetuneMethod,
 }
 
 __all__ = ["METHODS", "EmbeddingSpec", "InputSpec", "Method", "get", "load_workdir"]

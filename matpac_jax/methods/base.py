@@ -8,7 +8,7 @@ teachers, frozen tokenizers, centers and codebooks never reach the optimiser.
 
 One step of the loop, inside one jitted function:
 
-  (loss, metrics), grads = value_and_grad(method.loss)(model, x, rng, step)
+  (loss, metrics), grads = value_and_grad(method.loss)(model, batch, rng, step)
   method.before_update(model, step)   # pre-update weights (MATPAC's EMA)
   optimiser applies grads
   method.after_update(model, step)    # post-update weights (M2D's EMA)
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from typing import Callable
 
 import jax
 import ml_collections
@@ -31,11 +32,14 @@ TRAINABLE = nnx.All(nnx.Param, nnx.PathContains("student"))
 
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
-    """What one training example is: front-end features of a crop."""
+    """What one training example is: front-end features of a crop (`batch['x']`)
+    and, for supervised methods, its labels (`batch['y']`, multi-hot over `classes`)."""
 
     frontend: str                               # a front end of data/frontends.py
     shape: tuple[int, int]                      # (80, frames) or (frames, 128)
     norm_stats: tuple[float, float] | None = None  # None: the front end's standard
+    classes: tuple[str, ...] = ()               # () : unlabelled (self-supervised)
+    balanced: bool = False                      # sample clips by inverse label frequency
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +67,9 @@ class Method(abc.ABC):
     # average (a k-means on the whole batch) sets this False and says why.
     supports_grad_accum: bool = True
     grad_accum_note: str = ""
+    # Per-parameter lr multiplier from the parameter's path in the model
+    # (layer-wise lr decay); None: one lr for all.
+    lr_scale: Callable[[tuple[str, ...]], float] | None = None
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict,
@@ -87,9 +94,10 @@ class Method(abc.ABC):
         """Copy pretrained parts into a freshly built model (before training)."""
 
     @abc.abstractmethod
-    def loss(self, model: nnx.Module, x: jax.Array, rng: jax.Array,
+    def loss(self, model: nnx.Module, batch: dict[str, jax.Array], rng: jax.Array,
              step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """(scalar loss, scalar metrics) of a global batch `x`; may update `Buffer`s."""
+        """(scalar loss, scalar metrics) of a global batch (`batch['x']`, and
+        `batch['y']` when `input.classes` is set); may update `Buffer`s."""
 
     def before_update(self, model: nnx.Module, step: jax.Array) -> None:
         """After the gradients, before the optimiser changes the student."""

@@ -115,7 +115,8 @@ class BeatsMamMethod(_BeatsMethod):
         if self.pretrained_tokenizer is not None:
             nnx.update(model.tokenizer, nnx.state(self.pretrained_tokenizer))
 
-    def loss(self, model: BeatsMamModel, x: jax.Array, rng: jax.Array, step):
+    def loss(self, model: BeatsMamModel, batch: dict, rng: jax.Array, step):
+        x = batch["x"]
         labels = jax.lax.stop_gradient(model.tokenizer.extract_labels(x))
         loss, aux = beats_mam.mam_loss(model.student.encoder, model.student.predictor, x, labels,
                                        rng=rng, mask_ratio=self.config.objective.mask_ratio)
@@ -179,7 +180,8 @@ class BeatsTokenizerMethod(_BeatsMethod):
         if self.pretrained_teacher is not None:
             nnx.update(model.teacher, nnx.state(self.pretrained_teacher))
 
-    def loss(self, model: BeatsTokenizerModel, x: jax.Array, rng: jax.Array, step):
+    def loss(self, model: BeatsTokenizerModel, batch: dict, rng: jax.Array, step):
+        x = batch["x"]
         teacher = jax.lax.stop_gradient(model.teacher.extract_features(x))
         # k-means runs on the first global batch only (a lax.cond on `initted`).
         loss, aux = beats_tokenizer.tokenizer_loss(

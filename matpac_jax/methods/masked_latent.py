@@ -88,7 +88,8 @@ class MaskedLatentMethod(Method):
         if self.obj.ema_timing == "after":
             self._ema(model, step, skip_first=False)
 
-    def loss(self, model: MaskedLatentModel, x: jax.Array, rng: jax.Array, step):
+    def loss(self, model: MaskedLatentModel, batch: dict, rng: jax.Array, step):
+        x = batch["x"]
         o = self.obj
         grid = model.student.encoder.grid_f * (x.shape[-1] // self.config.model.patch)
         ids_shuffle, ids_restore, len_keep = ml.random_masking(rng, x.shape[0], grid, o.mask_ratio)

@@ -116,3 +116,42 @@ def beats_demo(c: ml_collections.ConfigDict) -> None:
     c.opt.warmup_steps = 50
     c.log_every = 20
     c.checkpoint_every = 100
+
+
+def finetune() -> ml_collections.ConfigDict:
+    """Fine-tuning fields (methods/finetune.py); the recipes in configs/finetune_*.py
+    set them. The encoder's architecture and front end come from the checkpoint."""
+    c = base(method="finetune", frontend="matpac")  # data.frontend: set from the checkpoint
+    c.total_steps = 2500
+    c.batch_size = 128
+    c.log_every = 50
+    c.checkpoint_every = 250  # also where the valid split is scored
+    c.keep_checkpoints = 2
+    c.data.path = ""  # set by the finetune command (shards of the task's train split)
+    c.data.crop_frames = 496
+    c.opt.optimizer = "adam"  # or "sgd" (heavy-ball momentum `opt.momentum`)
+    c.opt.momentum = 0.9
+    c.opt.end_lr = 0.0
+    c.model = ml_collections.ConfigDict(dict(dtype="float32", remat="none",
+                                             cpu_workarounds="auto"))
+    c.finetune = ml_collections.ConfigDict(dict(
+        checkpoint="",          # anything matpac_jax.load accepts (set by the command)
+        classes=("",),          # the task's class names (set by the command)
+        multilabel=False,       # BCE + mAP, else CE + accuracy (set from the task)
+        pooling="patch_mean",   # or "frame_concat" (ViT): models/classifier.py
+        head_norm="none",       # or "batchnorm" (affine-free BatchNorm1d before the Linear)
+        head_init_std=2e-5,     # truncated normal; 0: torch's Linear default
+        layer_decay=1.0,        # lr x decay ** (depth + 1 - layer)
+        freeze_embed=False,     # lr 0 for the patch embedding
+        patch_dropout=0.0,      # fraction of patch tokens dropped while training
+        patch_dropout_mode="random",  # or "structured" (M2D: whole rows and columns)
+        mixup_alpha=0.0, mixup_prob=1.0,
+        freq_mask_width=0, freq_masks=1, time_mask_width=0, time_masks=1,
+        mask_shared=False,      # one set of bands per batch (torchaudio iid_masks=False)
+        roll=False,             # random circular shift in time
+        label_smoothing=0.0,
+        balanced=False,         # sample clips by inverse label frequency (AudioSet)
+        seeds=(0,),             # one fine-tuning run per seed: mean and std in OUT.json
+        eval_batch=32,          # crops per scoring call on valid / test
+    ))
+    return c

@@ -1,6 +1,8 @@
 """Optimiser and schedules from config (all schedules count optimiser updates)."""
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -67,22 +69,62 @@ def scale_by_fairseq_adam(b1: float, b2: float, eps: float) -> optax.GradientTra
     return optax.GradientTransformation(init, update)
 
 
+def path_names(path) -> tuple[str, ...]:
+    """A jax key path as plain strings: ('student', 'encoder', 'stack', 'blocks', '3', ...)."""
+    out = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                out.append(str(getattr(k, attr)))
+                break
+        else:
+            out.append(str(k))
+    return tuple(out)
+
+
+def scale_by_path(scale: Callable[[tuple[str, ...]], float]) -> optax.GradientTransformation:
+    """Each update times `scale(path of its parameter)`: per-parameter lr (layer-wise
+    lr decay). After the lr and weight decay, as torch's per-group `lr_scale`
+    scales both."""
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree_util.tree_map_with_path(
+            lambda path, u: u * jnp.asarray(scale(path_names(path)), u.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 ADAM_FORMS = ("adamw", "fairseq")
+OPTIMIZERS = ("adam", "sgd")
 
 
-def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int):
+def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int,
+                   lr_scale: Callable[[tuple[str, ...]], float] | None = None):
     """Decoupled-weight-decay Adam with warm-up cosine lr, global-norm clipping,
     decay mask. `opt.adam` picks where eps goes: 'adamw' (torch.optim.AdamW,
-    optax: M2D) or 'fairseq' (fairseq's Adam: MATPAC), see `scale_by_fairseq_adam`."""
-    lr = warmup_cosine(opt.lr, opt.warmup_steps, total_steps)
+    optax: M2D) or 'fairseq' (fairseq's Adam: MATPAC), see `scale_by_fairseq_adam`.
+    `opt.optimizer='sgd'` (momentum `opt.momentum`): M2D's fine-tuning (SGD, and
+    timm's LARS, which with weight decay 0 applies no trust ratio: the same).
+    `lr_scale`: per-parameter lr multiplier (`Method.lr_scale`)."""
+    lr = warmup_cosine(opt.lr, opt.warmup_steps, total_steps, opt.get("end_lr", 0.0))
     mask = _decay_mask if opt.decay_exclude_1d else None
+    name = opt.get("optimizer", "adam")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"config.opt.optimizer={name!r}; known: {OPTIMIZERS}")
     form = opt.get("adam", "adamw")
     if form not in ADAM_FORMS:
         raise ValueError(f"config.opt.adam={form!r}; known: {ADAM_FORMS}")
-    scale = (optax.scale_by_adam(opt.b1, opt.b2, opt.eps) if form == "adamw"
-             else scale_by_fairseq_adam(opt.b1, opt.b2, opt.eps))
-    tx = optax.chain(scale, optax.add_decayed_weights(opt.weight_decay, mask),
-                     optax.scale_by_learning_rate(lr))
+    if name == "sgd":  # torch SGD: L2 into the gradient, then heavy-ball momentum
+        tx = optax.chain(optax.add_decayed_weights(opt.weight_decay, mask),
+                         optax.trace(decay=opt.momentum), optax.scale_by_learning_rate(lr))
+    else:
+        scale = (optax.scale_by_adam(opt.b1, opt.b2, opt.eps) if form == "adamw"
+                 else scale_by_fairseq_adam(opt.b1, opt.b2, opt.eps))
+        tx = optax.chain(scale, optax.add_decayed_weights(opt.weight_decay, mask),
+                         optax.scale_by_learning_rate(lr))
+    if lr_scale is not None:
+        tx = optax.chain(tx, scale_by_path(lr_scale))
     if opt.clip_grad_norm:
         tx = optax.chain(clip_by_global_norm(opt.clip_grad_norm), tx)
     return tx, lr

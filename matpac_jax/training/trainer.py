@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +60,8 @@ class Run:
     state_shardings: Any
     step_fn: Any
     lr_schedule: Any
-    batch_shape: tuple
+    batch_shape: tuple   # of batch['x']
+    batch_shapes: dict   # every key of the batch the step takes ('x', 'y' for labels)
     flops_step_fn: Any  # step_fn, or the step without accumulation (lowered for FLOPs)
 
 
@@ -93,9 +94,9 @@ def validate(config: ml_collections.ConfigDict, devices=None) -> jax.sharding.Me
     return mesh
 
 
-def loss_and_grads(method: Method, model: nnx.Module, x: jax.Array, rng: jax.Array, step,
-                   accum_steps: int = 1):
-    """((loss, metrics), gradients of the trainable parameters) for batch `x`.
+def loss_and_grads(method: Method, model: nnx.Module, batch: dict[str, jax.Array],
+                   rng: jax.Array, step, accum_steps: int = 1):
+    """((loss, metrics), gradients of the trainable parameters) for `batch`.
 
     With `accum_steps` > 1: strided microbatches (rows i, i+k, ...: each device
     keeps its share of each) run in turn under `lax.scan`, microbatch i masking
@@ -112,10 +113,11 @@ def loss_and_grads(method: Method, model: nnx.Module, x: jax.Array, rng: jax.Arr
                                   argnums=diff, has_aux=True)(m)
 
     if accum_steps == 1:
-        return grads_of(model, x, rng)
+        return grads_of(model, batch, rng)
     graphdef, state = nnx.split(model)
     leaves, treedef = jax.tree.flatten(state)  # arrays: Variables stay at their trace level
-    micro = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+    micro = jax.tree.map(lambda a: a.reshape(a.shape[0] // accum_steps, accum_steps,
+                                             *a.shape[1:]).swapaxes(0, 1), batch)
 
     def one(xb, i):
         # A fresh model per microbatch, all starting from the same buffers.
@@ -127,7 +129,7 @@ def loss_and_grads(method: Method, model: nnx.Module, x: jax.Array, rng: jax.Arr
         return jax.tree.map(jnp.add, total, one(*inputs)), None
 
     zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
-                         jax.eval_shape(one, micro[0], jnp.int32(0)))
+                         jax.eval_shape(one, jax.tree.map(lambda a: a[0], micro), jnp.int32(0)))
     total, _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum_steps)))
     out, buffers = jax.tree.map(lambda a: a / accum_steps, total)
     nnx.update(model, buffers)
@@ -142,7 +144,7 @@ def build(config: ml_collections.ConfigDict, method: Method, devices=None) -> Ru
         raise ValueError(f"config.grad_accum_steps={accum}: not supported by "
                          f"method {config.method!r} ({method.grad_accum_note})")
     rules = sharding.logical_rules(config.fsdp, config.mesh.get("tensor", 1) != 1)
-    tx, lr_schedule = optim.make_optimizer(config.opt, config.total_steps)
+    tx, lr_schedule = optim.make_optimizer(config.opt, config.total_steps, method.lr_scale)
     workarounds = layers.cpu_workarounds_enabled(config.model.get("cpu_workarounds", "auto"),
                                                  mesh.devices.flat[0].platform)
 
@@ -163,16 +165,19 @@ def build(config: ml_collections.ConfigDict, method: Method, devices=None) -> Ru
     state = jax.device_put(nnx.state(ts), state_sh)
 
     batch_shape = (config.batch_size, *method.input.shape)
-    batch_sh = sharding.batch_sharding(mesh, len(batch_shape))
+    batch_shapes = {"x": batch_shape}
+    if method.input.classes:
+        batch_shapes["y"] = (config.batch_size, len(method.input.classes))
+    batch_sh = {k: sharding.batch_sharding(mesh, len(v)) for k, v in batch_shapes.items()}
     skip_nonfinite = config.nonfinite == "skip"
 
-    def train_step(state, x, rng, accum=accum):
+    def train_step(state, batch, rng, accum=accum):
         # merge() reuses the Variables of `state`, which the update mutates:
         # keep a snapshot of the old values for the skip-update path.
         old = jax.tree.map(lambda a: a, state) if skip_nonfinite else None
         ts = nnx.merge(graphdef, state)
         model, step = ts.model, ts.optimizer.step[...]
-        (loss, aux), grads = loss_and_grads(method, model, x, rng, step, accum)
+        (loss, aux), grads = loss_and_grads(method, model, batch, rng, step, accum)
         grad_norm = optax.tree.norm(grads)
         method.before_update(model, step)
         ts.optimizer.update(model, grads)
@@ -200,7 +205,7 @@ def build(config: ml_collections.ConfigDict, method: Method, devices=None) -> Ru
     # FLOPs are read from the same step without the loop.
     flops_fn = jit(functools.partial(train_step, accum=1)) if accum > 1 else step_fn
     return Run(config, method, mesh, graphdef, state, state_sh, step_fn, lr_schedule,
-               batch_shape, flops_fn)
+               batch_shape, batch_shapes, flops_fn)
 
 
 def data_path(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -216,6 +221,7 @@ def data_path(config: ml_collections.ConfigDict, workdir: str) -> str:
 def make_data(config: ml_collections.ConfigDict, method: Method, path: str):
     """This process's part of the global batch, as a checkpointable grain iterator."""
     per_process = config.batch_size // jax.process_count()
+    spec = method.input
     return iter(
         data_loader.make_loader(
             path,
@@ -228,14 +234,19 @@ def make_data(config: ml_collections.ConfigDict, method: Method, path: str):
             shard_index=jax.process_index(),
             shard_count=jax.process_count(),
             short_clips=config.data.short_clips,
-            norm_stats=method.input.norm_stats,
+            norm_stats=spec.norm_stats,
+            classes=spec.classes or None,
+            balanced=spec.balanced,
         )
     )
 
 
-def _to_global(run: Run, local_x: np.ndarray) -> jax.Array:
-    sh = sharding.batch_sharding(run.mesh, local_x.ndim)
-    return jax.make_array_from_process_local_data(sh, local_x, run.batch_shape)
+def _to_global(run: Run, local: np.ndarray | dict) -> dict[str, jax.Array]:
+    """This process's rows (a loader batch, or just its 'x') -> the global batch."""
+    local = local if isinstance(local, dict) else {"x": local}
+    return {k: jax.make_array_from_process_local_data(
+                sharding.batch_sharding(run.mesh, len(shape)), local[k], shape)
+            for k, shape in run.batch_shapes.items()}
 
 
 class _Preemption:
@@ -263,16 +274,16 @@ class _Preemption:
         return self.requested
 
 
-def compile_step(run: Run, x: jax.Array):
+def compile_step(run: Run, batch: dict[str, jax.Array]):
     """Compile the step once, ahead of time; also return its FLOPs for the whole
     mesh from XLA's cost analysis (None where the backend gives none)."""
     key = jax.random.key(0)
-    compiled = run.step_fn.lower(run.state, x, key).compile()
+    compiled = run.step_fn.lower(run.state, batch, key).compile()
     try:
         if run.flops_step_fn is run.step_fn:  # per device, after partitioning
             cost, devices = compiled.cost_analysis(), run.mesh.size
         else:  # the whole program as lowered, before partitioning and fusion
-            cost, devices = run.flops_step_fn.lower(run.state, x, key).cost_analysis(), 1
+            cost, devices = run.flops_step_fn.lower(run.state, batch, key).cost_analysis(), 1
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         flops = float(cost.get("flops", 0.0)) * devices or None
     except Exception as e:  # cost analysis is best-effort on some backends
@@ -282,9 +293,12 @@ def compile_step(run: Run, x: jax.Array):
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, method: Method,
-          devices=None) -> dict[str, float]:
+          devices=None, evaluate: Callable[[int, nnx.Module], dict[str, float]] | None = None
+          ) -> dict[str, float]:
     """Train to `config.total_steps`, resuming from `workdir` if it has checkpoints.
-    `devices`: the mesh's devices (default: all)."""
+    `devices`: the mesh's devices (default: all). `evaluate(step, model)`, if
+    given, runs before every checkpoint save (fine-tuning scores the valid
+    split there); what it returns is logged with the training metrics."""
     if "://" not in workdir:
         os.makedirs(workdir, exist_ok=True)
     path = data_path(config, workdir)
@@ -319,11 +333,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, method: Method,
         if step == profile_start:
             jax.profiler.start_trace(os.path.join(workdir, "profile"))
             tracing = True
-        x = _to_global(run, next(data)["x"])
+        batch = _to_global(run, next(data))
         if step == start:
-            step_fn, flops = compile_step(run, x)
+            step_fn, flops = compile_step(run, batch)
             t_log = time.perf_counter()  # step times exclude the compile
-        run.state, m = step_fn(run.state, x, jax.random.fold_in(base_key, step))
+        run.state, m = step_fn(run.state, batch, jax.random.fold_in(base_key, step))
         steps_since_log += 1
         if tracing and step == profile_start + config.profile.num_steps - 1:
             jax.block_until_ready(m)
@@ -354,6 +368,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, method: Method,
         stop = preemption.reached(done)
         if done % config.checkpoint_every == 0 or done == config.total_steps or stop:
             _check_finite(run, config)
+            if evaluate is not None and not stop:
+                scores = evaluate(done, nnx.merge(run.graphdef, run.state).model)
+                writer.scalars(done, scores)
+                last.update(scores)
             checkpointer.save(done, run.state, data, config,
                               architecture=method.architecture(), force=True)
         if stop:

@@ -1,0 +1,375 @@
+"""Fine-tune any checkpoint end to end on a labelled task; score test once.
+
+  python -m matpac_jax.finetune --checkpoint=CKPT --task=DIR --workdir=W --out=OUT.json \
+      [--config=configs/finetune_esc50.py[:m2d|:beats]] [--config.x=y ...] [--seeds=0,1,2]
+
+CKPT: anything `matpac_jax.load` accepts (our workdirs of every method, one
+step's checkpoint folder, official M2D / MATPAC / BEATs files). DIR: a task
+folder as for `evaluate` (`meta.csv` with `file,label,split`, `;` between the
+labels of a multi-label clip; its audio is turned into shards under
+W/data once), or a folder with `train/`, `valid/` and `test/` shard folders
+written by `python -m matpac_jax.data.prepare --labels=...` (AudioSet).
+Without valid rows, 10 % of train is held out (every class present).
+
+Each seed trains in W/seed_<s> through the one training loop (orbax resume:
+re-running the command continues, SIGKILL included), scores the valid split
+at every checkpoint, keeps the best weights in W/seed_<s>/best_<step>, and
+at the end scores the test split once with them. Clips are scored in crops
+of the training length (the last one padded and masked), their logits
+averaged over crops. OUT.json: {"tasks": {NAME: {"metric", "mean", "std",
+"per_seed", ...}}}, as `evaluate` writes it. Without --config: the small-task
+recipe (configs/finetune_esc50.py) for the checkpoint's family.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Iterator
+
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+from matpac_jax import cli
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+SPLITS = ("train", "valid", "test")
+
+
+# -- the task as shards ------------------------------------------------------
+def task_shards(task_dir: str, data_dir: str, frontend: str, write: bool = True
+                ) -> dict[str, Any]:
+    """{'name', 'splits': {split: shard folder}, 'classes', 'multilabel'}.
+
+    A `meta.csv` task is prepared into `data_dir/<split>` (resumable: done
+    shards are kept; `write=False`: only read the task); a folder of prepared
+    splits is used as it is."""
+    from matpac_jax.data import prepare
+    from matpac_jax.data.loader import record_labels, find_shards
+    from matpac_jax.evaluation import linear_probe as lp
+
+    name = os.path.basename(os.path.normpath(task_dir))
+    if os.path.exists(os.path.join(task_dir, "meta.csv")):
+        task = lp.load_task(task_dir)
+        split = task.split.copy()
+        if not (split == "valid").any():
+            train = np.flatnonzero(split == "train")
+            _, held = lp.holdout_valid(task.targets()[train], seed=0)
+            split[train[held]] = "valid"
+        splits = {}
+        for s in SPLITS:
+            clips = [prepare.Clip(f, os.path.relpath(f, task_dir), ";".join(ls))
+                     for f, ls, sp in zip(task.files, task.labels, split) if sp == s]
+            out = os.path.join(data_dir, s)
+            if write:
+                prepare.prepare(task_dir, out, frontend, name=s, clips=clips)
+            splits[s] = out
+        return dict(name=name, splits=splits, classes=task.classes, multilabel=task.multilabel)
+    splits = {s: os.path.join(task_dir, s) for s in SPLITS}
+    missing = [s for s, p in splits.items() if not os.path.isdir(p)]
+    if missing:
+        raise FileNotFoundError(f"--task {task_dir}: no meta.csv, and no {missing} shard "
+                                f"folder(s) (python -m matpac_jax.data.prepare --labels=...)")
+    labels = record_labels(find_shards(splits["train"]))
+    if not any(labels):
+        raise ValueError(f"{splits['train']}: the shards carry no labels (prepare --labels=CSV)")
+    classes = sorted({c for ls in labels for c in ls})
+    return dict(name=name, splits=splits, classes=classes,
+                multilabel=any(len(ls) != 1 for ls in labels))
+
+
+def labelled_records(folder: str, frontend: str) -> Iterator[tuple[np.ndarray, list[str]]]:
+    """(features (front-end layout, float32, not normalised), labels) of each record."""
+    from matpac_jax.data import tfrecord
+    from matpac_jax.data.loader import _check_frontend, find_shards, split_labels
+
+    shards = find_shards(folder)
+    _check_frontend(shards, frontend)
+    for path in shards:
+        for data in tfrecord.read_records(path):
+            ex = tfrecord.decode_example(data)
+            yield ex["logmel"].astype(np.float32), split_labels(ex.get("label"))
+
+
+# -- scoring -----------------------------------------------------------------
+class Scorer:
+    """Logits of whole clips: crops of the training length through the jitted
+    classifier in batches of `batch` (one compiled shape), averaged per clip
+    weighted by their valid frames."""
+
+    def __init__(self, method, batch: int):
+        import jax
+        from flax import nnx
+
+        from matpac_jax.data import frontends
+
+        self.method, self.batch = method, batch
+        spec = method.input
+        self.mean, self.std = spec.norm_stats or frontends.NORM[spec.frontend]
+        self.time_axis = 1 if frontends.FEATURE_LAYOUT[spec.frontend] == "freq_time" else 0
+        self.crop = method.config.data.crop_frames
+
+        def logits(state, x, valid):
+            model = nnx.merge(self._graphdef, state)
+            model.eval()
+            return model.student(x, valid_frames=valid)
+
+        self._logits = jax.jit(logits)
+        self._graphdef = None
+
+    def _crops(self, feat: np.ndarray) -> list[tuple[np.ndarray, int]]:
+        x = (feat - self.mean) / self.std
+        if self.time_axis == 0:
+            x = x.T  # (F, T) for cutting, back at the end
+        t = x.shape[1]
+        out = []
+        for start in range(0, max(t, 1), self.crop):
+            c = x[:, start:start + self.crop]
+            valid = max(16, c.shape[1] // 16 * 16)
+            c = np.pad(c, ((0, 0), (0, self.crop - c.shape[1])))
+            out.append((c if self.time_axis else c.T, min(valid, self.crop)))
+        return out
+
+    def __call__(self, model, records) -> tuple[np.ndarray, list[list[str]]]:
+        """(clips, classes) float32 logits and each clip's labels."""
+        from flax import nnx
+
+        self._graphdef, state = nnx.split(model)
+        sums, weights, labels, pending = [], [], [], []
+
+        def flush():
+            xs = np.stack([p[1] for p in pending])
+            vs = np.array([p[2] for p in pending], np.int32)
+            n = len(pending)
+            if n < self.batch:
+                xs = np.concatenate([xs, np.zeros((self.batch - n, *xs.shape[1:]), xs.dtype)])
+                vs = np.concatenate([vs, np.full(self.batch - n, vs[0])])
+            out = np.asarray(self._logits(state, xs, vs))[:n]
+            for (clip, _, v), lg in zip(pending, out):
+                sums[clip] += v * lg
+                weights[clip] += v
+            pending.clear()
+
+        for feat, ls in records:
+            clip = len(labels)
+            labels.append(ls)
+            sums.append(0.0)
+            weights.append(0)
+            for c, v in self._crops(feat):
+                pending.append((clip, c, v))
+                if len(pending) == self.batch:
+                    flush()
+        if pending:
+            flush()
+        if not labels:
+            raise ValueError("no clips to score")
+        return np.stack([s / w for s, w in zip(sums, weights)]).astype(np.float32), labels
+
+
+def metric(logits: np.ndarray, labels: list[list[str]], classes: list[str],
+           multilabel: bool) -> float:
+    """mAP (multi-label) or accuracy, as the linear probe scores them."""
+    from matpac_jax.evaluation import linear_probe as lp
+
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.zeros((len(labels), len(classes)), np.float32)
+    for i, ls in enumerate(labels):
+        y[i, [index[c] for c in ls if c in index]] = 1.0
+    return lp.score(y if multilabel else y.argmax(1), logits, multilabel)
+
+
+# -- one seed ----------------------------------------------------------------
+class BestKeeper:
+    """Valid scores per step (`valid_scores.json`) and the best step's model
+    weights (`best_<step>/`, written before the record points at them)."""
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        self.path = os.path.join(workdir, "valid_scores.json")
+        self.record = {"scores": {}, "best_step": None}
+        if os.path.exists(self.path):
+            with open(self.path, encoding="utf-8") as f:
+                self.record = json.load(f)
+
+    def update(self, step: int, score: float, model) -> bool:
+        import orbax.checkpoint as ocp
+        from flax import nnx
+
+        scores = self.record["scores"]
+        best = self.record["best_step"]
+        improved = best is None or score > scores[str(best)]
+        scores[str(step)] = score
+        if improved:
+            folder = os.path.join(self.workdir, f"best_{step}")
+            with ocp.StandardCheckpointer() as ck:
+                ck.save(folder, nnx.state(model), force=True)
+            old, self.record["best_step"] = best, step
+        self._write()
+        if improved and old is not None and old != step:
+            import shutil
+
+            shutil.rmtree(os.path.join(self.workdir, f"best_{old}"), ignore_errors=True)
+        return improved
+
+    def _write(self) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.record, f, indent=1)
+        os.replace(tmp, self.path)
+
+    def restore(self, model) -> int:
+        """Load the best step's weights into `model`; returns that step."""
+        import jax
+        import orbax.checkpoint as ocp
+        from flax import nnx
+
+        step = self.record["best_step"]
+        if step is None:
+            raise ValueError(f"{self.path}: no valid score recorded (did training run?)")
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                                nnx.state(model))
+        with ocp.StandardCheckpointer() as ck:
+            nnx.update(model, ck.restore(os.path.join(self.workdir, f"best_{step}"), abstract))
+        return step
+
+
+def check_resumable(workdir: str, config) -> None:
+    """A seed workdir holding another task's or checkpoint's run is refused
+    before anything is read (its head would not fit)."""
+    from matpac_jax.training import checkpoint as ckpt
+
+    latest = ckpt.latest_checkpoint(workdir)
+    if latest is None:
+        return
+    old = ckpt.load_config(latest[1])
+    diffs = []
+    for key in ("classes", "checkpoint", "pooling", "head_norm", "multilabel"):
+        a, b = old.finetune.get(key), config.finetune.get(key)
+        a = list(a) if isinstance(a, (list, tuple)) else a
+        b = list(b) if isinstance(b, (list, tuple)) else b
+        if a != b:
+            if key == "classes":
+                diffs.append(f"finetune.classes: {len(a)} classes in the checkpoint, "
+                             f"{len(b)} in this task" + (" (same count, other names)"
+                                                          if len(a) == len(b) else ""))
+            else:
+                diffs.append(f"finetune.{key}: {a!r} -> {b!r}")
+    if diffs:
+        raise ValueError(f"{workdir} holds a fine-tuning run that does not fit this one: "
+                         + "; ".join(diffs) + ". Use a new --workdir.")
+
+
+def run(config, checkpoint: str, task_dir: str, workdir: str,
+        seeds: list[int]) -> dict[str, Any]:
+    """Fine-tune for each seed; the task's entry of OUT.json."""
+    import copy
+
+    from matpac_jax.methods import finetune as ft_method
+    from matpac_jax.training import trainer
+
+    config = copy.deepcopy(config)
+    config.unlock()
+    config.finetune.checkpoint = os.path.abspath(checkpoint) if os.path.exists(checkpoint) \
+        else checkpoint
+    arch, pretrained = ft_method.pretrained_encoder(config.finetune.checkpoint)
+    config.data.frontend = arch["frontend"]
+    data_dir = os.path.join(workdir, "data")
+    task = task_shards(task_dir, data_dir, arch["frontend"], write=False)
+    config.finetune.classes = tuple(task["classes"])
+    config.finetune.multilabel = bool(task["multilabel"] or config.finetune.multilabel)
+    config.data.path = task["splits"]["train"]
+    for seed in seeds:  # before any file is written
+        check_resumable(os.path.join(workdir, f"seed_{seed}"), config)
+    task_shards(task_dir, data_dir, arch["frontend"])
+    results = {"valid": [], "test": [], "best_step": []}
+    for seed in seeds:
+        cfg = copy.deepcopy(config)
+        cfg.seed = seed
+        wd = os.path.join(workdir, f"seed_{seed}")
+        method = ft_method.FinetuneMethod(cfg, arch, pretrained)
+        scorer = Scorer(method, cfg.finetune.eval_batch)
+        keeper = BestKeeper(wd)
+        valid = task["splits"]["valid"]
+
+        def evaluate(step, model, keeper=keeper, scorer=scorer):
+            logits, labels = scorer(model, labelled_records(valid, arch["frontend"]))
+            score = metric(logits, labels, task["classes"], cfg.finetune.multilabel)
+            keeper.update(step, score, model)
+            return {"valid/" + _metric_name(cfg): score}
+
+        trainer.train(cfg, wd, method, evaluate=evaluate)
+        from flax import nnx
+
+        model = method.build(nnx.Rngs(0))  # the best weights go in (no optimiser)
+        best = keeper.restore(model)
+        logits, labels = scorer(model, labelled_records(task["splits"]["test"],
+                                                        arch["frontend"]))
+        results["test"].append(metric(logits, labels, task["classes"], cfg.finetune.multilabel))
+        results["valid"].append(keeper.record["scores"][str(best)])
+        results["best_step"].append(best)
+        print(f"{task['name']} seed {seed}: best valid {results['valid'][-1]:.4f} at step "
+              f"{best}, test {results['test'][-1]:.4f}", file=sys.stderr)
+    test = np.asarray(results["test"])
+    return {task["name"]: {
+        "metric": _metric_name(config), "mean": float(test.mean()), "std": float(test.std()),
+        "per_seed": results["test"], "valid_per_seed": results["valid"],
+        "best_step_per_seed": results["best_step"], "seeds": seeds,
+        "num_classes": len(task["classes"]), "total_steps": config.total_steps}}
+
+
+def _metric_name(config) -> str:
+    return "mAP" if config.finetune.multilabel else "accuracy"
+
+
+def default_config(checkpoint: str):
+    """The small-task recipe for the checkpoint's family (BEATs or ViT)."""
+    import importlib.util
+
+    from matpac_jax.inference import load
+
+    family = load(checkpoint).family
+    spec = importlib.util.spec_from_file_location("finetune_esc50",
+                                                  os.path.join(CONFIGS, "finetune_esc50.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config("beats" if family == "beats" else "m2d")
+
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("checkpoint", None, "checkpoint file, training workdir or step folder",
+                    flag_values=FLAGS, required=True)
+flags.DEFINE_string("task", None, "task folder (meta.csv, or train/valid/test shard folders)",
+                    flag_values=FLAGS, required=True)
+flags.DEFINE_string("workdir", None, "checkpoints, prepared task data, logs", flag_values=FLAGS,
+                    required=True)
+flags.DEFINE_string("out", None, "output JSON", flag_values=FLAGS, required=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "fine-tuning recipe FILE[:ARG] (configs/finetune_*.py); --config.x=y "
+    "overrides", flag_values=FLAGS, lock_config=True)
+flags.DEFINE_list("seeds", None, "fine-tuning seeds (default: config.finetune.seeds)",
+                  flag_values=FLAGS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli.parse(FLAGS, argv, "python -m matpac_jax.finetune", __doc__)
+    cli.output_folder(FLAGS.out)
+    config = _CONFIG.value if _CONFIG.value is not None else default_config(FLAGS.checkpoint)
+    seeds = ([int(v) for v in cli.floats(FLAGS, "seeds")] if FLAGS.seeds
+             else list(config.finetune.seeds))
+    results = run(config, FLAGS.checkpoint, FLAGS.task, FLAGS.workdir, seeds)
+    config_file = FLAGS["config"].config_filename if _CONFIG.value is not None else None
+    out = {"checkpoint": FLAGS.checkpoint, "config": config_file or "configs/finetune_esc50.py",
+           "protocol": "fine-tuned end to end; checkpoint picked on valid, test scored once",
+           "tasks": results}
+    with open(FLAGS.out, "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=2)
+    from matpac_jax.evaluate import format_table
+
+    print(format_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

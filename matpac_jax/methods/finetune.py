@@ -1,0 +1,211 @@
+"""Supervised fine-tuning of any pretrained encoder as a method of the one loop.
+
+The encoder comes from anything `matpac_jax.load` accepts (`config.finetune.
+checkpoint`: our workdirs of every method, official M2D / MATPAC / BEATs
+files); a linear head over its pooled features (models/classifier.py) is
+added and everything trains end to end on labelled crops (`batch['y']`,
+multi-hot over `config.finetune.classes`). Per step: random roll, frequency
+and time masking, mixup, label smoothing, optional patch dropout, then CE
+(single-label) or BCE (multi-label). Layer-wise lr decay is `lr_scale`:
+`layer_decay ** (depth + 1 - layer)` with the patch embedding at layer 0 and
+the final norm and head at `depth + 1` (the MAE / BEiT convention the M2D
+fine-tuning follows). BEATs' own `layer_wise_gradient_decay_ratio` (a
+gradient multiplier inside the encoder) is a model field, set by the recipe.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from matpac_jax.data import frontends
+from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method
+from matpac_jax.models.beats import BEATsConfig, BEATsEncoder
+from matpac_jax.models.classifier import Classifier
+from matpac_jax.models.layers import dtype
+from matpac_jax.models.vit import ViTEncoder
+from matpac_jax.objectives import finetune as ft
+from matpac_jax.objectives.masked_latent import random_masking
+
+# BEATs cfg fields a fine-tuning recipe may set (config.model); the rest of the
+# architecture comes from the pretrained checkpoint.
+BEATS_RECIPE_FIELDS = ("layer_wise_gradient_decay_ratio", "dropout", "attention_dropout",
+                       "activation_dropout", "dropout_input")
+
+
+def describe(encoder: nnx.Module, family: str) -> dict:
+    """The constructor arguments of a loaded encoder (JSON-able)."""
+    if family == "vit":
+        s = encoder.stack
+        return dict(in_freq=encoder.in_freq, max_frames=encoder.max_frames, patch=encoder.patch,
+                    dim=encoder.dim, depth=s.depth, num_heads=s.num_heads,
+                    mlp_ratio=float(s.mlp_ratio))
+    cfg = dataclasses.asdict(encoder.cfg)
+    cfg["finetuned_model"] = False  # our head replaces a released classifier
+    return cfg
+
+
+def pretrained_encoder(checkpoint: str) -> tuple[dict, nnx.Module]:
+    """(architecture, encoder) of anything `matpac_jax.load` accepts; the
+    architecture (family, front end, norm stats, constructor arguments) is
+    saved with every checkpoint, so restoring needs no pretrained file."""
+    from matpac_jax.inference import load
+
+    if not checkpoint:
+        raise ValueError("config.finetune.checkpoint is empty (the finetune command's "
+                         "--checkpoint)")
+    emb = load(checkpoint)
+    encoder = emb.model
+    if getattr(encoder, "predictor", None) is not None:
+        encoder.predictor = None  # a fine-tuned BEATs release: keep the encoder only
+    arch = dict(family=emb.family, frontend=emb.frontend, norm_stats=list(emb.norm_stats),
+                encoder=describe(encoder, emb.family), source=str(checkpoint))
+    return arch, encoder
+
+
+class FinetuneModel(nnx.Module):
+    def __init__(self, student: Classifier):
+        self.student = student
+
+
+PATCH_DROPOUT_MODES = ("random", "structured")
+
+
+class FinetuneMethod(Method):
+    """Encoder + linear head, trained on labelled crops."""
+
+    def __init__(self, config: ml_collections.ConfigDict, architecture: dict,
+                 pretrained: nnx.Module | None = None):
+        self.config, self.ft = config, config.finetune
+        self.family = architecture["family"]
+        self.arch = architecture
+        self.pretrained = pretrained
+        if not self.ft.classes:
+            raise ValueError("config.finetune.classes is empty: the task's class names are "
+                             "needed (the finetune command sets them from the task)")
+        frontend = architecture["frontend"]
+        norm = tuple(architecture["norm_stats"])
+        crop = config.data.crop_frames
+        if self.family == "vit":
+            enc = architecture["encoder"]
+            if crop % enc["patch"] or crop > enc["max_frames"]:
+                raise ValueError(f"config.data.crop_frames={crop}: must be a multiple of "
+                                 f"{enc['patch']} and <= the encoder's {enc['max_frames']} frames")
+            shape = (enc["in_freq"], crop)
+        else:
+            if crop % 16:
+                raise ValueError(f"config.data.crop_frames={crop}: must be a multiple of 16")
+            shape = (crop, frontends.NUM_BINS["beats"])
+        self.input = InputSpec(frontend, shape, norm, tuple(self.ft.classes),
+                               bool(self.ft.balanced))
+        self.embedding = EmbeddingSpec(self.family, frontend, norm)
+        self.time_axis = 2 if frontends.FEATURE_LAYOUT[frontend] == "freq_time" else 1
+        if self.ft.patch_dropout_mode not in PATCH_DROPOUT_MODES:
+            raise ValueError(f"config.finetune.patch_dropout_mode={self.ft.patch_dropout_mode!r}; "
+                             f"known: {PATCH_DROPOUT_MODES}")
+        if self.ft.patch_dropout_mode == "structured" and self.family != "vit":
+            raise ValueError("config.finetune.patch_dropout_mode='structured' needs a ViT encoder")
+        if not 0 <= self.ft.patch_dropout < 1:
+            raise ValueError(f"config.finetune.patch_dropout={self.ft.patch_dropout}: in [0, 1)")
+        if self.ft.layer_decay != 1.0 or self.ft.freeze_embed:
+            self.lr_scale = self._layer_scale
+        if self.ft.head_norm == "batchnorm":  # its batch statistics do not average
+            self.supports_grad_accum = False
+            self.grad_accum_note = "the BatchNorm head's statistics are per batch"
+
+    # -- construction ------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict,
+                    architecture: dict | None = None) -> "FinetuneMethod":
+        if architecture:
+            return cls(config, architecture)
+        return cls(config, *pretrained_encoder(config.finetune.checkpoint))
+
+    def architecture(self) -> dict:
+        return self.arch
+
+    def _encoder(self, rngs: nnx.Rngs) -> nnx.Module:
+        d = dtype(self.config.model.dtype)
+        if self.family == "vit":
+            return ViTEncoder(**self.arch["encoder"], dtype=d, rngs=rngs)
+        cfg = dict(self.arch["encoder"])
+        cfg |= {k: self.config.model[k] for k in BEATS_RECIPE_FIELDS if k in self.config.model}
+        return BEATsEncoder(BEATsConfig.from_dict(cfg), dtype=d, rngs=rngs)
+
+    def build(self, rngs: nnx.Rngs) -> FinetuneModel:
+        return FinetuneModel(Classifier(
+            self._encoder(rngs), self.family, len(self.ft.classes), pooling=self.ft.pooling,
+            head_norm=self.ft.head_norm, head_init_std=self.ft.head_init_std,
+            dtype=dtype(self.config.model.dtype), rngs=rngs))
+
+    def initialize(self, model: FinetuneModel) -> None:
+        if self.pretrained is not None:
+            params = nnx.state(self.pretrained, nnx.Param)
+            nnx.update(model.student.encoder, params)
+
+    # -- training ----------------------------------------------------------
+    def depth(self) -> int:
+        enc = self.arch["encoder"]
+        return enc["depth"] if self.family == "vit" else enc["encoder_layers"]
+
+    def _layer_scale(self, path: tuple[str, ...]) -> float:
+        """lr multiplier of the parameter at `path`: layer-wise lr decay, and 0 for
+        the patch embedding with `freeze_embed` (M2D's ESC-50 recipe)."""
+        depth = self.depth()
+        if self.ft.freeze_embed and path[1:3] in (("encoder", "patch_embed"),
+                                                   ("encoder", "patch_embedding")):
+            return 0.0
+        blocks = ("stack", "blocks") if self.family == "vit" else ("encoder", "layers")
+        layer = depth + 1  # head, final norms
+        if "encoder" in path and path[1] == "encoder":
+            rest = path[2:]
+            if rest[:2] == blocks:
+                layer = int(rest[2]) + 1
+            elif self.family == "vit" and rest[:2] != ("stack", "norm"):
+                layer = 0  # patch embedding, CLS token
+            elif self.family == "beats" and (rest[0] != "encoder" or rest[1] in ("pos_conv",
+                                                                                 "layer_norm")):
+                layer = 0  # patch embedding, its norm and projection, conv positions
+        return float(self.ft.layer_decay ** (depth + 1 - layer))
+
+    def grid(self) -> tuple[int, int]:
+        """(frequency, time) patches of a training crop."""
+        f, t = self.input.shape if self.family == "vit" else self.input.shape[::-1]
+        return f // 16, t // 16
+
+    def augment(self, x: jax.Array, y: jax.Array, rng: jax.Array):
+        """The training-time input pipeline on device: mixup, frequency/time masking
+        (after mixup, as M2D's fine-tuning), roll, label smoothing."""
+        a = self.ft
+        k_roll, k_spec, k_mix = jax.random.split(rng, 3)
+        x, y = ft.mixup(k_mix, x, y, a.mixup_alpha, a.mixup_prob)
+        x = ft.spec_augment(k_spec, x, self.time_axis, freq_width=a.freq_mask_width,
+                            freq_masks=a.freq_masks, time_width=a.time_mask_width,
+                            time_masks=a.time_masks, shared=a.mask_shared)
+        if a.roll:
+            x = ft.random_roll(k_roll, x, self.time_axis)
+        return x, ft.smooth(y, a.label_smoothing, a.multilabel)
+
+    def loss(self, model: FinetuneModel, batch: dict, rng: jax.Array, step):
+        k_aug, k_drop = jax.random.split(rng)
+        x, y = self.augment(batch["x"], batch["y"], k_aug)
+        keep = token_mask = None
+        gf, gt = self.grid()
+        if self.ft.patch_dropout > 0 and self.ft.patch_dropout_mode == "random":
+            ids, _, n_keep = random_masking(k_drop, x.shape[0], gf * gt, self.ft.patch_dropout)
+            keep = jnp.sort(ids[:, :n_keep], axis=1)
+        elif self.ft.patch_dropout > 0:
+            token_mask = ft.structured_keep(k_drop, x.shape[0], gf, gt, self.ft.patch_dropout)
+        logits = model.student(x, keep_ids=keep, token_mask=token_mask)
+        loss = ft.classification_loss(logits, y, self.ft.multilabel)
+        metrics = {}
+        if not self.ft.multilabel:
+            metrics["train_accuracy"] = jnp.mean(
+                jnp.argmax(logits, -1) == jnp.argmax(batch["y"], -1))
+        return loss, metrics
+
+    def encoder(self, model: FinetuneModel) -> nnx.Module:
+        return model.student.encoder

@@ -1,0 +1,233 @@
+"""Fine-tuning: real shards, real orbax checkpoints, the real training loop.
+
+The small encoder is the official-format M2D fixture (ViT 192-d); tasks are
+toy-sound folders made here (single- and multi-label) and, where present,
+the real recorded `../shared/datasets`.
+"""
+import csv
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import soundfile as sf
+from flax import nnx
+
+from matpac_jax import finetune
+from matpac_jax.data import loader, prepare, toy_sounds
+from matpac_jax.evaluation import linear_probe as lp
+from matpac_jax.methods import finetune as ft_method
+from matpac_jax.objectives import finetune as ft_obj
+
+CLASSES = ("chirp", "clicks", "fm_tone", "noise_burst")
+
+
+def make_task(root, multilabel: bool, n_train=24, n_valid=8, n_test=16, seconds=1.0):
+    """A task folder: toy clips with one label, or with one to three of them mixed."""
+    os.makedirs(root / "audio", exist_ok=True)
+    rows = []
+    for k, (split, n) in enumerate((("train", n_train), ("valid", n_valid), ("test", n_test))):
+        for i in range(n):
+            rng = np.random.default_rng([k, i, multilabel])
+            if multilabel:
+                labels = list(rng.choice(CLASSES, rng.integers(1, 4), replace=False))
+            else:
+                labels = [CLASSES[i % len(CLASSES)]]
+            wave = sum(toy_sounds.synthesize(c, rng, seconds) for c in labels) / len(labels)
+            name = f"audio/{split}_{i}.wav"
+            sf.write(root / name, wave, toy_sounds.SR)
+            rows.append({"file": name, "label": ";".join(labels), "split": split})
+    with open(root / "meta.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["file", "label", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def small_config(**overrides):
+    """The ESC-50 M2D recipe at test scale (Adam: the tiny encoder is not M2D-B)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "r", os.path.join(finetune.CONFIGS, "finetune_esc50.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config("m2d")
+    c.update(dict(total_steps=60, batch_size=8, checkpoint_every=20, log_every=20))
+    c.data.crop_frames = 96
+    c.opt.update(dict(optimizer="adam", lr=1e-3, warmup_steps=5, weight_decay=0.0,
+                      b2=0.999, end_lr=0.0))
+    c.finetune.update(dict(freeze_embed=False, patch_dropout=0.0, eval_batch=8))
+    for k, v in overrides.items():
+        node = c
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return c
+
+
+@pytest.fixture(scope="module")
+def m2d(fixtures_dir):
+    return str(fixtures_dir / "m2d_checkpoint-300.pth")
+
+
+def probe_score(checkpoint, task_dir) -> float:
+    """The frozen linear probe (EVAR protocol, lr picked on valid) of the same encoder."""
+    from matpac_jax.inference import load
+
+    task = lp.load_task(task_dir)
+    emb = load(checkpoint).clip_embeddings(task.files)
+    r = lp.probe_task(emb, task, [0], lp.ProbeConfig(lr=1e-3, epochs=200),
+                      (1e-4, 1e-3, 1e-2))
+    return r["mean"]
+
+
+# -- pieces ------------------------------------------------------------------
+def test_layer_decay_scales_each_parameter_by_its_layer(m2d):
+    cfg = small_config(**{"finetune.layer_decay": 0.5, "finetune.freeze_embed": True})
+    cfg.finetune.classes = CLASSES
+    cfg.finetune.checkpoint = m2d
+    method = ft_method.FinetuneMethod.from_config(cfg)
+    model = method.build(nnx.Rngs(0))
+    depth = method.depth()
+    from matpac_jax.training.optim import path_names
+
+    scales = {path_names(p): method.lr_scale(path_names(p)) for p, _ in
+              jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]}
+    by = lambda *frag: {v for k, v in scales.items() if all(f in k for f in frag)}
+    assert by("patch_embed") == {0.0}  # frozen
+    assert by("cls_token") == {0.5 ** (depth + 1)}
+    for i in range(depth):
+        assert by("blocks", str(i)) == {0.5 ** (depth - i)}
+    assert by("head") == {1.0} and by("stack", "norm", "scale") == {1.0}
+
+
+def test_structured_mask_drops_whole_rows_and_columns():
+    keep = np.asarray(ft_obj.structured_keep(jax.random.key(3), 4, 5, 12, 0.5)).reshape(4, 5, 12)
+    kept = keep.sum(axis=(1, 2))
+    assert len(set(kept)) == 1 and 0 < kept[0] < 60  # the same count in every example
+    for k in keep:  # dropped tokens form whole rows or columns
+        rows, cols = ~k.any(axis=1), ~k.any(axis=0)
+        assert np.array_equal(~k, rows[:, None] | cols[None, :])
+
+
+def test_mixup_masks_roll():
+    x = jnp.arange(2 * 3 * 8, dtype=jnp.float32).reshape(2, 3, 8)
+    y = jnp.eye(2)
+    xm, ym = ft_obj.mixup(jax.random.key(0), x, y, alpha=1.0, prob=1.0)
+    lam = np.asarray(ym).max(axis=1)
+    assert np.allclose(np.asarray(ym).sum(1), 1.0) and (lam >= 0.5).all()
+    rolled = ft_obj.random_roll(jax.random.key(1), x, time_axis=2)
+    for b in range(2):
+        assert any(np.array_equal(np.roll(x[b], s, axis=1), rolled[b]) for s in range(8))
+    masked = ft_obj.spec_augment(jax.random.key(2), x + 1, 2, freq_width=2, freq_masks=1,
+                                 time_width=4, time_masks=1, shared=True)
+    zero = np.asarray(masked) == 0
+    assert np.array_equal(zero[0], zero[1])  # one set of bands for the batch
+
+
+def test_audioset_label_csv_and_balanced_sampling(tmp_path):
+    wavs = tmp_path / "wavs"
+    wavs.mkdir()
+    for i, name in enumerate(["--abc_30.000.wav", "Yxyz.wav", "other_5_15.wav", "nolabel.wav"]):
+        sf.write(wavs / name, toy_sounds.synthesize("chirp", np.random.default_rng(i), 0.5),
+                 toy_sounds.SR)
+    (tmp_path / "seg.csv").write_text(
+        "# Segments csv created Sun Mar  5 10:54:31 2017\n"
+        "# num_ytids=3, num_segs=3, num_unique_labels=3, num_positive_labels=4\n"
+        "# YTID, start_seconds, end_seconds, positive_labels\n"
+        '--abc, 30.000, 40.000, "/m/a,/m/b"\n'
+        'xyz, 0.000, 10.000, "/m/a"\n'
+        'other, 5.000, 15.000, "/m/c"\n')
+    m = prepare.prepare(str(wavs), str(tmp_path / "out"), "matpac", labels=str(tmp_path / "seg.csv"))
+    assert m["num_examples"] == 3 and m["classes"] == ["/m/a", "/m/b", "/m/c"]
+    assert [s["file"].endswith("nolabel.wav") for s in m["skipped"]] == [True]
+    shards = loader.find_shards(tmp_path / "out")
+    labels = loader.record_labels(shards)
+    assert sorted(map(tuple, labels)) == [("/m/a",), ("/m/a", "/m/b"), ("/m/c",)]
+    w = loader.balanced_weights(labels)
+    order = {tuple(ls): p for ls, p in zip(labels, w)}  # rare labels weigh more
+    assert order[("/m/a", "/m/b")] > order[("/m/c",)] > order[("/m/a",)]
+    it = loader.make_loader(tmp_path / "out", frontend="matpac", crop_frames=32, batch_size=3,
+                            seed=0, classes=("/m/a", "/m/b", "/m/c"), balanced=True)
+    batch = next(it)
+    assert batch["y"].shape == (3, 3) and set(batch["y"].sum(1)) <= {1.0, 2.0}
+
+
+# -- end to end --------------------------------------------------------------
+@pytest.mark.parametrize("multilabel", [False, True], ids=["single", "multi"])
+def test_finetuning_beats_the_frozen_probe(tmp_path, m2d, multilabel):
+    # Multi-label: more clips and steps (4 binary problems, one to three sources mixed).
+    task = make_task(tmp_path / ("multi" if multilabel else "single"), multilabel,
+                     n_train=48 if multilabel else 24, n_valid=16 if multilabel else 8)
+    probe = probe_score(m2d, task)
+    cfg = small_config(total_steps=300 if multilabel else 60, checkpoint_every=30,
+                       **{"finetune.pooling": "frame_concat"})
+    r = finetune.run(cfg, m2d, str(task), str(tmp_path / "w"), [0])[task.name]
+    assert r["metric"] == ("mAP" if multilabel else "accuracy")
+    print(f"fine-tuned {r['mean']:.3f} vs probe {probe:.3f}")
+    assert r["mean"] > probe
+    assert os.path.isdir(tmp_path / "w" / "seed_0" / f"best_{r['best_step_per_seed'][0]}")
+    assert os.path.isfile(tmp_path / "w" / "seed_0" / "valid_scores.json")
+
+
+def test_resume_is_exact_and_a_head_mismatch_is_refused(tmp_path, m2d):
+    task = make_task(tmp_path / "t", multilabel=False, n_train=12, n_valid=4, n_test=4)
+    cfg = small_config(total_steps=12, checkpoint_every=4)
+
+    class Interrupted(Exception):
+        pass
+
+    real_update = finetune.BestKeeper.update
+    calls = []
+
+    def dying_update(self, step, score, model):  # the process dies at the step-8 save
+        calls.append(step)
+        if step == 8 and len(calls) == 2:
+            raise Interrupted
+        return real_update(self, step, score, model)
+
+    finetune.BestKeeper.update = dying_update
+    try:
+        with pytest.raises(Interrupted):
+            finetune.run(cfg, m2d, str(task), str(tmp_path / "a"), [0])
+    finally:
+        finetune.BestKeeper.update = real_update
+    resumed = finetune.run(cfg, m2d, str(task), str(tmp_path / "a"), [0])
+    straight = finetune.run(cfg, m2d, str(task), str(tmp_path / "b"), [0])
+    assert resumed == straight
+
+    from matpac_jax.training import checkpoint as ckpt
+
+    def weights(wd):
+        path = ckpt.find_checkpoint(str(wd / "seed_0"))
+        cfg_, arch = ckpt.load_config(path), ckpt.load_architecture(path)
+        method = ft_method.FinetuneMethod.from_config(cfg_, arch)
+        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: method.build(nnx.Rngs(0))))
+        return ckpt.restore_model_state(path, abstract)
+
+    for a, b in zip(jax.tree.leaves(weights(tmp_path / "a")), jax.tree.leaves(weights(tmp_path / "b"))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    other = make_task(tmp_path / "t3", multilabel=False, n_train=6, n_valid=3, n_test=3)
+    meta = (other / "meta.csv").read_text().replace("noise_burst", "chirp")
+    (other / "meta.csv").write_text(meta)  # 3 classes now
+    with pytest.raises(ValueError, match="4 classes in the checkpoint, 3 in this task"):
+        finetune.run(cfg, m2d, str(other), str(tmp_path / "a"), [0])
+
+
+@pytest.mark.slow
+def test_cli_on_real_recordings(tmp_path, datasets_dir, m2d):
+    out = tmp_path / "out.json"
+    args = [f"--checkpoint={m2d}", f"--task={datasets_dir / 'keywords_digits'}",
+            f"--workdir={tmp_path / 'w'}", f"--out={out}",
+            f"--config={os.path.join(finetune.CONFIGS, 'finetune_esc50.py')}",
+            "--config.total_steps=30", "--config.batch_size=16", "--config.data.crop_frames=96",
+            "--config.checkpoint_every=15", "--config.opt.optimizer=adam", "--config.opt.lr=1e-3",
+            "--config.opt.warmup_steps=3"]
+    assert finetune.main(args) == 0
+    r = json.loads(out.read_text())["tasks"]["keywords_digits"]
+    assert r["metric"] == "accuracy" and 0 <= r["mean"] <= 1 and len(r["per_seed"]) == 1
