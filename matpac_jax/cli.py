@@ -27,6 +27,15 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, prog: str,
         print(flag_values.get_help())
         raise SystemExit(0)
     flag_values.unparse_flags()
+    # ml_collections config flags find their `--config.x=y` overrides in
+    # `_sys_argv` (else sys.argv, which is not `main(argv)`'s) and define one
+    # flag per override at parse time: point them at argv, drop the last call's.
+    configs = [n for n, f in flag_values._flags().items() if hasattr(f, "_sys_argv")]  # pylint: disable=protected-access
+    for name in list(flag_values):
+        if any(name.startswith(c + ".") for c in configs):
+            delattr(flag_values, name)
+    for name in configs:
+        flag_values[name]._sys_argv = [prog, *argv]  # pylint: disable=protected-access
     try:
         rest = flag_values([prog, *argv])
     except flags.Error as e:

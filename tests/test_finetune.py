@@ -46,27 +46,33 @@ def make_task(root, multilabel: bool, n_train=24, n_valid=8, n_test=16, seconds=
     return root
 
 
+RECIPE = os.path.join(finetune.CONFIGS, "finetune_esc50.py")
+# The ESC-50 M2D recipe at test scale (Adam: the tiny encoder is not M2D ViT-B).
+SMALL = {"total_steps": 60, "batch_size": 8, "checkpoint_every": 20, "log_every": 20,
+         "data.crop_frames": 96, "opt.optimizer": "adam", "opt.lr": 1e-3, "opt.warmup_steps": 5,
+         "opt.weight_decay": 0.0, "opt.b2": 0.999, "opt.end_lr": 0.0,
+         "finetune.freeze_embed": False, "finetune.patch_dropout": 0.0,
+         "finetune.eval_batch": 8}
+
+
 def small_config(**overrides):
-    """The ESC-50 M2D recipe at test scale (Adam: the tiny encoder is not M2D-B)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(
-        "r", os.path.join(finetune.CONFIGS, "finetune_esc50.py"))
+    spec = importlib.util.spec_from_file_location("r", RECIPE)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     c = mod.get_config("m2d")
-    c.update(dict(total_steps=60, batch_size=8, checkpoint_every=20, log_every=20))
-    c.data.crop_frames = 96
-    c.opt.update(dict(optimizer="adam", lr=1e-3, warmup_steps=5, weight_decay=0.0,
-                      b2=0.999, end_lr=0.0))
-    c.finetune.update(dict(freeze_embed=False, patch_dropout=0.0, eval_batch=8))
-    for k, v in overrides.items():
+    for k, v in {**SMALL, **overrides}.items():
         node = c
         *path, last = k.split(".")
         for p in path:
             node = node[p]
         node[last] = v
     return c
+
+
+def small_flags(**overrides) -> list[str]:
+    return [f"--config={RECIPE}"] + [f"--config.{k}={v}" for k, v in {**SMALL, **overrides}.items()]
 
 
 @pytest.fixture(scope="module")
@@ -174,44 +180,10 @@ def test_finetuning_beats_the_frozen_probe(tmp_path, m2d, multilabel):
     assert os.path.isfile(tmp_path / "w" / "seed_0" / "valid_scores.json")
 
 
-def test_resume_is_exact_and_a_head_mismatch_is_refused(tmp_path, m2d):
-    task = make_task(tmp_path / "t", multilabel=False, n_train=12, n_valid=4, n_test=4)
-    cfg = small_config(total_steps=12, checkpoint_every=4)
-
-    class Interrupted(Exception):
-        pass
-
-    real_update = finetune.BestKeeper.update
-    calls = []
-
-    def dying_update(self, step, score, model):  # the process dies at the step-8 save
-        calls.append(step)
-        if step == 8 and len(calls) == 2:
-            raise Interrupted
-        return real_update(self, step, score, model)
-
-    finetune.BestKeeper.update = dying_update
-    try:
-        with pytest.raises(Interrupted):
-            finetune.run(cfg, m2d, str(task), str(tmp_path / "a"), [0])
-    finally:
-        finetune.BestKeeper.update = real_update
-    resumed = finetune.run(cfg, m2d, str(task), str(tmp_path / "a"), [0])
-    straight = finetune.run(cfg, m2d, str(task), str(tmp_path / "b"), [0])
-    assert resumed == straight
-
-    from matpac_jax.training import checkpoint as ckpt
-
-    def weights(wd):
-        path = ckpt.find_checkpoint(str(wd / "seed_0"))
-        cfg_, arch = ckpt.load_config(path), ckpt.load_architecture(path)
-        method = ft_method.FinetuneMethod.from_config(cfg_, arch)
-        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: method.build(nnx.Rngs(0))))
-        return ckpt.restore_model_state(path, abstract)
-
-    for a, b in zip(jax.tree.leaves(weights(tmp_path / "a")), jax.tree.leaves(weights(tmp_path / "b"))):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
+def test_a_head_mismatch_on_resume_is_refused(tmp_path, m2d):
+    task = make_task(tmp_path / "t", multilabel=False, n_train=8, n_valid=4, n_test=4)
+    cfg = small_config(total_steps=4, checkpoint_every=4)
+    finetune.run(cfg, m2d, str(task), str(tmp_path / "a"), [0])
     other = make_task(tmp_path / "t3", multilabel=False, n_train=6, n_valid=3, n_test=3)
     meta = (other / "meta.csv").read_text().replace("noise_burst", "chirp")
     (other / "meta.csv").write_text(meta)  # 3 classes now
@@ -219,15 +191,62 @@ def test_resume_is_exact_and_a_head_mismatch_is_refused(tmp_path, m2d):
         finetune.run(cfg, m2d, str(other), str(tmp_path / "a"), [0])
 
 
+def _final_weights(seed_dir):
+    from matpac_jax.training import checkpoint as ckpt
+
+    path = ckpt.find_checkpoint(str(seed_dir))
+    method = ft_method.FinetuneMethod.from_config(ckpt.load_config(path),
+                                                  ckpt.load_architecture(path))
+    _, abstract = nnx.split(nnx.eval_shape(lambda: method.build(nnx.Rngs(0))))
+    return jax.tree.leaves(ckpt.restore_model_state(path, abstract))
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_ends_at_the_same_weights_and_scores(tmp_path, m2d):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from matpac_jax.training import checkpoint as ckpt
+
+    task = make_task(tmp_path / "t", multilabel=False, n_train=12, n_valid=4, n_test=4)
+    over = {"total_steps": 12, "checkpoint_every": 4}
+
+    def args(name):
+        return [f"--checkpoint={m2d}", f"--task={task}", f"--workdir={tmp_path / name}",
+                f"--out={tmp_path / name}.json", *small_flags(**over)]
+
+    proc = subprocess.Popen([sys.executable, "-m", "matpac_jax.finetune", *args("killed")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seed_dir = tmp_path / "killed" / "seed_0"
+    deadline = time.time() + 300
+    while ckpt.latest_checkpoint(str(seed_dir)) is None:
+        assert proc.poll() is None, "fine-tuning exited before its first checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.latest_checkpoint(str(seed_dir))[0] < 12
+    assert finetune.main(args("killed")) == 0  # the same command again
+    assert finetune.main(args("straight")) == 0
+    killed = json.loads((tmp_path / "killed.json").read_text())["tasks"]
+    straight = json.loads((tmp_path / "straight.json").read_text())["tasks"]
+    assert killed == straight
+    for a, b in zip(_final_weights(seed_dir), _final_weights(tmp_path / "straight" / "seed_0")):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    from matpac_jax.inference import load  # a fine-tuned workdir embeds like any other
+
+    emb = load(seed_dir).clip_embeddings(lp.load_task(task).files[:2])
+    assert emb.shape == (2, 5 * 192) and np.isfinite(emb).all()
+
+
 @pytest.mark.slow
 def test_cli_on_real_recordings(tmp_path, datasets_dir, m2d):
     out = tmp_path / "out.json"
     args = [f"--checkpoint={m2d}", f"--task={datasets_dir / 'keywords_digits'}",
             f"--workdir={tmp_path / 'w'}", f"--out={out}",
-            f"--config={os.path.join(finetune.CONFIGS, 'finetune_esc50.py')}",
-            "--config.total_steps=30", "--config.batch_size=16", "--config.data.crop_frames=96",
-            "--config.checkpoint_every=15", "--config.opt.optimizer=adam", "--config.opt.lr=1e-3",
-            "--config.opt.warmup_steps=3"]
+            *small_flags(total_steps=30, checkpoint_every=15)]
     assert finetune.main(args) == 0
     r = json.loads(out.read_text())["tasks"]["keywords_digits"]
     assert r["metric"] == "accuracy" and 0 <= r["mean"] <= 1 and len(r["per_seed"]) == 1
