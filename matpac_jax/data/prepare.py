@@ -31,7 +31,7 @@ import time
 import numpy as np
 from absl import flags
 
-from matpac_jax import cli
+from matpac_jax import cli, errors
 from matpac_jax.data import audio
 from matpac_jax.data import frontends
 from matpac_jax.data import tfrecord
@@ -80,14 +80,14 @@ def list_inputs(input_path: str) -> list[Clip]:
         with open(input_path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             if "file" not in (reader.fieldnames or []):
-                raise ValueError(
+                raise errors.DataError(
                     f"{input_path}: CSV needs a 'file' column (has {reader.fieldnames})"
                 )
             return [
                 Clip(os.path.join(base, row["file"]), row["file"], row.get("label") or None)
                 for row in reader
             ]
-    raise FileNotFoundError(f"--input {input_path}: no such folder or CSV file")
+    raise errors.DataNotFoundError(f"--input {input_path}: no such folder or CSV file")
 
 
 def shard_path(output: str, name: str, index: int, count: int) -> str:
@@ -167,7 +167,7 @@ def _finished(path: str, fingerprint: str) -> dict | None:
     with open(path + ".json", encoding="utf-8") as f:
         info = json.load(f)
     if info.get("fingerprint") != fingerprint:
-        raise ValueError(
+        raise errors.DataError(
             f"{path} was written from other inputs or another front end; "
             "use a new --output folder"
         )
@@ -201,10 +201,10 @@ def prepare(
     """Writes this worker's missing shards and its manifest; returns the manifest."""
     frontends.check_frontend(frontend)
     if not 0 <= worker_index < num_workers:
-        raise ValueError(f"worker_index {worker_index} not in [0, {num_workers})")
+        raise errors.DataError(f"worker_index {worker_index} not in [0, {num_workers})")
     clips = list_inputs(input)
     if not clips:
-        raise ValueError(f"--input {input}: no audio files found")
+        raise errors.DataError(f"--input {input}: no audio files found")
     num_shards = num_shards or max(1, math.ceil(len(clips) / CLIPS_PER_SHARD))
     os.makedirs(output, exist_ok=True)
     splits = np.array_split(np.arange(len(clips)), num_shards)
@@ -285,14 +285,14 @@ def merge_manifests(output: str) -> dict:
     """Combines manifest-<i>-of-<m>.json of all workers into manifest.json."""
     parts = sorted(glob.glob(os.path.join(output, "manifest-*-of-*.json")))
     if not parts:
-        raise FileNotFoundError(f"no manifest-<i>-of-<m>.json under {output}")
+        raise errors.DataNotFoundError(f"no manifest-<i>-of-<m>.json under {output}")
     manifests = [json.load(open(p, encoding="utf-8")) for p in parts]
     m = manifests[0]["num_workers"]
     have = sorted(x["worker_index"] for x in manifests if x["num_workers"] == m)
     if have != list(range(m)) or len(manifests) != m:
-        raise ValueError(f"{output}: expected manifests of workers 0..{m - 1}, found {parts}")
+        raise errors.DataError(f"{output}: expected manifests of workers 0..{m - 1}, found {parts}")
     if len({x["frontend"] for x in manifests}) != 1:
-        raise ValueError(f"{output}: worker manifests disagree on the front end")
+        raise errors.DataError(f"{output}: worker manifests disagree on the front end")
     infos = sorted((s for x in manifests for s in x["shards"]), key=lambda s: s["file"])
     skipped = [s for x in manifests for s in x["skipped"]]
     m0 = manifests[0]
@@ -345,4 +345,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))
