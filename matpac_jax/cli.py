@@ -26,6 +26,7 @@ from matpac_jax import errors
 
 TRACEBACK_ENV = "MATPAC_JAX_TRACEBACK"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_ORBAX = os.path.join("orbax", "checkpoint")
 
 
 def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, prog: str,
@@ -60,10 +61,28 @@ def run(main, argv: Sequence[str] | None = None) -> int:
 
 
 class _OwnInfoOnly(py_logging.Filter):
-    """Below WARNING, only records logged from matpac_jax's own files pass."""
+    """Below WARNING, only records logged from matpac_jax's own files pass.
+    Tracebacks of orbax's failures (logged by its threads, or by asyncio for
+    its tasks at exit) are dropped too: the same error reaches our
+    `Checkpointer`, which reports it in one line."""
 
     def filter(self, record: py_logging.LogRecord) -> bool:
-        return record.levelno >= py_logging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
+        if record.pathname.startswith(_PACKAGE_DIR):
+            return True
+        if record.exc_info and _from_orbax(record):
+            return False
+        return record.levelno >= py_logging.WARNING
+
+
+def _from_orbax(record: py_logging.LogRecord) -> bool:
+    if _ORBAX in record.pathname:
+        return True
+    tb = record.exc_info[2] if record.exc_info else None
+    while tb is not None:
+        if _ORBAX in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def quiet_third_party_logs() -> None:

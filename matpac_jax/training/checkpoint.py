@@ -4,7 +4,8 @@ pretrained parts' architecture (`Method.architecture`), together.
 Orbax writes each step to a temporary directory and renames it when every
 process has finished, so a half-written checkpoint (SIGKILL mid-save) is
 never listed and never restored; a leftover temporary folder (a crash or a
-full disk mid-save) is removed when the next run starts. The RNG needs no
+full disk mid-save) is ignored by the next run and replaced when it saves
+that step again. The RNG needs no
 saving: each step's key is `fold_in(key(seed), step)`.
 
 A finished checkpoint that fails to restore (a truncated array file, a
@@ -80,7 +81,7 @@ class Checkpointer:
             max_to_keep=keep,
             enable_async_checkpointing=asynchronous,
             create=True,
-            cleanup_tmp_directories=True,  # a half-written step of an earlier run
+            cleanup_tmp_directories=True,  # half-written steps of earlier runs
         )
         self.workdir = workdir
         self.manager = ocp.CheckpointManager(
@@ -190,7 +191,7 @@ class Checkpointer:
         cause = f"{disk} (the disk holding {checkpoint_dir(self.workdir)})" if disk else _reason(err)
         return errors.CheckpointError(
             f"saving checkpoint step {step} failed: {cause}. Nothing was lost: {last}"
-            + (" once space is free." if disk else "."))
+            + (" once space is free." if disk and "file too large" not in disk else "."))
 
 
 def _reason(err: BaseException, limit: int = 400) -> str:
@@ -209,7 +210,8 @@ def _reason(err: BaseException, limit: int = 400) -> str:
     return type(chain[0]).__name__ if chain else "unknown error"
 
 
-_DISK_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+_DISK_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                errno.EFBIG: "file too large (the file system's or `ulimit -f`'s limit)"}
 
 
 def _disk_error(err: BaseException | None) -> str | None:
