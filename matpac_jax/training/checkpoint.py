@@ -336,7 +336,8 @@ def _json_item(checkpoint_path: epath.Path, item: str) -> Any | None:
     folder = epath.Path(checkpoint_path) / item
     path = folder / "metadata"
     if not path.exists():
-        candidates = list(folder.glob("*")) if folder.exists() else []
+        candidates = ([p for p in folder.glob("*") if p.name != "commit_success.txt"]
+                      if folder.exists() else [])
         if not candidates:
             return None
         path = candidates[0]
