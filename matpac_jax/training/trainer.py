@@ -1,10 +1,10 @@
 """The one training loop: MATPAC, M2D and the BEATs stages all run through it.
 
 A method (`matpac_jax.methods.base.Method`) supplies the model, its loss and
-its update hooks; this file owns everything else: mesh and sharding, the
-jitted step with donated state, checkpoint/resume (state + data iterator),
-preemption, non-finite guards, metrics and profiling. Read it top to bottom;
-fork it.
+its update hooks; this file owns everything else: config checks, the
+workdir lock, mesh and sharding, the jitted step with donated state,
+checkpoint/resume (state + data iterator), preemption, non-finite guards,
+metrics and profiling. Read it top to bottom; fork it.
 """
 from __future__ import annotations
 
