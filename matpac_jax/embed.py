@@ -28,7 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no audio files given (python -m matpac_jax.embed --help)", file=sys.stderr)
         return 2
     cli.output_folder(FLAGS.out)
+    from matpac_jax.data.audio import check_files
     from matpac_jax.inference import load  # after parsing: --help stays fast
+
+    check_files(audio, "embed")  # before the model loads
 
     embedder = load(FLAGS.checkpoint, batch_size=FLAGS.batch_size, freq_tokens=FLAGS.freq_tokens)
     clip = embedder.clip_embeddings(audio)
@@ -38,4 +41,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

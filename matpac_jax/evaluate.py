@@ -151,11 +151,15 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = lp.ProbeConfig(lr=lr_values[0], epochs=FLAGS.epochs)
     lrs = lr_values if len(lr_values) > 1 else ()
+    from matpac_jax.data.audio import check_files
+
+    tasks = [lp.load_task(directory) for directory in FLAGS.task]
+    for directory, task in zip(FLAGS.task, tasks):  # every row, before any embedding
+        check_files(task.files, os.path.join(directory, "meta.csv"))
     embed, ckpt_id = make_embed(FLAGS.checkpoint, _CONFIG.value, FLAGS.init_seed,
                                 FLAGS.batch_size, FLAGS.freq_tokens)
     results = {}
-    for directory in FLAGS.task:
-        task = lp.load_task(directory)
+    for task in tasks:
         t0 = time.perf_counter()
         emb, cached = lp.cached_embeddings(embed, ckpt_id, task, FLAGS.cache_dir)
         t1 = time.perf_counter()
@@ -174,4 +178,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -6,9 +6,12 @@ command with the same workdir resumes from the latest checkpoint.
 """
 from __future__ import annotations
 
+import functools
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from matpac_jax import cli
 from matpac_jax.training import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -21,6 +24,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
+    cli.quiet_third_party_logs()
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from matpac_jax import methods  # after distributed init
     from matpac_jax.training import trainer
@@ -33,4 +37,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(functools.partial(cli.run, main))

@@ -56,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: no audio files given", file=sys.stderr)
         return 2
     cli.output_folder(FLAGS.out)
+    from matpac_jax.data.audio import check_files
+
+    check_files(audio, "tokenize")  # before the model loads
     try:
         model = load_pretrained(FLAGS.checkpoint, "tokenizer")
     except ValueError as e:
@@ -68,4 +71,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -166,6 +166,48 @@ def test_corrupt_shard_names_file_and_offset(shards, tmp_path):
         _loader(bad)
 
 
+def test_corrupt_records_skip_drops_logs_counts_and_resumes(shards, tmp_path, caplog):
+    """corrupt_records='skip': a flipped byte costs that record only; its slot
+    takes the next intact one, it is logged once with file and offset, and the
+    count is in the iterator state (so it survives resume)."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    path = bad / "data-00000-of-00001.tfrecord"
+    path.write_bytes((shards / "data-00000-of-00003.tfrecord").read_bytes())
+    off = int(tfrecord.build_index(path)[2, 0])
+    data = bytearray(path.read_bytes())
+    data[off + 40] ^= 0xFF
+    path.write_bytes(bytes(data))
+    n = len(tfrecord.build_index(path))  # 8 records, record 2 corrupt
+    it = _loader(bad, shuffle=False, batch_size=2, corrupt_records="skip")
+    with caplog.at_level("WARNING"):
+        epoch = _take(it, n // 2)
+    ids = [str(i) for b in epoch for i in b["id"]]
+    assert ids == ["clip000", "clip003", "clip009", "clip009", "clip012", "clip015",
+                   "clip018", "clip021"]  # clip006 (record 2) -> its neighbour
+    assert all(b.keys() == {"x", "id"} for b in epoch)
+    assert loader.data_metrics(it) == {"data/corrupt_records": 1.0}
+    assert [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()] == [
+        f"skipped (config.data.corrupt_records='skip'): corrupt TFRecord {path} at byte "
+        f"offset {off}: data checksum mismatch"]
+    state = it.get_state()
+    assert state["corrupt_records"] == 1
+    _take(it, 2)  # the next epoch meets it again: counted again, not logged again
+    assert loader.data_metrics(it) == {"data/corrupt_records": 2.0}
+    resumed = _loader(bad, shuffle=False, batch_size=2, corrupt_records="skip")
+    resumed.set_state(state)
+    assert loader.data_metrics(resumed) == {"data/corrupt_records": 1.0}
+    _take(resumed, 2)
+    assert loader.data_metrics(resumed) == {"data/corrupt_records": 2.0}
+    # A state written by 'stop' (or before the count existed) restores under 'skip'.
+    stop = _loader(shards, shuffle=False, batch_size=2)
+    _take(stop, 3)
+    assert loader.data_metrics(stop) == {}
+    skip = _loader(shards, shuffle=False, batch_size=2, corrupt_records="skip")
+    skip.set_state(stop.get_state()["pipeline"])
+    _same(_take(skip, 2), _take(stop, 2))
+
+
 def test_find_shards_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"no \\*.tfrecord shards under {tmp_path}"):
         loader.find_shards(tmp_path)

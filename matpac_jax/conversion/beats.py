@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from matpac_jax import errors
 from matpac_jax.conversion import torch_pickle
 from matpac_jax.conversion.layout import (
     Entry, check_and_assign, layer_norm_entries, linear_entries)
@@ -92,7 +93,7 @@ def _as_checkpoint(obj_or_path: Any, path: str | os.PathLike | None) -> tuple[di
     where = os.fspath(path) if path is not None else "<checkpoint object>"
     if not isinstance(obj_or_path, Mapping) or "cfg" not in obj_or_path or "model" not in obj_or_path:
         keys = sorted(obj_or_path) if isinstance(obj_or_path, Mapping) else type(obj_or_path).__name__
-        raise ValueError(f"{where}: not an official BEATs checkpoint {{'cfg', 'model'}} (got {keys})")
+        raise errors.CheckpointError(f"{where}: not an official BEATs checkpoint {{'cfg', 'model'}} (got {keys})")
     return obj_or_path, where
 
 

@@ -16,12 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from matpac_jax import errors
+
 
 def _shape(x):
     return x if isinstance(x, str) else tuple(x)
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.CheckpointError):
     """A checkpoint's keys do not match the model: lists every problem at once.
 
     Official loaders use `strict=False` and silently skip keys; we refuse to

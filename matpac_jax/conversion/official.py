@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from matpac_jax import errors
 from matpac_jax.conversion import torch_pickle
 from matpac_jax.conversion.layout import (
     CheckpointMismatchError, Entry, check_and_assign, layer_norm_entries, linear_entries)
@@ -117,9 +118,9 @@ def load_official(path_or_obj, *, num_heads: int | None = None, pred_heads: int 
     """
     source, obj = _source(path_or_obj, name)
     if not isinstance(obj, dict):
-        raise ValueError(f"{source}: expected a state dict, got {type(obj).__name__}")
+        raise errors.CheckpointError(f"{source}: expected a state dict, got {type(obj).__name__}")
     if "cfg" in obj and "model" in obj:
-        raise ValueError(f"{source}: a BEATs checkpoint; use matpac_jax.conversion.beats.load_beats")
+        raise errors.CheckpointError(f"{source}: a BEATs checkpoint; use matpac_jax.conversion.beats.load_beats")
     sd = obj["model"] if isinstance(obj.get("model"), dict) else obj
 
     cls_keys = [k for k in sd if k == "cls_token" or k.endswith(".cls_token")]

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from matpac_jax import errors
+
 _STORAGE_DTYPES = {
     "DoubleStorage": np.float64,
     "FloatStorage": np.float32,
@@ -37,7 +39,7 @@ _TORCH_DTYPES = {
 }
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(errors.CheckpointError, pickle.UnpicklingError):
     """The pickle asks for a class outside the allow-list."""
 
 
@@ -133,19 +135,19 @@ def load(path: str | os.PathLike) -> Any:
     """Load a torch zip checkpoint; tensors come back as numpy arrays."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise errors.CheckpointError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):
-        raise ValueError(
+        raise errors.CheckpointError(
             f"{path}: not a zip-format torch checkpoint (legacy pre-1.6 torch.save "
             "files are not supported; re-save with a recent torch)"
         )
     with zipfile.ZipFile(path) as zf:
         pkl = [n for n in zf.namelist() if n.endswith("data.pkl")]
         if len(pkl) != 1:
-            raise ValueError(f"{path}: expected one data.pkl in the zip, found {pkl}")
+            raise errors.CheckpointError(f"{path}: expected one data.pkl in the zip, found {pkl}")
         prefix = pkl[0][: -len("data.pkl")]
         byteorder = prefix + "byteorder"
         if byteorder in zf.namelist() and zf.read(byteorder).strip() != b"little":
-            raise ValueError(f"{path}: big-endian checkpoints are not supported")
+            raise errors.CheckpointError(f"{path}: big-endian checkpoints are not supported")
         with zf.open(pkl[0]) as f:
             return _Unpickler(f, zf, prefix, path).load()

@@ -8,8 +8,10 @@ import warnings
 import numpy as np
 import soundfile as sf
 
+from matpac_jax import errors
 
-class AudioDecodeError(RuntimeError):
+
+class AudioDecodeError(errors.AudioError, RuntimeError):
     """A file that cannot be used as audio (unreadable, empty, NaN/inf)."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
@@ -38,6 +40,30 @@ def resample(wave: np.ndarray, orig_sr: int, sr: int) -> np.ndarray:
     import soxr
 
     return soxr.resample(wave, orig_sr, sr, quality="HQ").astype(np.float32)
+
+
+def check_files(paths: list[str], what: str, show: int = 5) -> None:
+    """Before any work: raise errors.AudioError listing the first `show` of the
+    files that are missing, empty, or (formats soundfile reads) whose header
+    does not parse, and how many there are. Full decoding is left to
+    `load_audio`, which names a file that still fails."""
+    readable = {f".{fmt.lower()}" for fmt in sf.available_formats()}
+    bad = []
+    for path in paths:
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            bad.append(f"{path} (no such file)")
+        elif os.path.getsize(path) == 0:
+            bad.append(f"{path} (empty file)")
+        elif os.path.splitext(path)[1].lower() in readable:
+            try:
+                sf.info(path)
+            except Exception as err:
+                bad.append(f"{path} (unreadable: {str(err).splitlines()[0] if str(err) else err!r})")
+    if bad:
+        more = f", and {len(bad) - show} more" if len(bad) > show else ""
+        raise errors.AudioError(f"{what}: {len(bad)} of {len(paths)} audio files cannot be "
+                                f"used: {', '.join(bad[:show])}{more}")
 
 
 def load_audio(path: str | os.PathLike, sr: int = 16000) -> np.ndarray:

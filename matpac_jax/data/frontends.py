@@ -14,6 +14,8 @@ import numpy as np
 import scipy.fft
 import scipy.sparse
 
+from matpac_jax import errors
+
 SR = 16000
 N_FFT = 400
 HOP = 160
@@ -139,7 +141,8 @@ FRONTENDS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 def check_frontend(frontend: str) -> str:
     if frontend not in FRONTENDS:
-        raise ValueError(f"unknown frontend {frontend!r}; expected one of {sorted(FRONTENDS)}")
+        raise errors.ConfigError(
+            f"unknown frontend {frontend!r}; expected one of {sorted(FRONTENDS)}")
     return frontend
 
 

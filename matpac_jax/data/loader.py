@@ -9,6 +9,14 @@ from the seed: a global shuffle, different every epoch), preads, CRC-checks
 stream position) and normalises into one float32 array.
 Slicing the shuffled stream (not the files) means each epoch's records are
 spread over processes with none read twice and none missing.
+
+A corrupt record (bad framing or CRC, undecodable) stops the run naming its
+file and byte offset (`corrupt_records='stop'`, the default); with 'skip' it
+is dropped and logged (once per record and process), its slot takes the next
+intact record in file order (so batches, crops and the iterator state stay
+as they are, and the mode can change on resume), and the count of records
+skipped so far (a record skipped in two epochs counts twice) is part of the
+iterator state, so it survives resume: `data_metrics(iterator)`.
 """
 
 from __future__ import annotations
@@ -21,9 +29,15 @@ from typing import Any
 
 import grain
 import numpy as np
+from absl import logging
 
+from matpac_jax import errors
 from matpac_jax.data import frontends
 from matpac_jax.data import tfrecord
+
+CORRUPT_RECORDS = ("stop", "skip")
+_SKIPPED = "corrupt_skipped"  # per row: corrupt records whose slot it took
+_MAX_SKIPS = 64
 
 
 def find_shards(path: str | os.PathLike) -> list[str]:
@@ -37,13 +51,14 @@ def find_shards(path: str | os.PathLike) -> list[str]:
             shards = [os.path.join(path, s["file"]) for s in json.load(f)["shards"]]
         missing = [s for s in shards if not os.path.exists(s)]
         if missing:
-            raise FileNotFoundError(f"{manifest} lists shards that do not exist: {missing[:3]}")
+            raise errors.DataNotFoundError(
+                f"{manifest} lists shards that do not exist: {missing[:3]}")
     else:
         shards = sorted(
             glob.glob(os.path.join(glob.escape(path), "**", "*.tfrecord"), recursive=True)
         )
     if not shards:
-        raise FileNotFoundError(f"no *.tfrecord shards under {path}")
+        raise errors.DataNotFoundError(f"no *.tfrecord shards under {path}")
     return shards
 
 
@@ -54,7 +69,7 @@ def _check_frontend(shards: list[str], frontend: str) -> None:
             with open(meta, encoding="utf-8") as f:
                 written = json.load(f).get("frontend")
             if written not in (None, frontend):
-                raise ValueError(
+                raise errors.DataError(
                     f"{meta}: shards were prepared with frontend {written!r}, "
                     f"loader asked for {frontend!r}"
                 )
@@ -220,9 +235,15 @@ class CropNormalize:
         with_ids: bool,
         seed: int = 0,
         classes: tuple[str, ...] | None = None,
+        corrupt_records: str = "stop",
     ):
         if short_clips not in ("pad", "drop"):
             raise ValueError(f"short_clips must be 'pad' or 'drop', got {short_clips!r}")
+        if corrupt_records not in CORRUPT_RECORDS:
+            raise ValueError(f"corrupt_records must be one of {CORRUPT_RECORDS}, "
+                             f"got {corrupt_records!r}")
+        self.skip_corrupt = corrupt_records == "skip"
+        self._logged: set[tuple[str, int]] = set()
         self.frontend, self.crop, self.short_clips = frontend, crop_frames, short_clips
         self.time_axis = 1 if frontends.FEATURE_LAYOUT[frontend] == "freq_time" else 0
         self.mean, self.std = frontends.NORM[frontend] if norm_stats is None else norm_stats
@@ -251,34 +272,55 @@ class CropNormalize:
     def _shape(self, frames: int, num_freq: int) -> tuple[int, int]:
         return (num_freq, frames) if self.time_axis else (frames, num_freq)
 
-    def _labels(self, element: dict, path: str, offset: int) -> np.ndarray:
+    def _labels(self, element: dict) -> np.ndarray:
         """Multi-hot (C,) of a record's ';'-separated `label` over `classes`."""
         names = split_labels(element.get("label"))
         unknown = [c for c in names if c not in self.classes]
         if not names or unknown:
-            raise ValueError(f"{path} record at byte offset {offset} (id {element.get('id')!r}): "
+            raise errors.DataError(f"record {element.get('id')!r}: "
                              + (f"labels {unknown} not among the {len(self.classes)} classes"
                                 if unknown else "no label"))
         y = np.zeros(len(self.classes), np.float32)
         y[[self.classes[c] for c in names]] = 1.0
         return y
 
+    def _read(self, source: ShardSource, i: int) -> tuple[np.ndarray, dict, int]:
+        """(logmel, example, corrupt records skipped) for record i; with
+        skip_corrupt, a corrupt record's slot takes the next intact record in
+        file order (the batch keeps its shape and the iterator its state)."""
+        for skipped in range(_MAX_SKIPS):
+            k = (i + skipped) % len(source)
+            try:
+                data, path, offset = source.read(k)
+                try:
+                    element = tfrecord.decode_example(data)
+                    x = element["logmel"]
+                    if x.ndim != 2:
+                        raise ValueError(f"logmel has shape {x.shape}")
+                except Exception as err:
+                    raise tfrecord.CorruptRecordError(
+                        path, offset, f"undecodable example: {err}"
+                    ) from err
+                return x, element, skipped
+            except tfrecord.CorruptRecordError as err:
+                if not self.skip_corrupt:
+                    raise
+                if (err.path, err.offset) not in self._logged:
+                    self._logged.add((err.path, err.offset))
+                    logging.warning("skipped (config.data.corrupt_records='skip'): %s", err)
+        raise errors.DataError(f"{_MAX_SKIPS} records in a row from record {i} on are corrupt; "
+                               "the shards look broken beyond config.data.corrupt_records='skip'")
+
     def batch(self, source: ShardSource, positions: np.ndarray, records: np.ndarray) -> dict | None:
-        """{'x': (n, ...) float32, 'y'?, 'id'?} for the records kept (all unless 'drop')."""
+        """{'x': (n, ...) float32, 'y'?, 'id'?} for the records kept (all of them
+        unless 'drop'); with skip_corrupt also `_SKIPPED` per row."""
         rand = _crop_starts(self.seed, positions)
         out = None
         ids, ys, n = [], [], 0
+        skipped = np.zeros(len(records), np.int32)
         for j, i in enumerate(records):
-            data, path, offset = source.read(int(i))
-            try:
-                element = tfrecord.decode_example(data)
-                x = element["logmel"]
-                if x.ndim != 2:
-                    raise ValueError(f"logmel has shape {x.shape}")
-            except Exception as err:
-                raise tfrecord.CorruptRecordError(
-                    path, offset, f"undecodable example: {err}"
-                ) from err
+            x, element, skips = self._read(source, int(i))
+            skipped[n] += skips  # a dropped short clip hands its count on to the next row
             t = x.shape[self.time_axis]
             if t < self.crop and self.short_clips == "drop":
                 continue
@@ -292,15 +334,23 @@ class CropNormalize:
             if self.with_ids:
                 ids.append(element["id"])
             if self.classes is not None:
-                ys.append(self._labels(element, path, offset))
+                ys.append(self._labels(element))
             n += 1
         if n == 0:
+            if skipped[0]:  # nothing to carry the count
+                raise errors.DataError(
+                    "a batch held only corrupt records and clips too short for "
+                    f"data.crop_frames={self.crop}; the shards look broken")
             return None
+        if n < len(records):
+            skipped[n - 1] += skipped[n]
         result = {"x": out if n == len(records) else out[:n]}
         if self.with_ids:
             result["id"] = np.asarray(ids)
         if self.classes is not None:
             result["y"] = np.stack(ys)
+        if self.skip_corrupt:
+            result[_SKIPPED] = skipped[:n]
         return result
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict | None:
@@ -422,6 +472,7 @@ def make_dataset(
     read_threads: int = 1,
     classes: tuple[str, ...] | None = None,
     balanced: bool = False,
+    corrupt_records: str = "stop",
 ) -> grain.IterDataset:
     """The pipeline as a grain.IterDataset (iterate it, or use make_loader).
 
@@ -431,6 +482,7 @@ def make_dataset(
     the consumer's thread); `worker_count` > 0 moves that into grain processes.
     `classes`: also yield 'y', the multi-hot labels of each clip over `classes`;
     `balanced`: draw clips by inverse label frequency (`balanced_weights`).
+    `corrupt_records`: 'stop' (raise tfrecord.CorruptRecordError) or 'skip'.
     """
     frontends.check_frontend(frontend)
     if shard_index is None or shard_count is None:
@@ -444,10 +496,11 @@ def make_dataset(
     _check_frontend(shards, frontend)
     source = ShardSource(shards, verify_crc=verify_crc)
     if len(source) == 0:
-        raise ValueError(f"the shards under {path} hold no records")
+        raise errors.DataError(f"the shards under {path} hold no records")
     crop = CropNormalize(
         frontend, crop_frames, short_clips, norm_stats, with_ids, seed=(seed + 1) % 2**32,
         classes=classes,
+        corrupt_records=corrupt_records,
     )
     weights = balanced_weights(record_labels(shards)) if balanced else None
     order = _EpochOrder(len(source), seed % 2**32, shuffle, weights)
@@ -464,7 +517,50 @@ def make_dataset(
         ds = grain.experimental.RebatchIterDataset(ds, batch_size, drop_remainder)
     if worker_count > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-    return ds
+    return _CountCorrupt(ds, skip=corrupt_records == "skip")
+
+
+class _CountCorrupt(grain.IterDataset):
+    """The pipeline's last stage: takes the per-row counts of skipped corrupt
+    records off each batch and keeps their running total in the iterator state."""
+
+    def __init__(self, parent: grain.IterDataset, skip: bool):
+        super().__init__(parent)
+        self.skip = skip
+
+    def __iter__(self) -> "_CountCorruptIterator":
+        return _CountCorruptIterator(self._parent.__iter__(), self.skip)
+
+
+class _CountCorruptIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, skip: bool):
+        super().__init__(parent)
+        self.skip, self.corrupt_records = skip, 0
+
+    def __next__(self) -> dict:
+        batch = next(self._parent)
+        if _SKIPPED in batch:
+            batch = dict(batch)
+            self.corrupt_records += int(np.sum(batch.pop(_SKIPPED)))
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        return {"pipeline": self._parent.get_state(), "corrupt_records": self.corrupt_records}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if set(state) == {"pipeline", "corrupt_records"}:
+            self._parent.set_state(state["pipeline"])
+            self.corrupt_records = int(state["corrupt_records"])
+        else:  # written before this stage existed
+            self._parent.set_state(state)
+            self.corrupt_records = 0
+
+
+def data_metrics(iterator: Any) -> dict[str, float]:
+    """{'data/corrupt_records': records skipped so far} when skipping, else {}."""
+    if isinstance(iterator, _CountCorruptIterator) and iterator.skip:
+        return {"data/corrupt_records": float(iterator.corrupt_records)}
+    return {}
 
 
 def make_loader(path: str | os.PathLike, **kwargs) -> grain.DatasetIterator:

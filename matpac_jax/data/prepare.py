@@ -39,7 +39,7 @@ import time
 import numpy as np
 from absl import flags
 
-from matpac_jax import cli
+from matpac_jax import cli, errors
 from matpac_jax.data import audio
 from matpac_jax.data import frontends
 from matpac_jax.data import tfrecord
@@ -88,14 +88,14 @@ def list_inputs(input_path: str) -> list[Clip]:
         with open(input_path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             if "file" not in (reader.fieldnames or []):
-                raise ValueError(
+                raise errors.DataError(
                     f"{input_path}: CSV needs a 'file' column (has {reader.fieldnames})"
                 )
             return [
                 Clip(os.path.join(base, row["file"]), row["file"], row.get("label") or None)
                 for row in reader
             ]
-    raise FileNotFoundError(f"--input {input_path}: no such folder or CSV file")
+    raise errors.DataNotFoundError(f"--input {input_path}: no such folder or CSV file")
 
 
 def read_labels(path: str) -> dict[str, str]:
@@ -229,7 +229,7 @@ def _finished(path: str, fingerprint: str) -> dict | None:
     with open(path + ".json", encoding="utf-8") as f:
         info = json.load(f)
     if info.get("fingerprint") != fingerprint:
-        raise ValueError(
+        raise errors.DataError(
             f"{path} was written from other inputs or another front end; "
             "use a new --output folder"
         )
@@ -267,17 +267,17 @@ def prepare(
     listing `input` (which then only names the source in the manifest)."""
     frontends.check_frontend(frontend)
     if not 0 <= worker_index < num_workers:
-        raise ValueError(f"worker_index {worker_index} not in [0, {num_workers})")
+        raise errors.DataError(f"worker_index {worker_index} not in [0, {num_workers})")
     clips = list_inputs(input) if clips is None else clips
     if not clips:
-        raise ValueError(f"--input {input}: no audio files found")
+        raise errors.DataError(f"--input {input}: no audio files found")
     unlabelled = []
     if labels:
         clips, unlabelled = attach_labels(clips, read_labels(labels))
         for s in unlabelled[:5]:
             log.warning("skipped %s: %s", s["file"], s["reason"])
         if not clips:
-            raise ValueError(f"--labels {labels}: no clip of --input {input} has a label there")
+            raise errors.DataError(f"--labels {labels}: no clip of --input {input} has a label there")
     num_shards = num_shards or max(1, math.ceil(len(clips) / CLIPS_PER_SHARD))
     os.makedirs(output, exist_ok=True)
     splits = np.array_split(np.arange(len(clips)), num_shards)
@@ -363,14 +363,14 @@ def merge_manifests(output: str) -> dict:
     """Combines manifest-<i>-of-<m>.json of all workers into manifest.json."""
     parts = sorted(glob.glob(os.path.join(output, "manifest-*-of-*.json")))
     if not parts:
-        raise FileNotFoundError(f"no manifest-<i>-of-<m>.json under {output}")
+        raise errors.DataNotFoundError(f"no manifest-<i>-of-<m>.json under {output}")
     manifests = [json.load(open(p, encoding="utf-8")) for p in parts]
     m = manifests[0]["num_workers"]
     have = sorted(x["worker_index"] for x in manifests if x["num_workers"] == m)
     if have != list(range(m)) or len(manifests) != m:
-        raise ValueError(f"{output}: expected manifests of workers 0..{m - 1}, found {parts}")
+        raise errors.DataError(f"{output}: expected manifests of workers 0..{m - 1}, found {parts}")
     if len({x["frontend"] for x in manifests}) != 1:
-        raise ValueError(f"{output}: worker manifests disagree on the front end")
+        raise errors.DataError(f"{output}: worker manifests disagree on the front end")
     infos = sorted((s for x in manifests for s in x["shards"]), key=lambda s: s["file"])
     skipped = [s for x in manifests for s in x["skipped"]]
     m0 = manifests[0]
@@ -425,4 +425,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -15,10 +15,12 @@ from typing import Iterator
 import google_crc32c
 import numpy as np
 
+from matpac_jax import errors
+
 _MASK_DELTA = 0xA282EAD8
 
 
-class CorruptRecordError(IOError):
+class CorruptRecordError(errors.DataError, IOError):
     """A record whose framing or checksum is wrong; names the file and offset."""
 
     def __init__(self, path: str, offset: int, reason: str):

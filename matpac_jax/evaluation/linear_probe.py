@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from matpac_jax import errors
+
 SPLITS = ("train", "valid", "test")
 
 
@@ -58,19 +60,23 @@ def load_task(directory: str | os.PathLike) -> Task:
     """Reads `directory/meta.csv`; file paths are relative to `directory`."""
     directory = os.path.abspath(os.fspath(directory))
     path = os.path.join(directory, "meta.csv")
+    if not os.path.isfile(path):
+        raise errors.TaskFileError(f"{path}: no such file (a task folder holds meta.csv: "
+                                   "file,label,split)")
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     missing = {"file", "label", "split"} - set(rows[0] if rows else {})
     if missing:
-        raise ValueError(f"{path}: needs columns file,label,split (missing {sorted(missing)})")
+        raise errors.TaskFileError(
+            f"{path}: needs columns file,label,split (missing {sorted(missing)})")
     bad = sorted({r["split"] for r in rows} - set(SPLITS))
     if bad:
-        raise ValueError(f"{path}: unknown split(s) {bad}; expected {SPLITS}")
+        raise errors.TaskFileError(f"{path}: unknown split(s) {bad}; expected {SPLITS}")
     labels = [[s.strip() for s in r["label"].split(";") if s.strip()] for r in rows]
     split = np.array([r["split"] for r in rows])
     for s in ("train", "test"):
         if not (split == s).any():
-            raise ValueError(f"{path}: no {s!r} rows")
+            raise errors.TaskFileError(f"{path}: no {s!r} rows")
     return Task(
         name=os.path.basename(directory),
         files=[os.path.join(directory, r["file"]) for r in rows],

@@ -27,7 +27,9 @@ __all__ = ["METHODS", "EmbeddingSpec", "InputSpec", "Method", "get", "load_workd
 def get(config: ml_collections.ConfigDict) -> Method:
     """The method `config.method` names, with its pretrained parts loaded."""
     if config.method not in METHODS:
-        raise ValueError(f"config.method={config.method!r}; known: {sorted(METHODS)}")
+        from matpac_jax import errors
+
+        raise errors.ConfigError(f"config.method={config.method!r}; known: {sorted(METHODS)}")
     return METHODS[config.method].from_config(config)
 
 
@@ -35,14 +37,20 @@ def load_workdir(path: str | os.PathLike, step: int | None = None
                  ) -> tuple[Method, nnx.Module, ml_collections.ConfigDict]:
     """(method, model, config) from a training workdir (latest or given step) or
     one step's checkpoint folder, for inference: only the model is read (no
-    optimiser state), onto one device, without initialising weights first."""
+    optimiser state), onto one device, without initialising weights first.
+    A damaged newest step is skipped for the next older one
+    (`checkpoint.first_intact`)."""
+    from matpac_jax import errors
     from matpac_jax.training import checkpoint as ckpt
 
-    ckpt_path = ckpt.find_checkpoint(os.fspath(path), step)
-    config = ckpt.load_config(ckpt_path)
-    if config.method not in METHODS:
-        raise ValueError(f"{ckpt_path}: config.method={config.method!r}; known: {sorted(METHODS)}")
-    method = METHODS[config.method].from_config(config, ckpt.load_architecture(ckpt_path))
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: method.build(nnx.Rngs(0))))
-    state = ckpt.restore_model_state(ckpt_path, abstract)
-    return method, nnx.merge(graphdef, state), config
+    def load(ckpt_path):
+        config = ckpt.load_config(ckpt_path)
+        if config.method not in METHODS:
+            raise errors.ConfigError(
+                f"{ckpt_path}: config.method={config.method!r}; known: {sorted(METHODS)}")
+        method = METHODS[config.method].from_config(config, ckpt.load_architecture(ckpt_path))
+        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: method.build(nnx.Rngs(0))))
+        state = ckpt.restore_model_state(ckpt_path, abstract)
+        return method, nnx.merge(graphdef, state), config
+
+    return ckpt.first_intact(os.fspath(path), load, step)

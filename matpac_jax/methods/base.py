@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import ml_collections
 from flax import nnx
+
+from matpac_jax import errors
 
 
 TRAINABLE = nnx.All(nnx.Param, nnx.PathContains("student"))
@@ -49,6 +51,12 @@ class EmbeddingSpec:
     family: str                                 # 'vit' | 'beats': inference.EMBEDDERS
     frontend: str
     norm_stats: tuple[float, float] | None = None
+
+
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise errors.ConfigError `config.<key>=<value>: must be <allowed>` unless `ok`."""
+    if not ok:
+        raise errors.ConfigError(f"config.{key}={value!r}: must be {allowed}")
 
 
 class Method(abc.ABC):
@@ -81,6 +89,11 @@ class Method(abc.ABC):
         the checkpoint, so only their shapes are needed, not their files.
         """
         return cls(config)
+
+    def validate_config(self, config: ml_collections.ConfigDict) -> None:
+        """Raise errors.ConfigError (`require`) for a value of the method's own keys
+        (`config.objective`, model shapes) that is out of range; called before
+        anything is compiled. The loop's keys are checked by trainer.validate."""
 
     def architecture(self) -> dict:
         """JSON-able shapes of the pretrained parts, saved with checkpoints."""

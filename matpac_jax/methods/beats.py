@@ -23,7 +23,8 @@ import jax
 import ml_collections
 from flax import nnx
 
-from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method
+from matpac_jax import errors
+from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method, require
 from matpac_jax.models.beats import BEATsConfig, BEATsEncoder, Estimator, LabelPredictor
 from matpac_jax.models.codebook import BEATsTokenizer, RandomProjectionTokenizer, codebook_usage
 from matpac_jax.models.layers import dtype
@@ -40,14 +41,14 @@ def load_pretrained(path: str, want: str) -> nnx.Module:
             return method.encoder(model)
         if want == "tokenizer" and isinstance(method, BeatsTokenizerMethod):
             return method.encoder(model)
-        raise ValueError(f"{path}: a {method.config.method!r} workdir has no BEATs {want}")
+        raise errors.CheckpointError(f"{path}: a {method.config.method!r} workdir has no BEATs {want}")
     from matpac_jax.conversion.beats import load_beats
 
     model = load_beats(path)
     if want == "tokenizer" and not isinstance(model, BEATsTokenizer):
-        raise ValueError(f"{path}: not a BEATs tokenizer checkpoint (no quantize.* keys)")
+        raise errors.CheckpointError(f"{path}: not a BEATs tokenizer checkpoint (no quantize.* keys)")
     if want == "encoder" and isinstance(model, BEATsTokenizer):
-        raise ValueError(f"{path}: a tokenizer checkpoint, expected a BEATs SSL model")
+        raise errors.CheckpointError(f"{path}: a tokenizer checkpoint, expected a BEATs SSL model")
     return model
 
 
@@ -58,6 +59,20 @@ class _BeatsMethod(Method):
         self.dtype = dtype(config.model.dtype)
         self.input = InputSpec("beats", (config.data.crop_frames, 128))
         self.embedding = EmbeddingSpec("beats", "beats")
+
+    def validate_config(self, config: ml_collections.ConfigDict) -> None:
+        m, crop = config.model, config.data.crop_frames
+        p = m.input_patch_size
+        require(p >= 1 and 128 % p == 0, "model.input_patch_size", p,
+                "a divisor of the 128 fbank bins")
+        require(crop >= p and crop % p == 0, "data.crop_frames", crop,
+                f"a whole number (>= 1) of model.input_patch_size={p} frames")
+        require(m.encoder_embed_dim % m.encoder_attention_heads == 0, "model.encoder_embed_dim",
+                m.encoder_embed_dim,
+                f"divisible by model.encoder_attention_heads={m.encoder_attention_heads}")
+        for key in ("dropout", "attention_dropout", "activation_dropout", "dropout_input",
+                    "encoder_layerdrop"):
+            require(0 <= m[key] < 1, f"model.{key}", m[key], "in [0, 1)")
 
 
 class BeatsMamModel(nnx.Module):
@@ -92,6 +107,17 @@ class BeatsMamMethod(_BeatsMethod):
             return cls(config, tokenizer_cfg=BEATsConfig.from_dict(cfg) if cfg else None)
         path = config.tokenizer_checkpoint
         return cls(config, load_pretrained(path, "tokenizer") if path else None)
+
+    def validate_config(self, config: ml_collections.ConfigDict) -> None:
+        super().validate_config(config)
+        o, p = config.objective, config.model.input_patch_size
+        patches = (128 // p) * (config.data.crop_frames // p)
+        masked = int(patches * o.mask_ratio)  # beats_mam.random_mask's count
+        require(0 < o.mask_ratio < 1 and 0 < masked < patches, "objective.mask_ratio",
+                o.mask_ratio, f"in (0, 1), leaving at least one of the {patches} patches "
+                "visible and one masked")
+        for key in ("num_codes", "codebook_dim", "predictor_layers", "predictor_heads"):
+            require(o[key] >= 1, f"objective.{key}", o[key], ">= 1")
 
     def architecture(self) -> dict:
         if self.tokenizer_cfg is None:
@@ -159,9 +185,19 @@ class BeatsTokenizerMethod(_BeatsMethod):
         if architecture is not None and "teacher" in architecture:
             return cls(config, teacher_cfg=BEATsConfig.from_dict(architecture["teacher"]))
         if not config.teacher_checkpoint:
-            raise ValueError("config.teacher_checkpoint is required: an official BEATs .pt "
+            raise errors.ConfigError("config.teacher_checkpoint is required: an official BEATs .pt "
                              "or a workdir of a beats_mam run")
         return cls(config, load_pretrained(config.teacher_checkpoint, "encoder"))
+
+    def validate_config(self, config: ml_collections.ConfigDict) -> None:
+        super().validate_config(config)
+        o = config.objective
+        require(0 <= o.codebook_decay <= 1, "objective.codebook_decay", o.codebook_decay,
+                "in [0, 1]")
+        require(o.beta >= 0, "objective.beta", o.beta, ">= 0")
+        require(o.kmeans_iters >= 0, "objective.kmeans_iters", o.kmeans_iters, ">= 0")
+        require(o.estimator_layers >= 1, "objective.estimator_layers", o.estimator_layers,
+                ">= 1")
 
     def architecture(self) -> dict:
         return {"teacher": dataclasses.asdict(self.teacher_cfg)}

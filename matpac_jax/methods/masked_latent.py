@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method
+from matpac_jax import errors
+from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method, require
 from matpac_jax.models.layers import Buffer, dtype
 from matpac_jax.models.masked_latent import Student, Teacher
 from matpac_jax.objectives import masked_latent as ml
@@ -37,13 +38,38 @@ class MaskedLatentMethod(Method):
         self.config = config
         self.obj = config.objective
         if self.obj.ema_timing not in EMA_TIMINGS:
-            raise ValueError(f"config.objective.ema_timing={self.obj.ema_timing!r}; "
+            raise errors.ConfigError(f"config.objective.ema_timing={self.obj.ema_timing!r}; "
                              f"known: {EMA_TIMINGS}")
         norm = tuple(config.data.norm_stats) if config.data.get("norm_stats") else None
         frontend = config.data.frontend
         self.input = InputSpec(frontend, (config.model.in_freq, config.data.crop_frames), norm)
         self.embedding = EmbeddingSpec("vit", frontend, norm)
         self.use_head = config.method == "matpac" and self.obj.alpha < 1.0
+
+    def validate_config(self, config: ml_collections.ConfigDict) -> None:
+        m, o, crop = config.model, config.objective, config.data.crop_frames
+        require(m.patch >= 1, "model.patch", m.patch, ">= 1")
+        require(m.in_freq % m.patch == 0, "model.in_freq", m.in_freq,
+                f"a multiple of model.patch={m.patch}")
+        require(crop >= m.patch and crop % m.patch == 0, "data.crop_frames", crop,
+                f"a whole number (>= 1) of model.patch={m.patch} frames")
+        require(m.dim % m.num_heads == 0, "model.dim", m.dim,
+                f"divisible by model.num_heads={m.num_heads}")
+        require(m.pred_dim % m.pred_heads == 0, "model.pred_dim", m.pred_dim,
+                f"divisible by model.pred_heads={m.pred_heads}")
+        patches = (m.in_freq // m.patch) * (crop // m.patch)
+        keep = int(patches * (1 - o.mask_ratio))
+        require(0 < o.mask_ratio < 1 and 1 <= keep < patches, "objective.mask_ratio",
+                o.mask_ratio, f"in (0, 1), leaving at least one of the {patches} patches "
+                "visible and one masked")
+        require(0 <= o.alpha <= 1, "objective.alpha", o.alpha, "in [0, 1]")
+        for key in ("ema_start", "ema_end", "head_ema_start", "head_ema_end",
+                    "center_momentum"):
+            require(0 <= o[key] <= 1, f"objective.{key}", o[key], "in [0, 1]")
+        for key in ("student_temp", "teacher_temp_start", "teacher_temp_end"):
+            require(o[key] > 0, f"objective.{key}", o[key], "> 0")
+        require(o.teacher_temp_warmup_steps >= 0, "objective.teacher_temp_warmup_steps",
+                o.teacher_temp_warmup_steps, ">= 0")
 
     def build(self, rngs: nnx.Rngs) -> MaskedLatentModel:
         m = self.config.model

@@ -36,6 +36,7 @@ def base(method: str, frontend: str) -> ml_collections.ConfigDict:
     c.data.crop_frames = 608
     c.data.workers = 0  # grain worker processes per host
     c.data.short_clips = "pad"
+    c.data.corrupt_records = "stop"  # or "skip": drop a corrupt record, log and count it
     c.data.norm_stats = ()  # () = the front end's standard (mean, std)
 
     c.opt = ml_collections.ConfigDict()

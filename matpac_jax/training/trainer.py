@@ -1,10 +1,10 @@
 """The one training loop: MATPAC, M2D and the BEATs stages all run through it.
 
 A method (`matpac_jax.methods.base.Method`) supplies the model, its loss and
-its update hooks; this file owns everything else: mesh and sharding, the
-jitted step with donated state, checkpoint/resume (state + data iterator),
-preemption, non-finite guards, metrics and profiling. Read it top to bottom;
-fork it.
+its update hooks; this file owns everything else: config checks, the
+workdir lock, mesh and sharding, the jitted step with donated state,
+checkpoint/resume (state + data iterator), preemption, non-finite guards,
+metrics and profiling. Read it top to bottom; fork it.
 """
 from __future__ import annotations
 
@@ -24,16 +24,17 @@ import optax
 from absl import logging
 from flax import nnx
 
+from matpac_jax import errors
 from matpac_jax.data import loader as data_loader
-from matpac_jax.methods.base import Method
+from matpac_jax.methods.base import Method, require
 from matpac_jax.models import layers
 from matpac_jax.models.layers import Buffer
 from matpac_jax.training import checkpoint as ckpt
 from matpac_jax.training import metrics as metrics_lib
-from matpac_jax.training import optim, sharding
+from matpac_jax.training import optim, sharding, workdir_lock
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(errors.Error, RuntimeError):
     """The loss or gradient became NaN/Inf; the last good checkpoint is kept."""
 
 
@@ -65,32 +66,62 @@ class Run:
     flops_step_fn: Any  # step_fn, or the step without accumulation (lowered for FLOPs)
 
 
-def validate(config: ml_collections.ConfigDict, devices=None) -> jax.sharding.Mesh:
-    """Config errors that must surface before any compilation; returns the mesh."""
-    mesh = sharding.make_mesh(config.mesh, devices)  # raises if it does not fit
+def validate(config: ml_collections.ConfigDict, devices=None,
+             method: Method | None = None) -> jax.sharding.Mesh:
+    """Config errors that must surface before any compilation (errors.ConfigError
+    naming the key and what it must be); `method`'s own keys through
+    `Method.validate_config`. Returns the mesh."""
+    c, o, d = config, config.opt, config.data
+    require(c.total_steps > 0, "total_steps", c.total_steps, "> 0")
+    require(c.batch_size > 0, "batch_size", c.batch_size, "> 0")
+    for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
+        require(c[key] >= 1, key, c[key], ">= 1")
+    require(c.nonfinite in ("stop", "skip"), "nonfinite", c.nonfinite, "'stop' or 'skip'")
+    require(d.crop_frames >= 1, "data.crop_frames", d.crop_frames, ">= 1")
+    require(d.workers >= 0, "data.workers", d.workers, ">= 0")
+    require(d.short_clips in ("pad", "drop"), "data.short_clips", d.short_clips,
+            "'pad' or 'drop'")
+    corrupt = d.get("corrupt_records", "stop")
+    require(corrupt in data_loader.CORRUPT_RECORDS, "data.corrupt_records", corrupt,
+            " or ".join(map(repr, data_loader.CORRUPT_RECORDS)))
+    require(o.adam in optim.ADAM_FORMS, "opt.adam", o.adam, " or ".join(map(repr, optim.ADAM_FORMS)))
+    require(o.lr >= 0, "opt.lr", o.lr, ">= 0")
+    require(o.warmup_steps >= 0, "opt.warmup_steps", o.warmup_steps, ">= 0")
+    for key in ("b1", "b2"):
+        require(0 <= o[key] < 1, f"opt.{key}", o[key], "in [0, 1)")
+    require(o.eps > 0, "opt.eps", o.eps, "> 0")
+    require(o.weight_decay >= 0, "opt.weight_decay", o.weight_decay, ">= 0")
+    require(o.clip_grad_norm >= 0, "opt.clip_grad_norm", o.clip_grad_norm, ">= 0 (0: off)")
+    try:
+        mesh = sharding.make_mesh(config.mesh, devices)  # raises if it does not fit
+    except ValueError as e:
+        raise errors.ConfigError(str(e)) from None
     mesh_devices = mesh.size
     dp = sharding.data_parallel_size(mesh)
     if config.batch_size % dp:
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.batch_size={config.batch_size} is not divisible by the data-parallel "
             f"size {dp} (mesh {dict(mesh.shape)} on {mesh_devices} devices)"
         )
     if config.batch_size % jax.process_count():
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.batch_size={config.batch_size} is not divisible by the "
             f"{jax.process_count()} processes"
         )
-    if config.total_steps <= 0:
-        raise ValueError(f"config.total_steps must be > 0, got {config.total_steps}")
     accum = config.get("grad_accum_steps", 1)
     if accum < 1 or config.batch_size % (dp * accum):
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.batch_size={config.batch_size} must split into "
             f"config.grad_accum_steps={accum} microbatches, each divisible by the "
             f"data-parallel size {dp}"
         )
-    layers.check_remat(config.model.get("remat", "none"))
-    layers.cpu_workarounds_enabled(config.model.get("cpu_workarounds", "auto"))
+    try:
+        layers.check_remat(config.model.get("remat", "none"))
+        layers.cpu_workarounds_enabled(config.model.get("cpu_workarounds", "auto"))
+    except ValueError as e:
+        raise errors.ConfigError(str(e)) from None
+    if method is not None:
+        method.validate_config(config)
     return mesh
 
 
@@ -138,10 +169,10 @@ def loss_and_grads(method: Method, model: nnx.Module, batch: dict[str, jax.Array
 
 def build(config: ml_collections.ConfigDict, method: Method, devices=None) -> Run:
     """Mesh, sharded state, and the compiled-on-first-call train step."""
-    mesh = validate(config, devices)
+    mesh = validate(config, devices, method)
     accum = config.get("grad_accum_steps", 1)
     if accum > 1 and not method.supports_grad_accum:
-        raise ValueError(f"config.grad_accum_steps={accum}: not supported by "
+        raise errors.ConfigError(f"config.grad_accum_steps={accum}: not supported by "
                          f"method {config.method!r} ({method.grad_accum_note})")
     rules = sharding.logical_rules(config.fsdp, config.mesh.get("tensor", 1) != 1)
     tx, lr_schedule = optim.make_optimizer(config.opt, config.total_steps, method.lr_scale)
@@ -237,6 +268,7 @@ def make_data(config: ml_collections.ConfigDict, method: Method, path: str):
             norm_stats=spec.norm_stats,
             classes=spec.classes or None,
             balanced=spec.balanced,
+            corrupt_records=config.data.get("corrupt_records", "stop"),
         )
     )
 
@@ -298,33 +330,63 @@ def train(config: ml_collections.ConfigDict, workdir: str, method: Method,
     """Train to `config.total_steps`, resuming from `workdir` if it has checkpoints.
     `devices`: the mesh's devices (default: all). `evaluate(step, model)`, if
     given, runs before every checkpoint save (fine-tuning scores the valid
-    split there); what it returns is logged with the training metrics."""
+    split there); what it returns is logged with the training metrics. The
+    workdir is locked for the run (training/workdir_lock.py)."""
+    validate(config, devices, method)
+    with workdir_lock.WorkdirLock(workdir, primary=ckpt.is_primary()):
+        return _train(config, workdir, method, devices, evaluate)
+
+
+def _train(config, workdir, method, devices, evaluate):
     if "://" not in workdir:
         os.makedirs(workdir, exist_ok=True)
     path = data_path(config, workdir)
     data_loader.find_shards(path)  # a clear error before any compilation
-    run = build(config, method, devices)
-    data = make_data(config, method, path)
     checkpointer = ckpt.Checkpointer(
         workdir, every=config.checkpoint_every, keep=config.keep_checkpoints,
         asynchronous=config.async_checkpoints,
     )
-    start = checkpointer.latest_step() or 0
-    if start:
-        logging.info("Resuming from step %d in %s", start, workdir)
-        abstract = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            run.state, run.state_shardings,
-        )
-        run.state = checkpointer.restore(start, abstract, data)
+    writer = bar = None
+    finished = False
+    try:
+        saved = checkpointer.newest_config()
+        if saved is not None:  # before anything is built or read
+            step, saved_config, saved_architecture = saved
+            ckpt.check_resume_config(saved_config, config, f"{workdir} (checkpoint step {step})",
+                                     saved_architecture, method.architecture())
+        run = build(config, method, devices)
+        data = make_data(config, method, path)
+        start = 0
+        if checkpointer.latest_step():
+            abstract = jax.tree.map(
+                lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                run.state, run.state_shardings,
+            )
+            restored = checkpointer.restore_latest(abstract, data)
+            if restored is not None:
+                start, run.state = restored
+                logging.info("Resuming from step %d in %s", start, workdir)
 
-    writer = metrics_lib.EventWriter(_tensorboard_dir(workdir))
+        writer = metrics_lib.EventWriter(_tensorboard_dir(workdir))
+        bar = _progress_bar(start, config.total_steps)
+        last = _loop(run, config, method, workdir, data, checkpointer, writer, start, bar,
+                     evaluate)
+        finished = True
+    finally:  # a failure prints its own error and nothing of orbax's threads
+        checkpointer.close(quiet=not finished)
+        if writer is not None:
+            writer.close()
+        if bar is not None:
+            bar.close()
+    return last
+
+
+def _loop(run, config, method, workdir, data, checkpointer, writer, start, bar, evaluate):
     preemption = _Preemption()
     peak = metrics_lib.peak_flops(jax.devices()[0], config.get("peak_flops"))
     flops = None
     profile_start = config.profile.start_step if config.profile.num_steps else -1
     tracing = False
-    bar = _progress_bar(start, config.total_steps)
     base_key = jax.random.key(config.seed)
     last = {}
     t_log, steps_since_log = time.perf_counter(), 0
@@ -356,6 +418,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, method: Method,
             last["samples_per_s"] = config.batch_size / dt
             if flops and peak:
                 last["mfu"] = flops / dt / (peak * jax.device_count())
+            last.update(data_loader.data_metrics(data))
             writer.scalars(done, last)
             if bar is not None:  # above the bar, which stays at the bottom
                 bar.write(metrics_lib.format_line(done, config.total_steps, last))
@@ -379,10 +442,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, method: Method,
             break
     if tracing:  # the run ended (or was preempted) inside the profiled window
         jax.profiler.stop_trace()
-    checkpointer.close()
-    writer.close()
-    if bar is not None:
-        bar.close()
     return last
 
 

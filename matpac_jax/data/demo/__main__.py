@@ -2,6 +2,7 @@
 
 import sys
 
+from matpac_jax import cli
 from matpac_jax.data.demo import main
 
-sys.exit(main())
+sys.exit(cli.run(main))

@@ -24,6 +24,8 @@ import shutil
 import struct
 import subprocess
 
+from matpac_jax import errors
+
 DEFAULT_SOUNDFONT_DIRS = ("/usr/share/sounds/sf2", "/usr/share/sounds/sf3")
 DEFAULT_WORDS = "/usr/share/dict/words"
 FESTIVAL_VOICE_DIR = "/usr/share/festival/voices"
@@ -51,7 +53,7 @@ EXCLUDED = re.compile(r"timgm|espeak", re.IGNORECASE)
 MIN_WORDS = 1000
 
 
-class DemoSourceError(RuntimeError):
+class DemoSourceError(errors.DataError, RuntimeError):
     """Sources of the demo corpus are missing or corrupt (one message for all)."""
 
     def __init__(self, problems: list[str], packages: list[str]):
