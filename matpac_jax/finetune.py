@@ -31,7 +31,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from matpac_jax import cli
+from matpac_jax import cli, errors
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 SPLITS = ("train", "valid", "test")
@@ -69,11 +69,12 @@ def task_shards(task_dir: str, data_dir: str, frontend: str, write: bool = True
     splits = {s: os.path.join(task_dir, s) for s in SPLITS}
     missing = [s for s, p in splits.items() if not os.path.isdir(p)]
     if missing:
-        raise FileNotFoundError(f"--task {task_dir}: no meta.csv, and no {missing} shard "
-                                f"folder(s) (python -m matpac_jax.data.prepare --labels=...)")
+        raise errors.TaskFileError(f"--task {task_dir}: no meta.csv, and no {missing} shard "
+                                   f"folder(s) (python -m matpac_jax.data.prepare --labels=...)")
     labels = record_labels(find_shards(splits["train"]))
     if not any(labels):
-        raise ValueError(f"{splits['train']}: the shards carry no labels (prepare --labels=CSV)")
+        raise errors.TaskFileError(f"{splits['train']}: the shards carry no labels "
+                                   "(python -m matpac_jax.data.prepare --labels=CSV)")
     classes = sorted({c for ls in labels for c in ls})
     return dict(name=name, splits=splits, classes=classes,
                 multilabel=any(len(ls) != 1 for ls in labels))
@@ -163,7 +164,7 @@ class Scorer:
         if pending:
             flush()
         if not labels:
-            raise ValueError("no clips to score")
+            raise errors.TaskFileError("a split with no clips to score")
         return np.stack([s / w for s, w in zip(sums, weights)]).astype(np.float32), labels
 
 
@@ -226,7 +227,8 @@ class BestKeeper:
 
         step = self.record["best_step"]
         if step is None:
-            raise ValueError(f"{self.path}: no valid score recorded (did training run?)")
+            raise errors.CheckpointError(f"{self.path}: no valid score recorded (did training "
+                                         "run?)")
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                                 nnx.state(model))
@@ -257,7 +259,7 @@ def check_resumable(workdir: str, config) -> None:
             else:
                 diffs.append(f"finetune.{key}: {a!r} -> {b!r}")
     if diffs:
-        raise ValueError(f"{workdir} holds a fine-tuning run that does not fit this one: "
+        raise errors.ConfigError(f"{workdir} holds a fine-tuning run that does not fit this one: "
                          + "; ".join(diffs) + ". Use a new --workdir.")
 
 
@@ -372,4 +374,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

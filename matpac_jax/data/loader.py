@@ -394,7 +394,8 @@ def balanced_weights(labels: list[list[str]]) -> np.ndarray:
             counts[c] = counts.get(c, 0) + 1
     w = np.array([sum(1.0 / counts[c] for c in ls) for ls in labels], np.float64)
     if not w.any():
-        raise ValueError("balanced sampling needs labelled records")
+        raise errors.DataError("balanced sampling needs labelled records "
+                               "(python -m matpac_jax.data.prepare --labels=CSV)")
     return w / w.sum()
 
 

@@ -104,19 +104,20 @@ def read_labels(path: str) -> dict[str, str]:
         lines = f.read().splitlines()
     body = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     if not body:
-        raise ValueError(f"--labels {path}: no rows")
+        raise errors.TaskFileError(f"--labels {path}: no rows")
     header = [h.strip() for h in next(csv.reader([body[0]]))]
     if "label" in header:
         key = next((k for k in ("file", "id", "YTID") if k in header), None)
         if key is None:
-            raise ValueError(f"--labels {path}: needs a 'file' (or 'id') column next to 'label'")
+            raise errors.TaskFileError(f"--labels {path}: needs a 'file' (or 'id') column "
+                                       "next to 'label'")
         rows = csv.DictReader(body)
         return {r[key].strip(): r["label"].strip() for r in rows}
     out = {}  # AudioSet: YTID, start, end, "label,label,..."
     for n, row in enumerate(csv.reader(body, skipinitialspace=True)):
         if len(row) < 4:
-            raise ValueError(f"--labels {path}: row {n + 1} is neither 'file,label' nor "
-                             f"AudioSet 'YTID, start, end, labels': {row}")
+            raise errors.TaskFileError(f"--labels {path}: row {n + 1} is neither 'file,label' "
+                                       f"nor AudioSet 'YTID, start, end, labels': {row}")
         out[row[0].strip()] = ";".join(x.strip() for x in row[3].split(",") if x.strip())
     return out
 

@@ -22,9 +22,9 @@ import ml_collections
 from flax import nnx
 
 from matpac_jax.data import frontends
-from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method
+from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method, require
 from matpac_jax.models.beats import BEATsConfig, BEATsEncoder
-from matpac_jax.models.classifier import Classifier
+from matpac_jax.models.classifier import HEAD_NORMS, POOLINGS, Classifier
 from matpac_jax.models.layers import dtype
 from matpac_jax.models.vit import ViTEncoder
 from matpac_jax.objectives import finetune as ft
@@ -54,9 +54,8 @@ def pretrained_encoder(checkpoint: str) -> tuple[dict, nnx.Module]:
     saved with every checkpoint, so restoring needs no pretrained file."""
     from matpac_jax.inference import load
 
-    if not checkpoint:
-        raise ValueError("config.finetune.checkpoint is empty (the finetune command's "
-                         "--checkpoint)")
+    require(bool(checkpoint), "finetune.checkpoint", checkpoint,
+            "a checkpoint (the finetune command's --checkpoint)")
     emb = load(checkpoint)
     encoder = emb.model
     if getattr(encoder, "predictor", None) is not None:
@@ -83,33 +82,18 @@ class FinetuneMethod(Method):
         self.family = architecture["family"]
         self.arch = architecture
         self.pretrained = pretrained
-        if not self.ft.classes:
-            raise ValueError("config.finetune.classes is empty: the task's class names are "
-                             "needed (the finetune command sets them from the task)")
+        self.validate_config(config)
         frontend = architecture["frontend"]
         norm = tuple(architecture["norm_stats"])
         crop = config.data.crop_frames
         if self.family == "vit":
-            enc = architecture["encoder"]
-            if crop % enc["patch"] or crop > enc["max_frames"]:
-                raise ValueError(f"config.data.crop_frames={crop}: must be a multiple of "
-                                 f"{enc['patch']} and <= the encoder's {enc['max_frames']} frames")
-            shape = (enc["in_freq"], crop)
+            shape = (architecture["encoder"]["in_freq"], crop)
         else:
-            if crop % 16:
-                raise ValueError(f"config.data.crop_frames={crop}: must be a multiple of 16")
             shape = (crop, frontends.NUM_BINS["beats"])
         self.input = InputSpec(frontend, shape, norm, tuple(self.ft.classes),
                                bool(self.ft.balanced))
         self.embedding = EmbeddingSpec(self.family, frontend, norm)
         self.time_axis = 2 if frontends.FEATURE_LAYOUT[frontend] == "freq_time" else 1
-        if self.ft.patch_dropout_mode not in PATCH_DROPOUT_MODES:
-            raise ValueError(f"config.finetune.patch_dropout_mode={self.ft.patch_dropout_mode!r}; "
-                             f"known: {PATCH_DROPOUT_MODES}")
-        if self.ft.patch_dropout_mode == "structured" and self.family != "vit":
-            raise ValueError("config.finetune.patch_dropout_mode='structured' needs a ViT encoder")
-        if not 0 <= self.ft.patch_dropout < 1:
-            raise ValueError(f"config.finetune.patch_dropout={self.ft.patch_dropout}: in [0, 1)")
         if self.ft.layer_decay != 1.0 or self.ft.freeze_embed:
             self.lr_scale = self._layer_scale
         if self.ft.head_norm == "batchnorm":  # its batch statistics do not average
@@ -126,6 +110,34 @@ class FinetuneMethod(Method):
 
     def architecture(self) -> dict:
         return self.arch
+
+    def validate_config(self, config: ml_collections.ConfigDict) -> None:
+        f, crop, vit = config.finetune, config.data.crop_frames, self.family == "vit"
+        require(len(f.classes) > 0 and all(f.classes), "finetune.classes", f.classes,
+                "the task's class names (the finetune command sets them)")
+        if vit:
+            enc = self.arch["encoder"]
+            require(crop % enc["patch"] == 0 and 0 < crop <= enc["max_frames"],
+                    "data.crop_frames", crop, f"a multiple of {enc['patch']} up to the "
+                    f"encoder's {enc['max_frames']} frames")
+        else:
+            require(crop % 16 == 0 and crop > 0, "data.crop_frames", crop, "a multiple of 16")
+        pools = POOLINGS if vit else POOLINGS[:1]
+        require(f.pooling in pools, "finetune.pooling", f.pooling, f"one of {pools}")
+        require(f.head_norm in HEAD_NORMS, "finetune.head_norm", f.head_norm,
+                f"one of {HEAD_NORMS}")
+        modes = PATCH_DROPOUT_MODES if vit else PATCH_DROPOUT_MODES[:1]
+        require(f.patch_dropout_mode in modes, "finetune.patch_dropout_mode",
+                f.patch_dropout_mode, f"one of {modes} for a {self.family} encoder")
+        require(0 <= f.patch_dropout < 1, "finetune.patch_dropout", f.patch_dropout, "in [0, 1)")
+        require(0 < f.layer_decay <= 1, "finetune.layer_decay", f.layer_decay, "in (0, 1]")
+        require(0 <= f.mixup_prob <= 1, "finetune.mixup_prob", f.mixup_prob, "in [0, 1]")
+        require(f.mixup_alpha >= 0, "finetune.mixup_alpha", f.mixup_alpha, ">= 0")
+        require(0 <= f.label_smoothing < 1, "finetune.label_smoothing", f.label_smoothing,
+                "in [0, 1)")
+        for key in ("freq_mask_width", "freq_masks", "time_mask_width", "time_masks"):
+            require(f[key] >= 0, f"finetune.{key}", f[key], ">= 0")
+        require(f.eval_batch > 0, "finetune.eval_batch", f.eval_batch, "> 0")
 
     def _encoder(self, rngs: nnx.Rngs) -> nnx.Module:
         d = dtype(self.config.model.dtype)
