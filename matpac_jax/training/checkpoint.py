@@ -49,6 +49,7 @@ SAFE_ON_RESUME = (
     "mesh", "fsdp", "grad_accum_steps", "model.remat", "model.cpu_workarounds",
     "data.path", "data.workers", "data.demo_clips", "data.corrupt_records",
     "tokenizer_checkpoint", "teacher_checkpoint",
+    "finetune.eval_batch", "finetune.seeds",  # scoring and the list of runs, not a run's state
 )
 
 
