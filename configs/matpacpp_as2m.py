@@ -25,7 +25,7 @@ def get_config(arg: str | None = None):
     c = matpac_as2m.get_config(arg)  # 'demo' -> the MATPAC demo, same heads and schedule
     c.objective.update(dict(
         prediction="mcl",       # use_mcl: True
-        mcl_heads=5,            # mcl_heads.n_head: 5 Linear(pred_dim, dim), xavier, replace decoder_pred
+        mcl_heads=5,            # mcl_heads.n_head: 5 xavier Linear(pred_dim, dim) for decoder_pred
         mcl_temp_start=0.1,     # mcl_heads.temperature_start
         mcl_temp_decay=0.99997,  # mcl_heads.decay_rate: T = 0.1 * 0.99997**update (exponential)
         mcl_temp_end=1e-4,      # mcl_heads.temperature_end: at T <= 1e-4 (update ~230k) hard WTA

@@ -8,7 +8,7 @@
 torch installed (`pip install -e '.[hear]'`) `load_model` returns a
 `torch.nn.Module`, as HEAR's harness and `hear-validator` require, and the
 functions take and return torch tensors; the module is a shell without
-torch weights: JAX does the work (resampled and front end on the whole
+torch weights: JAX does the work (resampling and front end on the whole
 batch on the host, then the checkpoint's jitted encoder on padded batches of
 chunks, `inference.Embedder`). Without torch the same calls take and return
 numpy arrays.
@@ -22,9 +22,10 @@ retraining by **overlapping windows of the patch grid**: the encoder also
 runs on the features shifted by 1, 2, ... hops, and the frames of all shifts
 interleave. Each frame is an exact encoder output for the 160 ms window it
 names (no interpolation), at 160 / frame_hop_ms times the encoder compute.
-Frames run up to the last native frame's start, so a shifted window never
-sees more padding than the native grid does; at 160 ms the result is the
-default path's frames.
+Frames run up to the last native frame's start, so no shifted window holds
+more padding than the native grid's (a shifted input does end in its shift,
+< 16 frames, of zeros, which the encoder sees as context). At 160 ms the
+result is the default path's frames.
 """
 from __future__ import annotations
 
@@ -108,7 +109,8 @@ class HearModel:
         count = (n - 1) * len(shifts) + 1  # up to the last native frame's start
         emb = frames.reshape(n_sounds, n * len(shifts), d)[:, :count]
         starts = np.arange(count) * hop  # front-end frame where each window starts
-        centre_ms = (starts + (PATCH_FRAMES - 1) / 2) * 10.0 + FRAME_OFFSET_MS[self.embedder.frontend]
+        offset = FRAME_OFFSET_MS[self.embedder.frontend]
+        centre_ms = (starts + (PATCH_FRAMES - 1) / 2) * 10.0 + offset
         ts = np.broadcast_to(centre_ms.astype(np.float32), (n_sounds, count))
         return np.ascontiguousarray(emb, np.float32), np.ascontiguousarray(ts)
 
@@ -139,7 +141,8 @@ def _check_audio(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     audio = audio.astype(np.float32, copy=False)
     bad = ~np.isfinite(audio).all(axis=1)
     if bad.any():
-        raise ValueError(f"HEAR audio has NaN or inf samples in sounds {np.flatnonzero(bad)[:10].tolist()}")
+        raise ValueError("HEAR audio has NaN or inf samples in sounds "
+                         f"{np.flatnonzero(bad)[:10].tolist()}")
     return audio
 
 
@@ -176,7 +179,8 @@ def _torch_available() -> bool:
 def _core(model) -> HearModel:
     core = getattr(model, "core", model)
     if not isinstance(core, HearModel):
-        raise ValueError(f"expected a model from matpac_jax.hear.load_model, got {type(model).__name__}")
+        raise ValueError("expected a model from matpac_jax.hear.load_model, "
+                         f"got {type(model).__name__}")
     return core
 
 

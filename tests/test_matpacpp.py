@@ -1,4 +1,4 @@
-"""MATPAC++ (docs/SPEC.md section 11): the MCL loss, winner-takes-all gradient routing, the config."""
+"""MATPAC++ (docs/SPEC.md section 11): MCL loss, winner-takes-all gradient routing, config."""
 import importlib.util
 import pathlib
 
