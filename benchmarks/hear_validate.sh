@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The official HEAR 2021 validator (`hear-validator`, PyPI hearvalidator) on
-# matpac_jax.hear, one run per checkpoint; prints PASS/FAIL per model and
-# exits non-zero if any failed. Logs in OUT_DIR.
+# matpac_jax.hear (160 ms timestamps) and matpac_jax.hear_40ms, one run per
+# module and checkpoint; prints PASS/FAIL for each and exits non-zero if any
+# failed. Logs in OUT_DIR.
 #
 #   benchmarks/hear_validate.sh [OUT_DIR] [CHECKPOINT ...]
 #
@@ -50,14 +51,17 @@ if [ ${#models[@]} -eq 0 ]; then
 fi
 
 status=0
-for m in "${models[@]}"; do
-  name=$(basename "$m")
-  if (cd "$OUT" && "$VENV/bin/hear-validator" matpac_jax.hear --model "$m") \
-      >"$OUT/$name.log" 2>&1 && grep -q "Looks good!" "$OUT/$name.log"; then
-    echo "PASS $m"
-  else
-    echo "FAIL $m (see $OUT/$name.log)"; status=1
-  fi
-  grep -E "Interval between timestamps|embedding_size|Received embedding" "$OUT/$name.log" | sed 's/^/    /' || true
+for module in ${HEAR_MODULES:-matpac_jax.hear matpac_jax.hear_40ms}; do
+  for m in "${models[@]}"; do
+    log="$OUT/$module.$(basename "$m").log"
+    if (cd "$OUT" && "$VENV/bin/hear-validator" "$module" --model "$m") >"$log" 2>&1 \
+        && grep -q "Looks good!" "$log"; then
+      echo "PASS $module $m"
+    else
+      echo "FAIL $module $m (see $log)"; status=1
+    fi
+    grep -E "Interval between timestamps|embedding_size|Received embedding|UserWarning" "$log" \
+      | sed 's/^/    /' || true
+  done
 done
 exit $status

@@ -87,8 +87,11 @@ def test_bad_input_is_a_clear_value_error(vit, tmp_path):
 
 
 def test_load_model_official_beats_file(fixtures_dir):
-    m = hear.load_model(str(fixtures_dir / "BEATs_small.pt"), sample_rate=32000, frame_hop_ms=40,
-                        torch_module=False)
+    from matpac_jax import hear_40ms  # what hear-validator can load at 40 ms: a path only
+
+    m = hear_40ms.load_model(str(fixtures_dir / "BEATs_small.pt"), sample_rate=32000,
+                             torch_module=False)
+    assert m.frame_hop_ms == 40
     audio = _noise(3, 2 * 32000 + 17)  # 2 s plus a few samples, at 32 kHz
     emb, ts = hear.get_timestamp_embeddings(audio, m)
     assert emb.shape[0] == 3 and emb.shape[2] == m.timestamp_embedding_size
