@@ -112,8 +112,8 @@ class MaskedLatentMethod(Method):
             alpha=o.alpha if self.use_head else 1.0,
             standardize_target=o.standardize_target, student_temp=o.student_temp,
             teacher_temp=self._teacher_temp(step), center_momentum=o.center_momentum,
-            **(dict(mcl_temp=self._mcl_temp(step), mcl_temp_end=o.mcl_temp_end)
-               if self.use_mcl else {}),
+            mcl_temp=self._mcl_temp(step) if self.use_mcl else None,
+            mcl_temp_end=o.mcl_temp_end if self.use_mcl else 0.0,
         )
         metrics = {"loss_pred": aux["loss_pred"]}
         if self.use_mcl:  # how many heads are in use: exp(entropy of the win shares)
