@@ -28,5 +28,8 @@ setup(
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "nbformat>=5.9", "matplotlib>=3.8"],
         "plot": ["matplotlib>=3.8"],
+        # matpac_jax.hear's torch.nn.Module shell, which HEAR's harness and
+        # hear-validator require (benchmarks/hear_validate.sh, README "HEAR").
+        "hear": ["torch>=2.0"],
     },
 )

@@ -133,8 +133,12 @@ class Embedder:
 
     def frames(self, waves: Sequence[Wave], sr: int = frontends.SR) -> list[np.ndarray]:
         """Frame features (T_i, D) of each input, batched across inputs."""
-        feats = [self.features(w, sr) for w in waves]
-        return [np.asarray(y, np.float32) for y in self._frames_of(feats)]
+        return self.frames_of_features([self.features(w, sr) for w in waves])
+
+    def frames_of_features(self, feats: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """`frames` of already normalised features (what `features` returns),
+        for callers that compute the front end on a whole batch (matpac_jax.hear)."""
+        return [np.asarray(y, np.float32) for y in self._frames_of(list(feats))]
 
     def frame_embeddings(self, wave: Wave, sr: int = frontends.SR
                          ) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,10 @@ classification heads (`objective.alpha < 1`), no target standardisation,
 the EMA on the pre-update weights (`ema_timing='before'`) and an EMA anneal
 over `total_steps`; M2D has no heads, standardised targets, the EMA after
 the optimiser step and an anneal that ends at the last step.
+
+MATPAC++ is MATPAC with `objective.prediction='mcl'`: the predictor ends in
+`objective.mcl_heads` hypothesis heads trained by Multiple Choice Learning
+(objectives.masked_latent.mcl_prediction_loss, docs/SPEC.md section 11).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from matpac_jax.models.masked_latent import Student, Teacher
 from matpac_jax.objectives import masked_latent as ml
 
 EMA_TIMINGS = ("before", "after")
+PREDICTIONS = ("single", "mcl")  # objective.prediction: one predictor output, or MCL heads
 
 
 class MaskedLatentModel(nnx.Module):
@@ -45,6 +50,11 @@ class MaskedLatentMethod(Method):
         self.input = InputSpec(frontend, (config.model.in_freq, config.data.crop_frames), norm)
         self.embedding = EmbeddingSpec("vit", frontend, norm)
         self.use_head = config.method == "matpac" and self.obj.alpha < 1.0
+        self.prediction = self.obj.get("prediction", "single")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"config.objective.prediction={self.prediction!r}; "
+                             f"known: {PREDICTIONS}")
+        self.use_mcl = self.prediction == "mcl"
 
     def validate_config(self, config: ml_collections.ConfigDict) -> None:
         m, o, crop = config.model, config.objective, config.data.crop_frames
@@ -79,6 +89,7 @@ class MaskedLatentMethod(Method):
             pred_dim=m.pred_dim, pred_depth=m.pred_depth, pred_heads=m.pred_heads,
             head_out_dim=m.head_out_dim if self.use_head else None,
             head_hidden_dim=m.head_hidden_dim, head_bottleneck_dim=m.head_bottleneck_dim,
+            hypotheses=self.obj.mcl_heads if self.use_mcl else 1,
             dtype=dtype(m.dtype), rngs=rngs,
         )
         teacher = Teacher.create(student, rngs=rngs)
@@ -96,6 +107,9 @@ class MaskedLatentMethod(Method):
         o = self.obj
         return ml.teacher_temp_schedule(step, o.teacher_temp_warmup_steps,
                                         o.teacher_temp_start, o.teacher_temp_end)
+
+    def _mcl_temp(self, step):
+        return ml.mcl_temperature(step, self.obj.mcl_temp_start, self.obj.mcl_temp_decay)
 
     def _ema(self, model: MaskedLatentModel, step, skip_first: bool) -> None:
         enc, head = self._momenta(step)
@@ -125,8 +139,13 @@ class MaskedLatentMethod(Method):
             alpha=o.alpha if self.use_head else 1.0,
             standardize_target=o.standardize_target, student_temp=o.student_temp,
             teacher_temp=self._teacher_temp(step), center_momentum=o.center_momentum,
+            mcl_temp=self._mcl_temp(step) if self.use_mcl else None,
+            mcl_temp_end=o.mcl_temp_end if self.use_mcl else 0.0,
         )
         metrics = {"loss_pred": aux["loss_pred"]}
+        if self.use_mcl:  # how many heads are in use: exp(entropy of the win shares)
+            share = jax.nn.one_hot(aux["winner"], o.mcl_heads).mean(axis=(0, 1))
+            metrics["mcl_head_perplexity"] = jnp.exp(-jnp.sum(share * jnp.log(share + 1e-12)))
         if self.use_head:
             model.center[...] = aux["new_center"]
             c = aux["new_center"].reshape(-1)
@@ -142,6 +161,8 @@ class MaskedLatentMethod(Method):
         if self.use_head:
             out["head_ema_momentum"] = float(head)
             out["teacher_temp"] = float(self._teacher_temp(step))
+        if self.use_mcl:
+            out["mcl_temp"] = float(self._mcl_temp(step))
         return out
 
     def encoder(self, model: MaskedLatentModel):

@@ -46,3 +46,28 @@ class DinoHead(nnx.Module):
         w = self.last_g[...] * v / jnp.sqrt(jnp.sum(jnp.square(v), axis=0, keepdims=True))
         return jnp.dot(x.astype(self.dtype), w.astype(self.dtype),
                        preferred_element_type=jnp.float32)
+
+
+class HypothesisHeads(nnx.Module):
+    """MATPAC++'s K prediction heads (docs/SPEC.md section 11): K independent
+    `Linear(pred_dim, dim)` (xavier-uniform, zero bias, as the official
+    `mcl_heads`), stored as one (K, in, out) kernel so they run as one einsum.
+    Replaces the predictor's single output Linear."""
+
+    def __init__(self, in_dim: int, out_dim: int, num: int, *, dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        if num < 2:
+            raise ValueError(f"MCL needs at least 2 hypothesis heads, got {num}")
+        head_init = lambda key, shape, dt=jnp.float32: jax.vmap(
+            lambda k: XAVIER_UNIFORM(k, shape[1:], dt))(jax.random.split(key, shape[0]))
+        self.kernel = nnx.Param(partitioned(head_init, (None, None, "embed"))(
+            rngs.params(), (num, in_dim, out_dim)))
+        self.bias = nnx.Param(partitioned(nnx.initializers.zeros_init(), (None, "embed"))(
+            rngs.params(), (num, out_dim)))
+        self.num, self.dtype = num, dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(B, n, in_dim) -> (B, n, K, out_dim)."""
+        y = jnp.einsum("bni,kio->bnko", x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                       preferred_element_type=jnp.float32)
+        return (y + self.bias[...]).astype(self.dtype)

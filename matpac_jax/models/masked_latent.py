@@ -1,11 +1,12 @@
-"""The M2D / MATPAC networks (docs/SPEC.md sections 2-4): the student (ViT
-encoder, predictor, MATPAC's classification head) and its EMA teacher."""
+"""The M2D / MATPAC networks (docs/SPEC.md sections 2-4, 11): the student (ViT
+encoder, predictor, MATPAC's classification head, MATPAC++'s hypothesis
+heads) and its EMA teacher."""
 from __future__ import annotations
 
 import jax.numpy as jnp
 from flax import nnx
 
-from matpac_jax.models.heads import DinoHead
+from matpac_jax.models.heads import DinoHead, HypothesisHeads
 from matpac_jax.models.vit import Predictor, TransformerStack, ViTEncoder
 
 
@@ -22,15 +23,19 @@ class Student(nnx.Module):
                dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
                pred_dim: int = 512, pred_depth: int = 8, pred_heads: int = 16,
                head_out_dim: int | None = 2048, head_hidden_dim: int = 2048,
-               head_bottleneck_dim: int = 256, dtype=jnp.float32,
+               head_bottleneck_dim: int = 256, hypotheses: int = 1, dtype=jnp.float32,
                rngs: nnx.Rngs) -> "Student":
-        """ViT-B defaults; `head_out_dim=None` gives M2D (no head)."""
+        """ViT-B defaults; `head_out_dim=None` gives M2D (no head);
+        `hypotheses=K > 1` gives MATPAC++: the predictor's output Linear becomes
+        K heads and it returns (B, n, K, D)."""
         enc = ViTEncoder(in_freq=in_freq, max_frames=max_frames, patch=patch, dim=dim,
                          depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                          dtype=dtype, rngs=rngs)
         pred = Predictor(grid_f=enc.grid_f, grid_t=enc.grid_t, dim=dim, pred_dim=pred_dim,
                          depth=pred_depth, num_heads=pred_heads, mlp_ratio=mlp_ratio,
                          dtype=dtype, rngs=rngs)
+        if hypotheses > 1:
+            pred.pred = HypothesisHeads(pred_dim, dim, hypotheses, dtype=dtype, rngs=rngs)
         head = None
         if head_out_dim is not None:
             head = DinoHead(dim, head_out_dim, head_hidden_dim, head_bottleneck_dim,

@@ -1,11 +1,14 @@
-"""Masked latent prediction (M2D) + classification (MATPAC): docs/SPEC.md sections 2-5.
+"""Masked latent prediction (M2D) + classification (MATPAC): docs/SPEC.md sections 2-5, 11.
 
 Losses, masking, EMA and schedules; the networks are in models/masked_latent.py.
-One loss function serves both methods: M2D is `alpha=1, standardize_target=True`
-with no heads; MATPAC is `alpha=0.5, standardize_target=False` with heads.
+One loss function serves the methods: M2D is `alpha=1, standardize_target=True`
+with no heads; MATPAC is `alpha=0.5, standardize_target=False` with heads;
+MATPAC++ is MATPAC whose predictor returns K hypotheses per masked token
+(`mcl_prediction_loss`).
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -62,23 +65,68 @@ def _gather(x: jax.Array, ids: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, ids[..., None], axis=1)
 
 
+def _standardize(target: jax.Array) -> jax.Array:
+    """M2D: per token, unbiased variance (torch .var default)."""
+    mean = target.mean(-1, keepdims=True)
+    var = target.var(-1, keepdims=True, ddof=1)
+    return (target - mean) / jnp.sqrt(var + 1e-6)
+
+
 def prediction_loss(pred: jax.Array, target: jax.Array, standardize_target: bool) -> jax.Array:
     """Mean over all masked tokens of 2 - 2 cos(pred, target)."""
     pred, target = pred.astype(jnp.float32), target.astype(jnp.float32)
-    if standardize_target:  # M2D: per token, unbiased variance (torch .var default)
-        mean = target.mean(-1, keepdims=True)
-        var = target.var(-1, keepdims=True, ddof=1)
-        target = (target - mean) / jnp.sqrt(var + 1e-6)
+    if standardize_target:
+        target = _standardize(target)
     cos = jnp.sum(l2_normalize(pred) * l2_normalize(target), axis=-1)
     return jnp.mean(2 - 2 * cos)
+
+
+def mcl_temperature(step, start: float = 0.1, decay: float = 0.99997):
+    """MATPAC++'s assignment temperature, official `get_exp_annealed_rate`:
+    start * decay**step (0.1 -> 1e-4 at update ~230k of 294,816)."""
+    # exp(step * log(decay)) with the log in float64: float32's 0.99997 is
+    # 2e-8 off, which compounds to 0.4 % at update 230k.
+    return start * jnp.exp(jnp.asarray(step, jnp.float32) * jnp.float32(math.log(decay)))
+
+
+def mcl_prediction_loss(preds: jax.Array, target: jax.Array, temperature, temperature_end: float,
+                        standardize_target: bool = False
+                        ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Multiple Choice Learning over K hypotheses (official `forward_loss_pred`, use_mcl).
+
+    preds (B, n, K, D), target (B, n, D). Per masked token and head,
+    d_k = 2 - 2 cos(pred_k, target). While `temperature > temperature_end`
+    (annealed MCL) a token's loss is sum_k q_k d_k with q = softmax(-d / T)
+    over the heads, q without gradient: every head learns, the better ones
+    more. After, winner-takes-all: min_k d_k, so only the winning head of a
+    token gets its gradient. Returns (mean over tokens, winner (B, n) = argmin_k
+    d_k, the weights q (B, n, K) actually used).
+    """
+    preds, target = preds.astype(jnp.float32), target.astype(jnp.float32)
+    if standardize_target:
+        target = _standardize(target)
+    cos = jnp.sum(l2_normalize(preds) * l2_normalize(target)[:, :, None], axis=-1)
+    d = 2 - 2 * cos  # (B, n, K)
+    winner = jnp.argmin(d, axis=-1)
+    temperature = jnp.asarray(temperature, jnp.float32)
+    soft = jax.nn.softmax(-d / jnp.maximum(temperature, temperature_end), axis=-1)
+    hard = jax.nn.one_hot(winner, d.shape[-1], dtype=d.dtype)
+    q = jax.lax.stop_gradient(jnp.where(temperature > temperature_end, soft, hard))
+    return jnp.mean(jnp.sum(q * d, axis=-1)), winner, q
 
 
 def masked_latent_loss(student: Student, teacher: Teacher, center: jax.Array | None,
                        x: jax.Array, ids_shuffle: jax.Array, ids_restore: jax.Array,
                        len_keep: int, *, alpha: float = 1.0, standardize_target: bool = True,
                        student_temp: float = 0.1, teacher_temp=0.07,
-                       center_momentum: float = 0.9) -> tuple[jax.Array, dict[str, Any]]:
-    """One M2D/MATPAC forward; returns (loss, aux).
+                       center_momentum: float = 0.9, mcl_temp=None,
+                       mcl_temp_end: float = 1e-4) -> tuple[jax.Array, dict[str, Any]]:
+    """One M2D/MATPAC/MATPAC++ forward; returns (loss, aux).
+
+    A predictor with K hypothesis heads (MATPAC++) needs `mcl_temp`, the
+    assignment temperature at this step: the prediction loss is
+    `mcl_prediction_loss`, and the classification head sees each token's
+    winning hypothesis (gradient reaches that head only), as the official code.
 
     All means are plain means over the (global) batch, so under jit with a
     sharded batch they are the global means the official all-reduces give.
@@ -96,8 +144,17 @@ def masked_latent_loss(student: Student, teacher: Teacher, center: jax.Array | N
     target = teacher.stack(jnp.concatenate([jax.lax.stop_gradient(cls), masked], axis=1))[:, 1:]
     target = jax.lax.stop_gradient(target)
 
-    loss_pred = prediction_loss(pred, target, standardize_target)
-    aux = dict(loss_pred=loss_pred, student_latent=latent, teacher_target=target,
+    aux = {}
+    if pred.ndim == 4:  # MATPAC++: (B, n, K, D) hypotheses
+        if mcl_temp is None:
+            raise ValueError("a predictor with hypothesis heads needs mcl_temp")
+        loss_pred, winner, q = mcl_prediction_loss(pred, target, mcl_temp, mcl_temp_end,
+                                                   standardize_target)
+        aux.update(hypotheses=pred, winner=winner, assignment=q)
+        pred = jnp.take_along_axis(pred, winner[..., None, None], axis=2)[:, :, 0]
+    else:
+        loss_pred = prediction_loss(pred, target, standardize_target)
+    aux.update(loss_pred=loss_pred, student_latent=latent, teacher_target=target,
                prediction=pred)
     if student.head is None or alpha == 1.0:
         aux.update(loss_cls=jnp.zeros((), jnp.float32), new_center=center)
