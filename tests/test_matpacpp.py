@@ -143,7 +143,7 @@ def test_method_builds_k_heads_and_names_a_bad_option():
     model = method.build(nnx.Rngs(0))
     assert model.student.predictor.pred.kernel.shape == (5, 32, 32)
     x = jax.random.normal(jax.random.key(1), (2, 80, 64))
-    loss, metrics = nnx.jit(method.loss)(model, x, jax.random.key(0), jnp.int32(0))
+    loss, metrics = nnx.jit(method.loss)(model, {"x": x}, jax.random.key(0), jnp.int32(0))
     assert np.isfinite(float(loss)) and 1 <= float(metrics["mcl_head_perplexity"]) <= 5
     assert method.schedules(0)["mcl_temp"] == pytest.approx(0.1)
     c.objective.prediction = "mixture"
