@@ -27,7 +27,8 @@ def _outputs_and_grads(module, x, *args):
         y = m(x, *args)
         return jnp.sum(y * jnp.cos(y)), y  # a loss whose gradient depends on every output
 
-    (_, y), (g_params, g_x) = nnx.value_and_grad(f, argnums=(0, 1), has_aux=True)(module, x)
+    grad = nnx.jit(nnx.value_and_grad(f, argnums=(0, 1), has_aux=True))
+    (_, y), (g_params, g_x) = grad(module, x)
     return y, jax.tree.leaves(nnx.state(g_params)), g_x
 
 
