@@ -7,7 +7,9 @@ BEATs iteration-1 step, for two uses:
                               metrics and the final weights: the fixture of
                               tests/test_trajectory.py.
   bench [--method ...]        time one step of the ViT-B (or BEATs) model: the
-                              same-machine anchor of docs/BENCHMARKS.md.
+                              same-machine anchor of docs/BENCHMARKS.md
+                              (--serve: for compare_torch.py; --profile: op
+                              time per phase and kind).
 
 Not a dependency of matpac_jax: it runs in its own environment.
 
@@ -249,7 +251,9 @@ def beats_encoder(p: Params, x, cfg: dict, layers: int, heads: int, positions=No
     x = layer_norm(p, x, "layer_norm", 1e-5)
     rel = positions[:, None, :] - positions[:, :, None]
     table = p["layers/0/self_attn/relative_attention_bias"]
-    pos_bias = table[bucket(rel, cfg["num_buckets"], cfg["max_distance"])].permute(0, 3, 1, 2)
+    # F.embedding as the official nn.Embedding (its backward is a dense scatter-add)
+    pos_bias = F.embedding(bucket(rel, cfg["num_buckets"], cfg["max_distance"]), table
+                           ).permute(0, 3, 1, 2)
     alpha = (2 * layers) ** 0.25
     for i in range(layers):
         lp = p.sub(f"layers/{i}")
@@ -463,7 +467,7 @@ def trajectory(inputs: dict, log=print) -> dict[str, np.ndarray]:
 # The speed anchor
 
 
-def bench_step(args):
+def bench_step(args, phases=None):
     """(step, info): `step()` runs one training step of the ViT-B MATPAC / M2D or
     the BEATs iter1 model on random inputs (new masks each call), as the
     official loops order it; `info` says what was built."""
@@ -512,21 +516,24 @@ def bench_step(args):
                                       eps=1e-6)
 
     def step():
-        out = fwd()
+        with phases("forward"):
+            out = fwd()
         for q in trainable:
             q.grad = None
-        out["loss"].backward()
-        clip_grad_norm(trainable, 3.0 if args.method != "beats_mam" else 0.0)
-        if args.method == "matpac":
-            with torch.no_grad():
-                params["center"].copy_(out["new_center"])
-            ema(params, "teacher/head", "student/head", 0.998)
-            ema(params, "teacher/stack", "student/encoder/stack", 0.99995)
-            optimizer.step(3e-4)
-        else:
-            optimizer.step()
-            if args.method == "m2d":
+        with phases("backward"):
+            out["loss"].backward()
+        with phases("update"):
+            clip_grad_norm(trainable, 3.0 if args.method != "beats_mam" else 0.0)
+            if args.method == "matpac":
+                with torch.no_grad():
+                    params["center"].copy_(out["new_center"])
+                ema(params, "teacher/head", "student/head", 0.998)
                 ema(params, "teacher/stack", "student/encoder/stack", 0.99995)
+                optimizer.step(3e-4)
+            else:
+                optimizer.step()
+                if args.method == "m2d":
+                    ema(params, "teacher/stack", "student/encoder/stack", 0.99995)
         return out
 
     info = {"torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -534,6 +541,49 @@ def bench_step(args):
             "method": args.method, "batch": args.batch,
             "params_M": round(sum(q.numel() for q in trainable) / 1e6, 1)}
     return step, info
+
+
+TORCH_KINDS = {  # aten op -> kind, as benchmarks/profile_step.py names them
+    "aten::mm": "matmul", "aten::addmm": "matmul", "aten::bmm": "matmul",
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward": "attention",
+    "aten::copy_": "layout", "aten::clone": "layout", "aten::contiguous": "layout",
+    "aten::fill_": "broadcast", "aten::zero_": "broadcast", "aten::expand": "broadcast",
+}
+
+
+def profile(args) -> None:
+    """Self time of every aten op of one step, per phase (forward, backward,
+    update) and kind (benchmarks/profile_step.py's table for our step)."""
+    from torch.autograd.profiler import record_function
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    step, info = bench_step(args, phases=record_function)
+    for _ in range(2):
+        _timed(step)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        wall = [_timed(step)[0] for _ in range(args.steps)]
+    events = prof.events()
+    ranges = [(e.name, e.time_range.start, e.time_range.end) for e in events
+              if e.name in ("forward", "backward", "update")]
+    table: dict = {}
+    for e in events:
+        if not e.name.startswith("aten::"):
+            continue
+        phase = next((n for n, a, b in ranges if a <= e.time_range.start < b), "other")
+        key = (phase, TORCH_KINDS.get(e.name, "elementwise"))
+        table[key] = table.get(key, 0.0) + e.self_cpu_time_total / 1e3 / args.steps
+    kinds = ("matmul", "attention", "layout", "broadcast", "elementwise")
+    print(f"{args.method}: profiled step {min(wall):.3f} s (torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads); op self time per step (ms):")
+    print("| phase | " + " | ".join(kinds) + " | total |")
+    print("|---" * (len(kinds) + 2) + "|")
+    for p in ("forward", "backward", "update"):
+        row = [table.get((p, k), 0.0) for k in kinds]
+        print(f"| {p} | " + " | ".join(f"{v:.0f}" for v in row) + f" | {sum(row):.0f} |")
+    col = [sum(v for (p, k), v in table.items() if k == kind) for kind in kinds]
+    print("| all | " + " | ".join(f"{v:.0f}" for v in col) + f" | {sum(col):.0f} |")
 
 
 def _timed(step) -> tuple[float, dict]:
@@ -660,14 +710,16 @@ def main() -> None:
     b.add_argument("--method", choices=("matpac", "m2d", "beats_mam"), default="matpac")
     b.add_argument("--serve", action="store_true",
                    help="time steps on request from stdin (benchmarks/compare_torch.py)")
+    b.add_argument("--profile", action="store_true",
+                   help="op time per phase and kind (benchmarks/profile_step.py's table)")
     b.add_argument("--batch", type=int, default=4)
     b.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     b.add_argument("--steps", type=int, default=5)
     b.add_argument("--dim", type=int, default=768, help="encoder width (predictor stays 512)")
     b.add_argument("--heads", type=int, default=12)
     args = ap.parse_args()
-    torch.use_deterministic_algorithms(True)
-    if args.command == "trajectory":
+    if args.command == "trajectory":  # bit-reproducible fixtures; bench times the default kernels
+        torch.use_deterministic_algorithms(True)
         torch.set_num_threads(1)
         inputs = dict(np.load(args.inputs))
         out = trajectory(inputs)
@@ -678,6 +730,8 @@ def main() -> None:
             torch.set_num_threads(args.threads)
         if args.serve:
             serve(args)
+        elif args.profile:
+            profile(args)
         else:
             print(json.dumps(bench(args), indent=1))
 
