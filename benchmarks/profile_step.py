@@ -75,7 +75,8 @@ def classify(hlo: str) -> dict[str, tuple[str, str]]:
 
 
 def summarize(trace_dir: str, hlo: str, steps: int) -> dict:
-    path = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)[-1]
+    path = max(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True),
+               key=os.path.getmtime)  # this run's trace
     with gzip.open(path) as f:
         events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
     kinds = classify(hlo)
