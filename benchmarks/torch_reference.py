@@ -42,6 +42,7 @@ inputs load without a mapping table; every op is written out here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
@@ -470,7 +471,10 @@ def trajectory(inputs: dict, log=print) -> dict[str, np.ndarray]:
 def bench_step(args, phases=None):
     """(step, info): `step()` runs one training step of the ViT-B MATPAC / M2D or
     the BEATs iter1 model on random inputs (new masks each call), as the
-    official loops order it; `info` says what was built."""
+    official loops order it; `info` says what was built. `phases(name)` (a
+    context manager: the profiler's record_function) wraps the forward,
+    backward and update."""
+    phases = phases or (lambda name: contextlib.nullcontext())
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     if args.method in ("matpac", "m2d"):
