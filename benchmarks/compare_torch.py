@@ -54,6 +54,7 @@ _TORCH_VERSION = flags.DEFINE_string("torch_version", "2.14.1",
                                      flag_values=FLAGS)
 _JSON = flags.DEFINE_string("json", None, "Also write all results here.", flag_values=FLAGS)
 
+LOADED = 2.5  # load average above which a run is not quotable (docs/BENCHMARKS.md)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # our method -> (config file, torch_reference.py --method)
 STEPS = {"matpac": ("matpac_as2m.py", "matpac"), "m2d": ("m2d_as2m.py", "m2d"),
@@ -221,6 +222,12 @@ def report(env: dict, results: list[dict], python: str) -> str:
             f"| {r['torch_median_s']:.3f} | {r['ours_median_s']:.3f} "
             f"| **{r['speedup']:.2f}x** ({', '.join(f'{x:.2f}' for x in r['speedup_per_round'])}) "
             f"| {min(loads):.1f}-{max(loads):.1f} |")
+    top = max(x for r in results for row in r["rounds"] for x in (row["load_before"],
+                                                                 row["load_after"]))
+    if top > LOADED:
+        lines += ["", f"WARNING: load average reached {top:.1f} (> {LOADED}): other jobs shared "
+                  "the CPUs. The replica's OpenMP threads slow down far more than XLA:CPU's pool "
+                  "under oversubscription; do not quote these numbers."]
     return "\n".join(lines)
 
 
