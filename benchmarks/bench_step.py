@@ -45,7 +45,10 @@ def _memory(compiled) -> dict:
         return {}
 
 
-def benchmark(config, per_device_batch: int, steps: int, compile_only: bool = False) -> dict:
+def prepare(config, per_device_batch: int, compile_only: bool = False):
+    """Build and compile the step; returns (result, timed). `timed(n)` runs n
+    steps (the first call also one untimed warm-up) and returns their seconds,
+    each blocked on its metrics; None with `compile_only`."""
     config.batch_size = per_device_batch * jax.device_count()
     t0 = time.perf_counter()
     run = trainer.build(config, methods.get(config))
@@ -61,6 +64,7 @@ def benchmark(config, per_device_batch: int, steps: int, compile_only: bool = Fa
         "devices": jax.device_count(),
         "dtype": config.model.get("dtype", "float32"),
         "remat": config.model.get("remat", "none"),
+        "attention": config.model.get("attention", "xla"),
         "grad_accum_steps": config.get("grad_accum_steps", 1),
         "global_batch": config.batch_size,
         "init_s": round(init_s, 2),
@@ -71,23 +75,46 @@ def benchmark(config, per_device_batch: int, steps: int, compile_only: bool = Fa
         **_memory(compiled),
     }
     if compile_only:
+        return result, None
+    return result, _Steps(compiled, run.state, x)
+
+
+class _Steps:
+    """Runs the compiled step on its own state; the first call adds an untimed warm-up."""
+
+    def __init__(self, compiled, state, x):
+        self.compiled, self.state, self.x = compiled, state, x
+        self.done, self.metrics = 0, None
+
+    def _one(self):
+        self.state, self.metrics = self.compiled(self.state, self.x, jax.random.key(self.done))
+        jax.block_until_ready(self.metrics)
+        self.done += 1
+
+    def __call__(self, n: int) -> list[float]:
+        if self.done == 0:
+            self._one()
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            self._one()
+            times.append(time.perf_counter() - t0)
+        return times
+
+
+def benchmark(config, per_device_batch: int, steps: int, compile_only: bool = False) -> dict:
+    result, timed = prepare(config, per_device_batch, compile_only)
+    if compile_only:
         return result
-    state, m = compiled(run.state, x, jax.random.key(0))  # warm-up
-    jax.block_until_ready(m)
-    times = []
-    for i in range(steps):
-        t0 = time.perf_counter()
-        state, m = compiled(state, x, jax.random.key(i + 1))
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
-    step_s = float(np.median(times))
+    step_s = float(np.median(timed(steps)))
+    flops = result["flop_per_step"]
     peak = metrics.peak_flops(jax.devices()[0], config.get("peak_flops"))
     result.update({
         "step_s": round(step_s, 4),
         "samples_per_s": round(config.batch_size / step_s, 2),
         "achieved_tflop_s": round(flops / step_s / 1e12, 3) if flops else None,
         "mfu": round(flops / step_s / (peak * jax.device_count()), 4) if flops and peak else None,
-        "loss": float(m["loss"]),
+        "loss": float(timed.metrics["loss"]),
     })
     return result
 

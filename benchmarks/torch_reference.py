@@ -7,12 +7,16 @@ BEATs iteration-1 step, for two uses:
                               metrics and the final weights: the fixture of
                               tests/test_trajectory.py.
   bench [--method ...]        time one step of the ViT-B (or BEATs) model: the
-                              same-machine anchor of docs/BENCHMARKS.md.
+                              same-machine anchor of docs/BENCHMARKS.md
+                              (--serve: for compare_torch.py; --profile: op
+                              time per phase and kind).
 
 Not a dependency of matpac_jax: it runs in its own environment.
 
   python -m venv /tmp/tv && /tmp/tv/bin/pip install torch numpy
   /tmp/tv/bin/python benchmarks/torch_reference.py bench --method matpac --batch 4 --threads 2
+
+benchmarks/compare_torch.py runs `bench --serve` interleaved with our step.
 
 What is restated, from the official code (docs/SPEC.md sections 2-5):
 - MATPAC (aurianworld/matpac on fairseq): the teacher branch, the centered
@@ -38,9 +42,11 @@ inputs load without a mapping table; every op is written out here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -246,7 +252,9 @@ def beats_encoder(p: Params, x, cfg: dict, layers: int, heads: int, positions=No
     x = layer_norm(p, x, "layer_norm", 1e-5)
     rel = positions[:, None, :] - positions[:, :, None]
     table = p["layers/0/self_attn/relative_attention_bias"]
-    pos_bias = table[bucket(rel, cfg["num_buckets"], cfg["max_distance"])].permute(0, 3, 1, 2)
+    # F.embedding as the official nn.Embedding (its backward is a dense scatter-add)
+    pos_bias = F.embedding(bucket(rel, cfg["num_buckets"], cfg["max_distance"]), table
+                           ).permute(0, 3, 1, 2)
     alpha = (2 * layers) ** 0.25
     for i in range(layers):
         lp = p.sub(f"layers/{i}")
@@ -460,8 +468,13 @@ def trajectory(inputs: dict, log=print) -> dict[str, np.ndarray]:
 # The speed anchor
 
 
-def bench(args) -> dict:
-    """One ViT-B MATPAC / M2D (or BEATs iter1) step on random inputs, median of runs."""
+def bench_step(args, phases=None):
+    """(step, info): `step()` runs one training step of the ViT-B MATPAC / M2D or
+    the BEATs iter1 model on random inputs (new masks each call), as the
+    official loops order it; `info` says what was built. `phases(name)` (a
+    context manager: the profiler's record_function) wraps the forward,
+    backward and update."""
+    phases = phases or (lambda name: contextlib.nullcontext())
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     if args.method in ("matpac", "m2d"):
@@ -475,41 +488,135 @@ def bench(args) -> dict:
         model = MaskedLatent(params, cfg)
         x = torch.randn(args.batch, 80, 608)
         n = 5 * 38
+
         def fwd():
             ids = torch.argsort(torch.rand(args.batch, n), dim=1)
             return model.forward(x, ids, 0.07)
-    else:
-        raise SystemExit("bench --method beats_mam: see benchmarks/compare_torch.py")
-    trainable = [q for k, q in params.items() if k.startswith("student/")]
+    else:  # BEATs iter1 as configs/beats_iter1_as2m.py: 992 frames, 496 patches, 75 % masked
+        cfg = {"model": {"conv_pos_groups": 16, "num_buckets": 320, "max_distance": 800,
+                         "encoder_layers": 12, "encoder_attention_heads": 12,
+                         "layer_wise_gradient_decay_ratio": 0.6},
+               "objective": {"predictor_layers": 3, "predictor_heads": 12, "num_codes": 1024}}
+        params = _random_beats_params(rng, 768, 12, 3, 1024)
+        model = BeatsIter1(params, cfg)
+        x = torch.randn(args.batch, 992, 128)
+        n = 62 * 8
+        n_keep = n - int(n * 0.75)
+
+        def fwd():
+            ids = torch.argsort(torch.rand(args.batch, n), dim=1)
+            return model.forward(x, ids[:, :n_keep], ids[:, n_keep:])
+    named = [(k, q) for k, q in params.items() if k.startswith("student/")]
+    trainable = [q for _, q in named]
     for q in trainable:
         q.requires_grad_(True)
-    optimizer = (FairseqAdam(trainable, (0.9, 0.95), 1e-6, 0.05) if args.method == "matpac"
-                 else torch.optim.AdamW(trainable, lr=3e-4, betas=(0.9, 0.95), eps=1e-8,
-                                        weight_decay=0.05))
-    times = []
-    for _ in range(args.steps + 2):
-        t0 = time.perf_counter()
-        out = fwd()
+    if args.method == "matpac":  # configs/matpac_as2m.py: fairseq Adam, decay on everything
+        optimizer = FairseqAdam(trainable, (0.9, 0.95), 1e-6, 0.05)
+    elif args.method == "m2d":  # configs/m2d_as2m.py: timm no-decay group
+        optimizer = torch.optim.AdamW(adamw_groups(named, 0.05), lr=3e-4, betas=(0.9, 0.95),
+                                      eps=1e-8)
+    else:  # configs/beats_iter1_as2m.py: no clipping
+        optimizer = torch.optim.AdamW(adamw_groups(named, 0.01), lr=5e-4, betas=(0.9, 0.98),
+                                      eps=1e-6)
+
+    def step():
+        with phases("forward"):
+            out = fwd()
         for q in trainable:
             q.grad = None
-        out["loss"].backward()
-        clip_grad_norm(trainable, 3.0)
-        if args.method == "matpac":
-            with torch.no_grad():
-                params["center"].copy_(out["new_center"])
-            ema(params, "teacher/head", "student/head", 0.998)
-            ema(params, "teacher/stack", "student/encoder/stack", 0.99995)
-            optimizer.step(3e-4)
-        else:
-            optimizer.step()
-            ema(params, "teacher/stack", "student/encoder/stack", 0.99995)
-        times.append(time.perf_counter() - t0)
-    step = statistics.median(times[2:])
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
-            "method": args.method, "dim": args.dim, "batch": args.batch,
-            "step_s": round(step, 4), "samples_per_s": round(args.batch / step, 3),
-            "params_M": round(sum(q.numel() for q in trainable) / 1e6, 1),
-            "loss": float(out["loss"].detach())}
+        with phases("backward"):
+            out["loss"].backward()
+        with phases("update"):
+            clip_grad_norm(trainable, 3.0 if args.method != "beats_mam" else 0.0)
+            if args.method == "matpac":
+                with torch.no_grad():
+                    params["center"].copy_(out["new_center"])
+                ema(params, "teacher/head", "student/head", 0.998)
+                ema(params, "teacher/stack", "student/encoder/stack", 0.99995)
+                optimizer.step(3e-4)
+            else:
+                optimizer.step()
+                if args.method == "m2d":
+                    ema(params, "teacher/stack", "student/encoder/stack", 0.99995)
+        return out
+
+    info = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(),
+            "method": args.method, "batch": args.batch,
+            "params_M": round(sum(q.numel() for q in trainable) / 1e6, 1)}
+    return step, info
+
+
+TORCH_KINDS = {  # aten op -> kind, as benchmarks/profile_step.py names them
+    "aten::mm": "matmul", "aten::addmm": "matmul", "aten::bmm": "matmul",
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward": "attention",
+    "aten::copy_": "layout", "aten::clone": "layout", "aten::contiguous": "layout",
+    "aten::fill_": "broadcast", "aten::zero_": "broadcast", "aten::expand": "broadcast",
+}
+
+
+def profile(args) -> None:
+    """Self time of every aten op of one step, per phase (forward, backward,
+    update) and kind (benchmarks/profile_step.py's table for our step)."""
+    from torch.autograd.profiler import record_function
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    step, info = bench_step(args, phases=record_function)
+    for _ in range(2):
+        _timed(step)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        wall = [_timed(step)[0] for _ in range(args.steps)]
+    events = prof.events()
+    ranges = [(e.name, e.time_range.start, e.time_range.end) for e in events
+              if e.name in ("forward", "backward", "update")]
+    table: dict = {}
+    for e in events:
+        if not e.name.startswith("aten::"):
+            continue
+        phase = next((n for n, a, b in ranges if a <= e.time_range.start < b), "other")
+        key = (phase, TORCH_KINDS.get(e.name, "elementwise"))
+        table[key] = table.get(key, 0.0) + e.self_cpu_time_total / 1e3 / args.steps
+    kinds = ("matmul", "attention", "layout", "broadcast", "elementwise")
+    print(f"{args.method}: profiled step {min(wall):.3f} s (torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads); op self time per step (ms):")
+    print("| phase | " + " | ".join(kinds) + " | total |")
+    print("|---" * (len(kinds) + 2) + "|")
+    for p in ("forward", "backward", "update"):
+        row = [table.get((p, k), 0.0) for k in kinds]
+        print(f"| {p} | " + " | ".join(f"{v:.0f}" for v in row) + f" | {sum(row):.0f} |")
+    col = [sum(v for (p, k), v in table.items() if k == kind) for kind in kinds]
+    print("| all | " + " | ".join(f"{v:.0f}" for v in col) + f" | {sum(col):.0f} |")
+
+
+def _timed(step) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    out = step()
+    return time.perf_counter() - t0, out
+
+
+def bench(args) -> dict:
+    """Median step time after two warm-up steps."""
+    step, info = bench_step(args)
+    times = [_timed(step)[0] for _ in range(args.steps + 2)][2:]
+    s = statistics.median(times)
+    return {**info, "step_s": round(s, 4), "samples_per_s": round(args.batch / s, 3)}
+
+
+def serve(args) -> None:
+    """For benchmarks/compare_torch.py: build, warm up, print a JSON `ready` line,
+    then for each line N on stdin run N timed steps and print their times. The
+    process waits (idle) between requests so another framework can run."""
+    step, info = bench_step(args)
+    for _ in range(2):
+        _, out = _timed(step)
+    print(json.dumps({"ready": True, **info, "loss": float(out["loss"].detach())}), flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        times = [_timed(step)[0] for _ in range(int(line))]
+        print(json.dumps({"times": times}), flush=True)
 
 
 def _random_vit_params(rng, dim, depth, pred_dim, pred_depth, head) -> Params:
@@ -551,22 +658,72 @@ def _random_vit_params(rng, dim, depth, pred_dim, pred_depth, head) -> Params:
     return p
 
 
+def _random_beats_params(rng, dim, layers, pred_layers, codes, embed=512, ffn=3072,
+                         heads=12, kernel=128, groups=16, buckets=320) -> Params:
+    """BEATs iter1 student + random-projection tokenizer in our layout (values only
+    need to be finite)."""
+    p = Params()
+
+    def t(shape, scale):
+        return torch.tensor(rng.uniform(-scale, scale, shape), dtype=torch.float32)
+
+    def lin(name, din, dout, bias=True):
+        p[f"{name}/kernel"] = t((din, dout), math.sqrt(6 / (din + dout)))
+        if bias:
+            p[f"{name}/bias"] = torch.zeros(dout)
+
+    def ln(name, d):
+        p[f"{name}/scale"], p[f"{name}/bias"] = torch.ones(d), torch.zeros(d)
+
+    def encoder(prefix, n):
+        p[f"{prefix}/pos_conv/weight_v"] = t((kernel, dim // groups, dim), 0.02)
+        p[f"{prefix}/pos_conv/weight_g"] = torch.ones(kernel)
+        p[f"{prefix}/pos_conv/bias"] = torch.zeros(dim)
+        ln(f"{prefix}/layer_norm", dim)
+        for i in range(n):
+            b = f"{prefix}/layers/{i}"
+            for name in ("q", "k", "v", "out"):
+                lin(f"{b}/self_attn/{name}_proj", dim, dim)
+            lin(f"{b}/self_attn/grep_linear", dim // heads, 8)
+            p[f"{b}/self_attn/grep_a"] = torch.ones(heads)
+            if i == 0:
+                p[f"{b}/self_attn/relative_attention_bias"] = t((buckets, heads), 0.02)
+            ln(f"{b}/self_attn_layer_norm", dim)
+            lin(f"{b}/fc1", dim, ffn), lin(f"{b}/fc2", ffn, dim)
+            ln(f"{b}/final_layer_norm", dim)
+
+    p["tokenizer/projection"] = t((256, 256), math.sqrt(3 / 256))
+    p["tokenizer/codebook"] = F.normalize(torch.randn(codes, 256), dim=-1)
+    lin("student/encoder/patch_embedding", 256, embed, bias=False)
+    ln("student/encoder/layer_norm", embed)
+    lin("student/encoder/post_extract_proj", embed, dim)
+    encoder("student/encoder/encoder", layers)
+    p["student/predictor/mask_emb"] = t((dim,), 0.02)
+    encoder("student/predictor/encoder", pred_layers)
+    lin("student/predictor/head", dim, codes)
+    return p
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     t = sub.add_parser("trajectory", help="run the official update on trajectory inputs")
     t.add_argument("inputs")
     t.add_argument("out")
-    b = sub.add_parser("bench", help="time one ViT-B step")
-    b.add_argument("--method", choices=("matpac", "m2d"), default="matpac")
+    b = sub.add_parser("bench", help="time one ViT-B (BEATs: beats_mam) step")
+    b.add_argument("--method", choices=("matpac", "m2d", "beats_mam"), default="matpac")
+    b.add_argument("--serve", action="store_true",
+                   help="time steps on request from stdin (benchmarks/compare_torch.py)")
+    b.add_argument("--profile", action="store_true",
+                   help="op time per phase and kind (benchmarks/profile_step.py's table)")
     b.add_argument("--batch", type=int, default=4)
     b.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     b.add_argument("--steps", type=int, default=5)
     b.add_argument("--dim", type=int, default=768, help="encoder width (predictor stays 512)")
     b.add_argument("--heads", type=int, default=12)
     args = ap.parse_args()
-    torch.use_deterministic_algorithms(True)
-    if args.command == "trajectory":
+    if args.command == "trajectory":  # bit-reproducible fixtures; bench times the default kernels
+        torch.use_deterministic_algorithms(True)
         torch.set_num_threads(1)
         inputs = dict(np.load(args.inputs))
         out = trajectory(inputs)
@@ -575,7 +732,12 @@ def main() -> None:
     else:
         if args.threads:
             torch.set_num_threads(args.threads)
-        print(json.dumps(bench(args), indent=1))
+        if args.serve:
+            serve(args)
+        elif args.profile:
+            profile(args)
+        else:
+            print(json.dumps(bench(args), indent=1))
 
 
 if __name__ == "__main__":

@@ -262,7 +262,8 @@ class ConvPositionalEmbedding(nnx.Module):
 
 
 class MultiheadAttention(nnx.Module):
-    """Self-attention with (optionally gated) relative position bias."""
+    """Self-attention with (optionally gated) relative position bias; `attention`
+    ('xla' | 'cudnn', `layers.set_attention`) picks who computes it."""
 
     def __init__(self, cfg: BEATsConfig, *, has_bias_table: bool, dtype, rngs: nnx.Rngs):
         d, h = cfg.encoder_embed_dim, cfg.encoder_attention_heads
@@ -287,6 +288,7 @@ class MultiheadAttention(nnx.Module):
         if self.gated:
             self.grep_linear = mk(self.head_dim, 8, (None, None), init=nnx.initializers.normal(0.02))
             self.grep_a = _param(jnp.ones((h,), jnp.float32), (None,))
+        self.attention = "xla"
 
     def compute_bias(self, positions: jax.Array) -> jax.Array:
         """(B|1, n) patch indices -> raw bias (B|1, H, n, n), float32."""
@@ -308,7 +310,7 @@ class MultiheadAttention(nnx.Module):
         if bias is not None:
             bias = bias.astype(q.dtype)
         # XLA path computes logits and softmax in float32 for bf16 inputs.
-        o = jax.nn.dot_product_attention(q, k, v, bias=bias)
+        o = layers.dot_product_attention(q, k, v, bias=bias, implementation=self.attention)
         return self.out_proj(o.reshape(b, n, d))
 
 

@@ -1,6 +1,7 @@
 """Building blocks shared by every model: partitioned init, Linear and
 LayerNorm with float32 parameters and logical axis names, the `Buffer`
-variable kind, per-layer rematerialisation and the XLA:CPU workaround switch."""
+variable kind, attention (XLA or cuDNN), per-layer rematerialisation and the
+XLA:CPU workaround switch."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -96,6 +97,50 @@ def _materialize_grad_bwd(_, g):
 
 
 materialize_grad.defvjp(_materialize_grad_fwd, _materialize_grad_bwd)
+
+
+# Who computes softmax(q.k / sqrt(d) + bias) v (`config.model.attention`):
+# 'xla' the plain einsum-softmax-einsum graph (every backend; logits and
+# softmax in float32), 'cudnn' cuDNN's fused flash attention (NVIDIA GPUs,
+# bfloat16 / float16 only). Same maths; tests compare them where both run.
+ATTENTION = ("xla", "cudnn")
+
+
+def check_attention(implementation: str, platform: str | None = None,
+                    compute_dtype: str | None = None) -> None:
+    """Reject an attention implementation the devices or the dtype cannot run."""
+    if implementation not in ATTENTION:
+        raise ValueError(f"config.model.attention={implementation!r}; known: {ATTENTION}")
+    if implementation != "cudnn":
+        return
+    platform = platform or jax.default_backend()
+    if platform not in ("gpu", "cuda"):
+        raise ValueError(
+            f"config.model.attention='cudnn' needs NVIDIA GPUs (cuDNN flash attention); "
+            f"the mesh's devices are {platform!r}: use 'xla'")
+    if compute_dtype is not None and compute_dtype not in ("bfloat16", "float16"):
+        raise ValueError(
+            f"config.model.attention='cudnn' runs in bfloat16 or float16 only; "
+            f"config.model.dtype={compute_dtype!r}: use 'xla' or a half-precision dtype")
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
+                          bias: jax.Array | None = None, mask: jax.Array | None = None,
+                          implementation: str = "xla") -> jax.Array:
+    """(B, n, H, d) q, k, v -> (B, n, H, d); `bias` (B|1, H, n, n) added to the
+    logits, `mask` (B|1, 1|H, n, n) bool, False hidden. One call site for every
+    model, so `config.model.attention` (`set_attention`) switches all of them."""
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask,
+                                        implementation=implementation)
+
+
+def set_attention(model: nnx.Module, implementation: str) -> None:
+    """Set the attention implementation of every attention module (`.attention`)."""
+    if implementation not in ATTENTION:
+        raise ValueError(f"config.model.attention={implementation!r}; known: {ATTENTION}")
+    for _, module in nnx.iter_modules(model):
+        if hasattr(module, "attention"):
+            module.attention = implementation
 
 
 # What each transformer layer keeps for the backward pass (`config.model.remat`).

@@ -16,7 +16,8 @@ import numpy as np
 from flax import nnx
 
 from matpac_jax.models.layers import (
-    call_layer, layer_norm, materialize_grad, partitioned, xavier_linear)
+    call_layer, dot_product_attention, layer_norm, materialize_grad, partitioned,
+    xavier_linear)
 
 
 def sincos_pos_table(grid_f: int, grid_t: int, dim: int) -> np.ndarray:
@@ -52,7 +53,10 @@ def _layer_norm(dim: int, *, eps: float = 1e-6, rngs: nnx.Rngs) -> nnx.LayerNorm
 
 
 class Attention(nnx.Module):
-    """Fused-qkv multi-head self-attention (rows [q | k | v], head-major)."""
+    """Fused-qkv multi-head self-attention (rows [q | k | v], head-major).
+
+    `attention` ('xla' | 'cudnn', `layers.set_attention`) picks who computes it.
+    """
 
     def __init__(self, dim: int, num_heads: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
         if dim % num_heads:
@@ -60,6 +64,7 @@ class Attention(nnx.Module):
         self.num_heads = num_heads
         self.qkv = xavier_linear(dim, 3 * dim, ("embed", "qkv"), dtype=dtype, rngs=rngs)
         self.proj = xavier_linear(dim, dim, ("heads", "embed"), dtype=dtype, rngs=rngs)
+        self.attention = "xla"
 
     def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
         """key_mask (B, n) bool: False keys are ignored (padding)."""
@@ -67,7 +72,8 @@ class Attention(nnx.Module):
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
         mask = None if key_mask is None else key_mask[:, None, None, :]
         # XLA path computes logits and softmax in float32 for bf16 inputs.
-        o = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask=mask)
+        o = dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask=mask,
+                                  implementation=self.attention)
         return self.proj(o.reshape(b, n, d))
 
 

@@ -59,6 +59,7 @@ def vit_b(c: ml_collections.ConfigDict, dtype: str = "bfloat16") -> None:
         pred_dim=512, pred_depth=8, pred_heads=16,
         head_out_dim=2048, head_hidden_dim=2048, head_bottleneck_dim=256,
         dtype=dtype, remat="none",  # or "full" / "dots": less activation memory
+        attention="xla",  # or "cudnn": cuDNN flash attention (NVIDIA GPU, bf16/fp16)
         cpu_workarounds="auto",  # XLA:CPU-only code paths: "auto" (on for CPU) | "on" | "off"
     ))
 
@@ -98,7 +99,8 @@ def beats(c: ml_collections.ConfigDict, dtype: str = "bfloat16") -> None:
         num_buckets=320, max_distance=800, conv_pos=128, conv_pos_groups=16,
         layer_wise_gradient_decay_ratio=0.6, dropout=0.0, attention_dropout=0.0,
         activation_dropout=0.0, dropout_input=0.0, encoder_layerdrop=0.0,
-        quant_n=1024, quant_dim=256, dtype=dtype, remat="none", cpu_workarounds="auto",
+        quant_n=1024, quant_dim=256, dtype=dtype, remat="none", attention="xla",
+        cpu_workarounds="auto",
     ))
     c.tokenizer_checkpoint = ""
     c.teacher_checkpoint = ""

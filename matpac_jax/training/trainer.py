@@ -117,6 +117,8 @@ def validate(config: ml_collections.ConfigDict, devices=None,
         )
     try:
         layers.check_remat(config.model.get("remat", "none"))
+        layers.check_attention(config.model.get("attention", "xla"),
+                               mesh.devices.flat[0].platform, config.model.get("dtype"))
         layers.cpu_workarounds_enabled(config.model.get("cpu_workarounds", "auto"))
     except ValueError as e:
         raise errors.ConfigError(str(e)) from None
@@ -182,6 +184,7 @@ def build(config: ml_collections.ConfigDict, method: Method, devices=None) -> Ru
     def init():
         model = method.build(nnx.Rngs(config.seed))
         layers.set_remat(model, config.model.get("remat", "none"))
+        layers.set_attention(model, config.model.get("attention", "xla"))
         layers.set_cpu_workarounds(model, workarounds)
         return TrainState(model, tx, method.trainable)
 

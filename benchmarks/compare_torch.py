@@ -1,0 +1,263 @@
+"""Same-machine training-step comparison with the PyTorch replica, interleaved.
+
+  python benchmarks/compare_torch.py                      # MATPAC, M2D, BEATs iter1; 3 rounds
+  python benchmarks/compare_torch.py --methods=matpac --rounds=1 --steps=1 --batch=1  # smoke run
+
+For each method: the PyTorch replica (benchmarks/torch_reference.py `bench
+--serve`, in its own environment) and our jitted step (benchmarks/bench_step.py)
+are built and warmed up once, then run in turn, torch, ours, torch, ours ...,
+`--steps` timed steps each per round, so both see the same machine minute by
+minute. It prints every time, the medians over all rounds, the speed-up
+(torch median / ours), versions, thread counts and load averages: the table
+docs/BENCHMARKS.md quotes.
+
+The torch environment: `--torch_python`, else $MATPAC_TORCH_PYTHON, else the
+venv at `--torch_venv`, created with `pip install torch==--torch_version numpy`
+when it has no torch (the project itself never depends on torch).
+"""
+from __future__ import annotations
+
+import datetime
+import gc
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+
+import numpy as np
+from absl import flags
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from matpac_jax import cli  # noqa: E402
+
+FLAGS = flags.FlagValues()
+_METHODS = flags.DEFINE_list("methods", ["matpac", "m2d", "beats_iter1"],
+                             "Steps to compare: matpac, m2d, beats_iter1.", flag_values=FLAGS)
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds (torch, ours) per method.",
+                               flag_values=FLAGS)
+_STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per framework per round.",
+                              flag_values=FLAGS)
+_BATCH = flags.DEFINE_integer("batch", 4, "Batch (one CPU device).", flag_values=FLAGS)
+_THREADS = flags.DEFINE_integer("threads", 0, "torch intra-op threads (0: the CPU count).",
+                                flag_values=FLAGS)
+_TORCH_PYTHON = flags.DEFINE_string("torch_python", None, "A Python that imports torch.",
+                                    flag_values=FLAGS)
+_TORCH_VENV = flags.DEFINE_string("torch_venv", "~/.cache/matpac_jax/torch-venv",
+                                  "Venv to use, or to create when it has no torch.",
+                                  flag_values=FLAGS)
+_TORCH_VERSION = flags.DEFINE_string("torch_version", "2.14.1",
+                                     "torch version to install into a new venv.",
+                                     flag_values=FLAGS)
+_JSON = flags.DEFINE_string("json", None, "Also write all results here.", flag_values=FLAGS)
+
+LOADED = 2.5  # load average above which a run is not quotable (docs/BENCHMARKS.md)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# our method -> (config file, torch_reference.py --method)
+STEPS = {"matpac": ("matpac_as2m.py", "matpac"), "m2d": ("m2d_as2m.py", "m2d"),
+         "beats_iter1": ("beats_iter1_as2m.py", "beats_mam")}
+
+
+def _has_torch(python: str) -> bool:
+    return subprocess.run([python, "-c", "import torch, numpy"], capture_output=True).returncode == 0
+
+
+def find_torch_python() -> str:
+    """The interpreter that runs the replica; creates the venv if needed."""
+    python = _TORCH_PYTHON.value or os.environ.get("MATPAC_TORCH_PYTHON")
+    if python:
+        if not _has_torch(python):
+            raise SystemExit(f"error: {python} (--torch_python / $MATPAC_TORCH_PYTHON) "
+                             "cannot import torch and numpy")
+        return python
+    venv = os.path.expanduser(_TORCH_VENV.value)
+    python = os.path.join(venv, "bin", "python")
+    if os.path.exists(python) and _has_torch(python):
+        return python
+    print(f"creating {venv} with torch=={_TORCH_VERSION.value} (once)", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    subprocess.run([python, "-m", "pip", "install", "-q", f"torch=={_TORCH_VERSION.value}",
+                    "numpy"], check=True)
+    return python
+
+
+class TorchReplica:
+    """torch_reference.py `bench --serve` in a subprocess: idle until asked for steps."""
+
+    def __init__(self, python: str, method: str, batch: int, threads: int):
+        cmd = [python, os.path.join(ROOT, "benchmarks", "torch_reference.py"), "bench",
+               "--serve", "--method", method, "--batch", str(batch), "--threads", str(threads)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, bufsize=1)
+        self.info: dict = {}
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"torch replica exited ({self.proc.wait()}); see its stderr above")
+        return json.loads(line)
+
+    def wait_ready(self) -> dict:
+        self.info = self._read()
+        return self.info
+
+    def __call__(self, n: int) -> list[float]:
+        self.proc.stdin.write(f"{n}\n")
+        return self._read()["times"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def our_config(name: str):
+    path = os.path.join(ROOT, "configs", STEPS[name][0])
+    spec = importlib.util.spec_from_file_location("config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.model.dtype = "float32"  # the replica is float32
+    return config
+
+
+def environment(torch_info: dict) -> dict:
+    import flax
+    import jax
+    import jaxlib
+
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "cpu": cpu, "cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "torch": torch_info.get("torch"), "torch_threads": torch_info.get("threads"),
+        "torch_interop_threads": torch_info.get("interop_threads"),
+        "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+        "jax_devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        # XLA:CPU runs a step's ops on an intra-op pool of one thread per core.
+        "xla_cpu_threads": os.cpu_count(),
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def compare(name: str, python: str) -> dict:
+    """Build both, then `--rounds` rounds of torch steps followed by ours."""
+    from benchmarks import bench_step
+
+    threads = _THREADS.value or os.cpu_count()
+    torch_step = TorchReplica(python, STEPS[name][1], _BATCH.value, threads)
+    # Build ours while the replica builds (setup is not timed).
+    built = {}
+    builder = threading.Thread(target=lambda: built.update(
+        zip(("result", "steps"), bench_step.prepare(our_config(name), _BATCH.value))))
+    builder.start()
+    torch_info = torch_step.wait_ready()
+    builder.join()
+    if "steps" not in built:
+        torch_step.close()
+        raise RuntimeError(f"building our {name} step failed (traceback above)")
+    ours = built["steps"]
+    ours(0)  # warm-up
+    rounds = []
+    for r in range(_ROUNDS.value):
+        row = {"load_before": load()}
+        row["torch_s"] = torch_step(_STEPS.value)
+        row["ours_s"] = ours(_STEPS.value)
+        row["load_after"] = load()
+        rounds.append(row)
+        print(f"  {name} round {r + 1}: torch {_fmt(row['torch_s'])}  ours {_fmt(row['ours_s'])}"
+              f"  load {row['load_before']}-{row['load_after']}", flush=True)
+    torch_step.close()
+    t = statistics.median(s for row in rounds for s in row["torch_s"])
+    o = statistics.median(s for row in rounds for s in row["ours_s"])
+    per_round = [statistics.median(row["torch_s"]) / statistics.median(row["ours_s"])
+                 for row in rounds]
+    out = {"method": name, "batch": _BATCH.value, "rounds": rounds, "torch_median_s": t,
+           "ours_median_s": o, "speedup": t / o, "speedup_per_round": per_round,
+           "gflop_per_step_xla": (built["result"]["flop_per_step"] or 0) / 1e9,
+           "torch_info": torch_info}
+    del built, ours
+    gc.collect()
+    return out
+
+
+def _fmt(times) -> str:
+    return " ".join(f"{s:.3f}" for s in times)
+
+
+def report(env: dict, results: list[dict], python: str) -> str:
+    lines = [
+        f"compare_torch {env['date_utc']} UTC | {env['cpu']}, {env['cpu_count']} CPUs "
+        f"(affinity {env['affinity']}) | python {env['python']}",
+        f"PyTorch replica: torch {env['torch']} ({python}), {env['torch_threads']} intra-op / "
+        f"{env['torch_interop_threads']} inter-op threads",
+        f"matpac_jax: jax {env['jax']}, jaxlib {env['jaxlib']}, flax {env['flax']}, "
+        f"{env['jax_devices']}, XLA:CPU pool {env['xla_cpu_threads']} threads, "
+        f"XLA_FLAGS={env['XLA_FLAGS'] or '(none)'}",
+        f"fp32, batch {_BATCH.value}, {_ROUNDS.value} rounds x {_STEPS.value} steps each, "
+        "interleaved torch, ours, torch, ours ...",
+        "",
+        "| step | PyTorch replica (s), per round | matpac_jax (s), per round | torch median | "
+        "ours median | speed-up (per round) | load average |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        rounds = r["rounds"]
+        loads = [x for row in rounds for x in (row["load_before"], row["load_after"])]
+        lines.append(
+            f"| {r['method']} | {' / '.join(_fmt(row['torch_s']) for row in rounds)} "
+            f"| {' / '.join(_fmt(row['ours_s']) for row in rounds)} "
+            f"| {r['torch_median_s']:.3f} | {r['ours_median_s']:.3f} "
+            f"| **{r['speedup']:.2f}x** ({', '.join(f'{x:.2f}' for x in r['speedup_per_round'])}) "
+            f"| {min(loads):.1f}-{max(loads):.1f} |")
+    top = max(x for r in results for row in r["rounds"] for x in (row["load_before"],
+                                                                 row["load_after"]))
+    if top > LOADED:
+        lines += ["", f"WARNING: load average reached {top:.1f} (> {LOADED}): other jobs shared "
+                  "the CPUs. The replica's OpenMP threads slow down far more than XLA:CPU's pool "
+                  "under oversubscription; do not quote these numbers."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    cli.parse(FLAGS, argv, "python benchmarks/compare_torch.py", __doc__)
+    unknown = [m for m in _METHODS.value if m not in STEPS]
+    if unknown:
+        print(f"error: --methods {unknown}; known: {sorted(STEPS)}", file=sys.stderr)
+        return 2
+    if _ROUNDS.value < 1 or _STEPS.value < 1 or _BATCH.value < 1:
+        print("error: --rounds, --steps and --batch must be >= 1", file=sys.stderr)
+        return 2
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")  # the replica is a CPU step
+    python = find_torch_python()
+    start_load = load()
+    results = []
+    for name in _METHODS.value:
+        print(f"{name}: building both steps", flush=True)
+        results.append(compare(name, python))
+    env = environment(results[0]["torch_info"])
+    env["load_at_start"] = start_load
+    print()
+    print(report(env, results, python))
+    if _JSON.value:
+        with open(cli.output_folder(_JSON.value), "w") as f:
+            json.dump({"environment": env, "results": results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

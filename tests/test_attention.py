@@ -1,0 +1,116 @@
+"""`config.model.attention`: the 'xla' path is the attention maths of the
+official code (softmax(q.k / sqrt(d) + bias) v, masked keys hidden), outputs
+and gradients; 'cudnn' is refused where it cannot run, and matches 'xla' on a
+GPU."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from matpac_jax.models import beats, layers, vit
+from matpac_jax.training import trainer
+
+
+def reference_attention(q, k, v, bias=None, mask=None):
+    """The timm / fairseq formula written out, (B, n, H, d) layout."""
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+    if bias is not None:
+        logits = logits + bias
+    if mask is not None:
+        logits = jnp.where(mask, logits, -jnp.inf)
+    return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v)
+
+
+def _outputs_and_grads(module, x, *args):
+    def f(m, x):
+        y = m(x, *args)
+        return jnp.sum(y * jnp.cos(y)), y  # a loss whose gradient depends on every output
+
+    grad = nnx.jit(nnx.value_and_grad(f, argnums=(0, 1), has_aux=True))
+    (_, y), (g_params, g_x) = grad(module, x)
+    return y, jax.tree.leaves(nnx.state(g_params)), g_x
+
+
+def _assert_same(a, b):
+    ya, ga, gxa = a
+    yb, gb, gxb = b
+    np.testing.assert_allclose(ya, yb, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gxa, gxb, rtol=1e-4, atol=1e-5)
+    assert len(ga) == len(gb)
+    for p, q in zip(ga, gb):
+        np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_vit_attention_xla_path_is_the_reference_formula(masked, monkeypatch):
+    x = jax.random.normal(jax.random.key(0), (2, 9, 32))
+    key_mask = jnp.arange(9)[None, :] < jnp.array([[9], [5]]) if masked else None
+    attn = vit.Attention(32, 4, rngs=nnx.Rngs(0))
+    ours = _outputs_and_grads(attn, x, key_mask)
+    monkeypatch.setattr(vit, "dot_product_attention",
+                        lambda q, k, v, mask=None, implementation=None:
+                        reference_attention(q, k, v, mask=mask))
+    _assert_same(ours, _outputs_and_grads(attn, x, key_mask))
+
+
+def test_beats_attention_with_gated_bias_xla_path_is_the_reference_formula(monkeypatch):
+    cfg = beats.BEATsConfig(encoder_embed_dim=32, encoder_attention_heads=4, num_buckets=16,
+                            max_distance=32, gru_rel_pos=True, relative_position_embedding=True)
+    attn = beats.MultiheadAttention(cfg, has_bias_table=True, dtype=jnp.float32,
+                                    rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 7, 32))
+    bias = attn.compute_bias(jnp.array([[0, 2, 3, 5, 8, 9, 12]]))
+    ours = _outputs_and_grads(attn, x, bias)
+    monkeypatch.setattr(layers, "dot_product_attention",
+                        lambda q, k, v, bias=None, implementation=None:
+                        reference_attention(q, k, v, bias=bias))
+    _assert_same(ours, _outputs_and_grads(attn, x, bias))
+
+
+def test_set_attention_reaches_every_attention_module():
+    model = vit.TransformerStack(16, 2, 2, rngs=nnx.Rngs(0))
+    layers.set_attention(model, "cudnn")
+    assert [m.attention for _, m in nnx.iter_modules(model) if hasattr(m, "attention")] == [
+        "cudnn", "cudnn"]
+    with pytest.raises(ValueError, match="config.model.attention='flash'"):
+        layers.set_attention(model, "flash")
+
+
+def _config(attention: str, dtype: str = "bfloat16"):
+    from test_training import tiny_config
+
+    config = tiny_config("unused")
+    config.model.attention = attention
+    config.model.dtype = dtype
+    return config
+
+
+def test_cudnn_is_refused_at_validate_time_off_gpu():
+    if jax.default_backend() == "gpu":
+        pytest.skip("this is the non-GPU check")
+    with pytest.raises(ValueError, match="attention='cudnn' needs NVIDIA GPUs.*'cpu'"):
+        trainer.validate(_config("cudnn"))
+    with pytest.raises(ValueError, match="config.model.attention='flash'"):
+        trainer.validate(_config("flash"))
+    trainer.validate(_config("xla"))
+    with pytest.raises(ValueError, match="bfloat16 or float16 only"):
+        layers.check_attention("cudnn", "gpu", "float32")
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
+def test_cudnn_matches_xla_on_gpu():
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 64, 4, 64), jnp.bfloat16)
+               for i in range(3))
+    bias = jax.random.normal(jax.random.key(3), (2, 4, 64, 64), jnp.bfloat16)
+
+    def run(impl):
+        f = lambda q, k, v, b: layers.dot_product_attention(
+            q, k, v, bias=b, implementation=impl).astype(jnp.float32).sum()
+        return jax.value_and_grad(f, argnums=(0, 1, 2, 3))(q, k, v, bias)
+
+    (lx, gx), (lc, gc) = run("xla"), run("cudnn")
+    np.testing.assert_allclose(float(lc), float(lx), rtol=2e-2)
+    for a, b in zip(gc, gx):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                                   atol=5e-2, rtol=5e-2)
