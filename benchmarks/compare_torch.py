@@ -28,7 +28,6 @@ import subprocess
 import sys
 import threading
 
-import numpy as np
 from absl import flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
