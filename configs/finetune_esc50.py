@@ -21,6 +21,9 @@ A.1 of the BEATs paper or tuned on fold 5"): AdamW lr 1e-4, betas (0.9,
 0.98), wd 0.01, 300 warm-up of 6,000 steps, cosine to 5e-6, batch 128, layer-
 wise gradient decay 0.2, label smoothing 0.1, roll, a time mask < 6 %, grad
 clip 1.
+Mask widths are in frames of these 5-s crops: for shorter clips scale
+`finetune.time_mask_width` with `data.crop_frames` (48 x crop / 496), or the
+masks cover most of each crop (docs/RESULTS.md, section 5).
 Not implemented (docs/RESULTS.md): M2D's random resized crop, BEATs' layer
 drop 0.1 and head dropout 0.1. Protocol difference: EVAR reports the best
 test score over epochs; we pick the checkpoint on valid and score test once.

@@ -14,9 +14,9 @@ Without valid rows, 10 % of train is held out (every class present).
 Each seed trains in W/seed_<s> through the one training loop (orbax resume:
 re-running the command continues, SIGKILL included), scores the valid split
 at every checkpoint, keeps the best weights in W/seed_<s>/best_<step>, and
-at the end scores the test split once with them. Clips are scored in crops
-of the training length (the last one padded and masked), their logits
-averaged over crops. OUT.json: {"tasks": {NAME: {"metric", "mean", "std",
+at the end scores the test split once with them. Clips are scored in
+windows of the training length that cover them (the last one ending at the
+clip's end; a shorter clip padded and masked), their logits averaged. OUT.json: {"tasks": {NAME: {"metric", "mean", "std",
 "per_seed", ...}}}, as `evaluate` writes it. Without --config: the small-task
 recipe (configs/finetune_esc50.py) for the checkpoint's family.
 """
@@ -95,9 +95,9 @@ def labelled_records(folder: str, frontend: str) -> Iterator[tuple[np.ndarray, l
 
 # -- scoring -----------------------------------------------------------------
 class Scorer:
-    """Logits of whole clips: crops of the training length through the jitted
-    classifier in batches of `batch` (one compiled shape), averaged per clip
-    weighted by their valid frames."""
+    """Logits of whole clips: windows of the training length (`_crops`) through
+    the jitted classifier in batches of `batch` (one compiled shape), averaged
+    per clip weighted by their valid frames."""
 
     def __init__(self, method, batch: int):
         import jax
@@ -120,17 +120,21 @@ class Scorer:
         self._graphdef = None
 
     def _crops(self, feat: np.ndarray) -> list[tuple[np.ndarray, int]]:
+        """Windows of the training length that cover the clip, the last one
+        ending at the clip's end (overlapping the one before; no padding), or
+        one zero-padded window of a clip shorter than that (its valid frames
+        rounded up to whole patches)."""
         x = (feat - self.mean) / self.std
         if self.time_axis == 0:
             x = x.T  # (F, T) for cutting, back at the end
-        t = x.shape[1]
-        out = []
-        for start in range(0, max(t, 1), self.crop):
-            c = x[:, start:start + self.crop]
-            valid = max(16, c.shape[1] // 16 * 16)
-            c = np.pad(c, ((0, 0), (0, self.crop - c.shape[1])))
-            out.append((c if self.time_axis else c.T, min(valid, self.crop)))
-        return out
+        t, crop = x.shape[1], self.crop
+        if t <= crop:
+            valid = min(crop, -(-t // 16) * 16)
+            windows = [(np.pad(x, ((0, 0), (0, crop - t))), valid)]
+        else:
+            starts = list(range(0, t - crop, crop)) + [t - crop]
+            windows = [(x[:, s:s + crop], crop) for s in starts]
+        return [(w if self.time_axis else w.T, v) for w, v in windows]
 
     def __call__(self, model, records) -> tuple[np.ndarray, list[list[str]]]:
         """(clips, classes) float32 logits and each clip's labels."""

@@ -52,6 +52,7 @@ SMALL = {"total_steps": 60, "batch_size": 8, "checkpoint_every": 20, "log_every"
          "data.crop_frames": 96, "opt.optimizer": "adam", "opt.lr": 1e-3, "opt.warmup_steps": 5,
          "opt.weight_decay": 0.0, "opt.b2": 0.999, "opt.end_lr": 0.0,
          "finetune.freeze_embed": False, "finetune.patch_dropout": 0.0,
+         "finetune.time_mask_width": 48 * 96 // 496,  # the recipe's mask, scaled to the crop
          "finetune.eval_batch": 8}
 
 
@@ -170,6 +171,7 @@ def test_finetuning_beats_the_frozen_probe(tmp_path, m2d, multilabel):
     task = make_task(tmp_path / ("multi" if multilabel else "single"), multilabel,
                      n_train=48 if multilabel else 24, n_valid=16 if multilabel else 8)
     probe = probe_score(m2d, task)
+    # frame_concat: the pooling of the probe's embeddings, so only the training differs.
     cfg = small_config(total_steps=300 if multilabel else 60, checkpoint_every=30,
                        **{"finetune.pooling": "frame_concat"})
     r = finetune.run(cfg, m2d, str(task), str(tmp_path / "w"), [0])[task.name]
