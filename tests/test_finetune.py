@@ -252,3 +252,30 @@ def test_cli_on_real_recordings(tmp_path, datasets_dir, m2d):
     assert finetune.main(args) == 0
     r = json.loads(out.read_text())["tasks"]["keywords_digits"]
     assert r["metric"] == "accuracy" and 0 <= r["mean"] <= 1 and len(r["per_seed"]) == 1
+
+
+def test_sgd_is_torch_sgd_with_momentum_and_scaled_per_parameter():
+    """opt.optimizer='sgd': buf = m * buf + g; p -= lr_t * buf (torch.optim.SGD,
+    dampening 0, no Nesterov), lr_t the warm-up cosine; lr_scale multiplies a
+    parameter's step (0: frozen)."""
+    import ml_collections
+
+    from matpac_jax.training import optim
+
+    opt = ml_collections.ConfigDict(dict(optimizer="sgd", momentum=0.9, lr=0.5, warmup_steps=2,
+                                         end_lr=1e-7, weight_decay=0.0, decay_exclude_1d=True,
+                                         clip_grad_norm=0.0, adam="adamw", b1=0.9, b2=0.999,
+                                         eps=1e-8))
+    scale = lambda path: 0.0 if path[0] == "frozen" else 1.0
+    tx, lr = optim.make_optimizer(opt, 6, scale)
+    params = {"w": jnp.array([1.0, -2.0]), "frozen": jnp.array([3.0])}
+    state = tx.init(params)
+    w, buf = np.array([1.0, -2.0]), np.zeros(2)
+    for t in range(6):
+        g = {"w": 2 * params["w"], "frozen": params["frozen"]}
+        updates, state = tx.update(g, state, params)
+        params = jax.tree.map(lambda p, u: p + u, params, updates)
+        buf = 0.9 * buf + 2 * w
+        w = w - float(lr(t)) * buf
+        np.testing.assert_allclose(np.asarray(params["w"]), w, rtol=1e-6)
+    assert float(params["frozen"][0]) == 3.0
