@@ -356,7 +356,7 @@ def test_grad_accumulation_is_the_mean_of_its_microbatches(shards, tmp_path):
 
     def compute(xb, k, accum):
         model = nnx.merge(run.graphdef, jax.tree.map(lambda a: a, run.state)).model  # a copy
-        (loss, aux), grads = trainer.loss_and_grads(run.method, model, xb, k, step, accum)
+        (loss, aux), grads = trainer.loss_and_grads(run.method, model, {"x": xb}, k, step, accum)
         return loss, aux, grads, model.center[...]
 
     loss, aux, grads, center = compute(x, key, 2)
