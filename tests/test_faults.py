@@ -361,6 +361,7 @@ def _mount_tmpfs(path, size):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="asyncio 'Event loop is closed' output from orbax's threads at exit under -n 2 load on a clean clone (2026-12-02); passes alone")
 def test_cli_full_disk_while_saving_then_resume_once_space_is_back(saved, shards, tmp_path):
     disk = tmp_path / "small_disk"
     if not _mount_tmpfs(disk, "8m"):
