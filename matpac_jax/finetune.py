@@ -202,14 +202,14 @@ class BestKeeper:
         from flax import nnx
 
         scores = self.record["scores"]
-        best = self.record["best_step"]
+        best = old = self.record["best_step"]
         improved = best is None or score > scores[str(best)]
         scores[str(step)] = score
         if improved:
             folder = os.path.join(self.workdir, f"best_{step}")
             with ocp.StandardCheckpointer() as ck:
                 ck.save(folder, nnx.state(model), force=True)
-            old, self.record["best_step"] = best, step
+            self.record["best_step"] = step
         self._write()
         if improved and old is not None and old != step:
             import shutil

@@ -375,7 +375,10 @@ def record_labels(shards: list[str]) -> list[list[str]]:
     out = []
     for path in shards:
         side = path + ".json"
-        info = json.load(open(side, encoding="utf-8")) if os.path.exists(side) else {}
+        info = {}
+        if os.path.exists(side):
+            with open(side, encoding="utf-8") as f:
+                info = json.load(f)
         if "labels" in info:
             out.extend(split_labels(label) for label in info["labels"])
         else:
