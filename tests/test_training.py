@@ -3,6 +3,7 @@
 Runs the real CLI (`python -m matpac_jax.main`) in subprocesses where a
 process has to die, with a tiny model so each run compiles in seconds.
 """
+import functools
 import os
 import pathlib
 import signal
@@ -86,9 +87,8 @@ def test_same_loss_on_1_and_8_devices_in_several_meshes(shards):
     for name, mesh, devices in [
         ("1 device", {"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]),
         ("data 8", {"data": -1, "fsdp": 1, "tensor": 1}, None),
-        ("2x2x2", {"data": 2, "fsdp": 2, "tensor": 2}, None),
         ("fsdp 8", {"data": 1, "fsdp": 8, "tensor": 1}, None),
-    ]:
+    ]:  # data 2 x fsdp 2 x tensor 2: test_grad_accumulation_is_the_mean_of_its_microbatches
         config = tiny_config(shards, mesh=mesh, fsdp=mesh["fsdp"] > 1)
         run = build(config, devices)
         out = []
@@ -333,7 +333,8 @@ def test_remat_recomputes_layers_and_gives_the_same_update(shards, method):
         x = np.random.default_rng(0).standard_normal((8, 64, 128)).astype(np.float32)
     loss, params, (flops, barriers) = _one_step(make("none"), x)
     assert barriers == 0
-    for remat in ("dots", "full"):
+    # "dots" keeps a subset of what "full" recomputes; once per method suffices.
+    for remat in ("dots", "full") if method == "matpac" else ("full",):
         loss_r, params_r, (flops_r, barriers_r) = _one_step(make(remat), x)
         assert loss_r == loss, remat
         for a, b in zip(params_r, params):
@@ -355,13 +356,14 @@ def test_grad_accumulation_is_the_mean_of_its_microbatches(shards, tmp_path):
     x = np.random.default_rng(0).standard_normal((8, 80, 64)).astype(np.float32)
     key, step = jax.random.key(3), 5
 
-    def compute(xb, k, accum):
-        model = nnx.merge(run.graphdef, jax.tree.map(lambda a: a, run.state)).model  # a copy
+    @functools.partial(jax.jit, static_argnums=3)  # op by op, this test took a minute
+    def compute(state, xb, k, accum):
+        model = nnx.merge(run.graphdef, state).model  # a copy
         (loss, aux), grads = trainer.loss_and_grads(run.method, model, {"x": xb}, k, step, accum)
         return loss, aux, grads, model.center[...]
 
-    loss, aux, grads, center = compute(x, key, 2)
-    parts = [compute(x[i::2], jax.random.fold_in(key, i), 1) for i in range(2)]
+    loss, aux, grads, center = compute(run.state, x, key, 2)
+    parts = [compute(run.state, x[i::2], jax.random.fold_in(key, i), 1) for i in range(2)]
     mean = lambda *a: (a[0] + a[1]) / 2
     np.testing.assert_allclose(loss, mean(parts[0][0], parts[1][0]), rtol=1e-6)
     np.testing.assert_allclose(
@@ -386,10 +388,8 @@ def test_grad_accumulation_is_the_mean_of_its_microbatches(shards, tmp_path):
         losses.append(out)
     np.testing.assert_allclose(losses[1], losses[0], rtol=2e-5)
 
-    # The real loop, and the divisibility check before compiling.
-    out = train(tiny_config(shards, batch_size=16, grad_accum_steps=2, total_steps=2),
-                        str(tmp_path / "wd"))
-    assert np.isfinite(out["loss"])
+    # The divisibility check, before compiling. (The training loop calls
+    # `step_fn`, run above; the CLI tests cover the loop.)
     with pytest.raises(ValueError, match="grad_accum_steps=2 microbatches"):
         trainer.validate(tiny_config(shards, batch_size=8, grad_accum_steps=2))
 
