@@ -347,7 +347,7 @@ def test_remat_recomputes_layers_and_gives_the_same_update(shards, method):
 
 
 @pytest.mark.slow
-def test_grad_accumulation_is_the_mean_of_its_microbatches(shards, tmp_path):
+def test_grad_accumulation_is_the_mean_of_its_microbatches(shards):
     """Loss, gradients and MATPAC's center: k microbatches give the mean of k
     separate half-batch computations (strided rows, keys fold_in(rng, i))."""
     from flax import nnx
