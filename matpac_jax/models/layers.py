@@ -129,9 +129,39 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                           implementation: str = "xla") -> jax.Array:
     """(B, n, H, d) q, k, v -> (B, n, H, d); `bias` (B|1, H, n, n) added to the
     logits, `mask` (B|1, 1|H, n, n) bool, False hidden. One call site for every
-    model, so `config.model.attention` (`set_attention`) switches all of them."""
+    model, so `config.model.attention` (`set_attention`) switches all of them.
+
+    cuDNN's training kernels take even sequence lengths only (jax 0.10 raises
+    "Unsupported sequence length" at trace time for odd ones, e.g. MATPAC's
+    191-token predictor input): those calls run on inputs padded by one token,
+    the pad hidden from every query by the key length, and the pad's output
+    row dropped (`padded_attention`)."""
+    if implementation == "cudnn" and (q.shape[1] % 2 or k.shape[1] % 2):
+        return padded_attention(q, k, v, bias=bias, mask=mask, implementation=implementation)
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask,
                                         implementation=implementation)
+
+
+def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias=None, mask=None,
+                     implementation: str = "cudnn", multiple: int = 2) -> jax.Array:
+    """`dot_product_attention` over sequences padded to a multiple of `multiple`:
+    padded keys are excluded by `key_value_seq_lengths`, padded query rows
+    are computed and cut off. Same result as without padding."""
+    n, s = q.shape[1], k.shape[1]
+    pn, ps = -n % multiple, -s % multiple
+    pad = lambda x, p: jnp.pad(x, [(0, 0), (0, p)] + [(0, 0)] * (x.ndim - 2))
+    q, k, v = pad(q, pn), pad(k, ps), pad(v, ps)
+    if bias is not None:
+        bias = jnp.pad(bias, [(0, 0)] * (bias.ndim - 2) + [(0, pn), (0, ps)])
+    if mask is not None:  # the pad's keys are hidden by the lengths below
+        mask = jnp.pad(mask, [(0, 0)] * (mask.ndim - 2) + [(0, pn), (0, ps)],
+                       constant_values=True)
+    batch = q.shape[0]
+    out = jax.nn.dot_product_attention(
+        q, k, v, bias=bias, mask=mask, implementation=implementation,
+        query_seq_lengths=jnp.full((batch,), n, jnp.int32),
+        key_value_seq_lengths=jnp.full((batch,), s, jnp.int32))
+    return out[:, :n]
 
 
 def set_attention(model: nnx.Module, implementation: str) -> None:
