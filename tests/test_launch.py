@@ -263,3 +263,18 @@ def test_shellcheck_clean():
     out = subprocess.run([shellcheck, "-x", *(str(p.relative_to(ROOT)) for p in SCRIPTS)],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stdout
+
+
+def test_demo_packages_installs_only_what_is_missing():
+    """README's first command: nothing to do once the packages are there (CI
+    installed them with this script), else exactly the apt-get lines."""
+    lines = dry_run("demo_packages.sh")
+    if lines == ["demo packages: all present"]:
+        return
+    assert lines[0].startswith("demo packages: installing ")
+    missing = lines[0].split("installing ")[1].split()
+    sudo = [] if shutil.which("id") and subprocess.run(
+        ["id", "-u"], capture_output=True, text=True).stdout.strip() == "0" else ["sudo"]
+    argv = commands(lines[1:])
+    assert argv[0] == [*sudo, "apt-get", "update", "-qq"]
+    assert argv[1][-len(missing):] == missing and "--no-install-recommends" in argv[1]

@@ -60,9 +60,11 @@ class DemoSourceError(errors.DataError, RuntimeError):
         order = {p: i for i, p in enumerate(ALL_PACKAGES)}
         self.problems = list(problems)
         self.packages = sorted(dict.fromkeys(packages), key=lambda p: order.get(p, len(order)))
-        install = "sudo apt-get install -y " + " ".join(self.packages)
+        sudo = "" if os.geteuid() == 0 else "sudo "
+        install = (f"bash launch/demo_packages.sh (from the repository), or {sudo}apt-get "
+                   "install -y " + " ".join(self.packages))
         if any("corrupt" in p or "unusable" in p for p in problems):
-            install = "sudo apt-get install -y --reinstall " + " ".join(self.packages)
+            install = f"{sudo}apt-get install -y --reinstall " + " ".join(self.packages)
         super().__init__(
             "The demo pre-training corpus (matpac_jax.data.demo) is rendered from Debian "
             "packages, and these sources are missing or unusable: "
