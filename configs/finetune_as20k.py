@@ -18,7 +18,9 @@ wise gradient decay 0.3, mixup on (its probability and alpha are not in the
 files read: 0.8 as ESPnet's AS-2M recipe, alpha 1), roll, time mask < 6 %.
 Deviations (docs/RESULTS.md): M2D trains on 1001-frame crops with its
 position table interpolated to 62 columns; we crop to the checkpoint's own
-table (608 frames for M2D ViT-B) and score clips in crops of that length.
+table (608 frames for M2D ViT-B; `data.crop_frames` longer than the table,
+e.g. on a 192-frame 80x200 model, is cut to it by the finetune command) and
+score clips in crops of that length.
 Random resized crop and BEATs' layer drop are not implemented.
 """
 from matpac_jax.training import defaults

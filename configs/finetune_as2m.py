@@ -21,7 +21,8 @@ the BEATs release has no fine-tuning code): AdamW lr 1e-4, betas (0.9,
 per update, layer-wise gradient decay 0.6 (also in the fine-tuned BEATs
 checkpoints' cfg), mixup probability 0.8 (alpha 1: not in the files read),
 roll, time mask < 6 %, balanced sampling, grad clip 1.
-Deviations as in configs/finetune_as20k.py (608-frame crops for M2D ViT-B).
+Deviations as in configs/finetune_as20k.py (608-frame crops for M2D ViT-B, cut
+to a shorter position table where the checkpoint has one).
 """
 from matpac_jax.training import defaults
 

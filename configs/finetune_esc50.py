@@ -21,9 +21,18 @@ A.1 of the BEATs paper or tuned on fold 5"): AdamW lr 1e-4, betas (0.9,
 0.98), wd 0.01, 300 warm-up of 6,000 steps, cosine to 5e-6, batch 128, layer-
 wise gradient decay 0.2, label smoothing 0.1, roll, a time mask < 6 %, grad
 clip 1.
+This recipe (its `m2d` or `beats` variant by the checkpoint's family) is
+`matpac_jax.finetune`'s default without --config; --config.x=y overrides
+apply either way.
 Mask widths are in frames of these 5-s crops: for shorter clips scale
 `finetune.time_mask_width` with `data.crop_frames` (48 x crop / 496), or the
 masks cover most of each crop (docs/RESULTS.md, section 5).
+Crops longer than a ViT checkpoint's position table are cut to the table
+(192 frames for an official 80x200 M2D model; 608 for 80x608), and clips are
+scored in windows of that length; M2D's `dur_frames=501` interpolates the
+table to 31 columns instead (timm's `resample_abs_pos_embed`, bicubic), which
+is not implemented. The time mask keeps its width in frames when the crop is
+cut, so it covers more of the shorter crop.
 Not implemented (docs/RESULTS.md): M2D's random resized crop, BEATs' layer
 drop 0.1 and head dropout 0.1. Protocol difference: EVAR reports the best
 test score over epochs; we pick the checkpoint on valid and score test once.

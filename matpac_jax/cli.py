@@ -11,7 +11,9 @@ Every command's `__main__` goes through `run`: the project's own errors
 (`matpac_jax.errors.Error`: config, data, checkpoint, audio, task files,
 workdir lock) print one line, `error: <message>`, and exit 1; other
 exceptions keep their traceback. MATPAC_JAX_TRACEBACK=1 shows the traceback
-of the expected ones too.
+of the expected ones too. Positional arguments a command does not take are
+refused (exit 2, one line), since absl reads `--lr 3e-5 1e-4` as `--lr=3e-5`
+plus a stray `1e-4`.
 """
 from __future__ import annotations
 
@@ -27,13 +29,16 @@ from matpac_jax import errors
 TRACEBACK_ENV = "MATPAC_JAX_TRACEBACK"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _ORBAX = os.path.join("orbax", "checkpoint")
+_ASYNCIO_LOOP = os.path.join("asyncio", "base_events.py")
 
 
 def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, prog: str,
-          doc: str) -> list[str]:
+          doc: str, positional: str | None = None) -> list[str]:
     """Parse `argv` (without the program name; None: sys.argv) into `flag_values`
     from their defaults; returns the positional arguments. `--help` prints
-    `doc` and the flags and exits 0; a bad flag exits 2 with one line."""
+    `doc` and the flags and exits 0; a bad flag exits 2 with one line.
+    `positional` names what positional arguments are (e.g. "AUDIO files");
+    None: the command takes none, and any is refused (`check_positional`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv):
         print(f"usage: {prog} [flags] ...\n\n{doc.strip()}\n")
@@ -54,11 +59,71 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, prog: str,
     except flags.Error as e:
         print(f"error: {e} ({prog} --help lists the flags)", file=sys.stderr)
         raise SystemExit(2) from None
+    check_positional(flag_values, argv, rest[1:], prog, positional)
     return rest[1:]
 
 
+def _list_tails(flag_values: flags.FlagValues, argv: Sequence[str],
+                files_end: bool) -> list[tuple[str, list[str]]]:
+    """(flag, its values) of each list or repeatable flag followed by bare
+    arguments, as in `--lr 3e-5 1e-4`, where the bare ones were meant as a list
+    (`files_end`: up to the first existing file, a positional argument)."""
+    out = []
+    for i, a in enumerate(argv):
+        name, eq, value = a.lstrip("-").partition("=")
+        if not a.startswith("-") or name not in flag_values:
+            continue
+        flag = flag_values[name]
+        if not (isinstance(flag, flags.MultiFlag) or isinstance(flag.parser, flags.BaseListParser)):
+            continue
+        if eq:
+            j = i + 1
+        elif i + 1 < len(argv):
+            value, j = argv[i + 1], i + 2
+        else:
+            continue
+        tail = []
+        while j < len(argv) and not argv[j].startswith("-") and not (
+                files_end and os.path.exists(argv[j])):
+            tail.append(argv[j])
+            j += 1
+        if tail:
+            out.append((name, [value, *tail]))
+    return out
+
+
+def check_positional(flag_values: flags.FlagValues, argv: Sequence[str], rest: Sequence[str],
+                     prog: str, positional: str | None = None) -> None:
+    """Exit 2 with one line naming the positional arguments `rest` (what absl
+    left of `argv`) that `prog` does not take: absl reads `--lr 3e-5 1e-4` as
+    `--lr=3e-5` and a stray `1e-4`, which would otherwise be dropped without a
+    word. With `positional` allowed, only bare arguments after a list flag that
+    are not existing files are refused."""
+    tails = _list_tails(flag_values, argv, files_end=positional is not None)
+    stray = list(rest) if positional is None else [a for _, v in tails for a in v[1:]]
+    if not stray:
+        return
+    hint = "give a list as --name=a,b"
+    for name, values in tails:
+        if stray[0] in values[1:]:
+            if isinstance(flag_values[name], flags.MultiFlag):
+                hint = "repeat the flag: " + " ".join(f"--{name}={v}" for v in values)
+            else:
+                hint = f"give a list as --{name}={','.join(values)}"
+            break
+    takes = (f"takes {positional} as positional arguments, and these are not files"
+             if positional else "takes no positional arguments")
+    quoted = " ".join(f"'{a}'" for a in stray)
+    print(f"error: unexpected argument{'s' if len(stray) > 1 else ''} {quoted} "
+          f"({prog} {takes}; {hint})", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def run(main, argv: Sequence[str] | None = None) -> int:
-    """`main(argv)`'s exit code; an `errors.Error` becomes `error: <message>` and 1."""
+    """`main(argv)`'s exit code; an `errors.Error` becomes `error: <message>` and 1.
+    Orbax's harmless tracebacks after a failed save stay off stderr
+    (`_ClosedLoopCallbackFilter`), so that line is the last."""
+    _drop_closed_loop_callbacks()
     try:
         return main(argv) or 0
     except errors.Error as e:
@@ -67,6 +132,33 @@ def run(main, argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(e).split("\n"))
         print(f"error: {message}", file=sys.stderr, flush=True)
         return 1
+
+
+class _ClosedLoopCallbackFilter:
+    """`sys.unraisablehook` without one known-harmless record. When an orbax save
+    fails (a full disk), orbax's `run_sync` closes its event loop at the first
+    failed write while tensorstore still finishes the others (hundreds for a
+    real model); each completion runs tensorstore's `Future.__await__` callback,
+    `loop.call_soon_threadsafe`, on the closed loop from a tensorstore thread,
+    and tensorstore reports the RuntimeError as unraisable: a traceback each,
+    after our one line. The save has already failed and been reported; every
+    other record goes to the previous hook."""
+
+    def __init__(self, previous):
+        self.previous = previous
+
+    def __call__(self, unraisable) -> None:
+        tb = unraisable.exc_traceback
+        if not (unraisable.object is None and unraisable.exc_type is RuntimeError
+                and str(unraisable.exc_value) == "Event loop is closed" and tb is not None
+                and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"  # called from C++
+                and tb.tb_frame.f_code.co_filename.endswith(_ASYNCIO_LOOP)):
+            self.previous(unraisable)
+
+
+def _drop_closed_loop_callbacks() -> None:
+    if not isinstance(sys.unraisablehook, _ClosedLoopCallbackFilter):
+        sys.unraisablehook = _ClosedLoopCallbackFilter(sys.unraisablehook)
 
 
 class _OwnInfoOnly(py_logging.Filter):

@@ -23,7 +23,8 @@ flags.DEFINE_enum("freq_tokens", None, ["concat", "mean"], "frequency patches pe
 
 
 def main(argv: list[str] | None = None) -> int:
-    audio = cli.parse(FLAGS, argv, "python -m matpac_jax.embed", __doc__)
+    audio = cli.parse(FLAGS, argv, "python -m matpac_jax.embed", __doc__,
+                      positional="AUDIO files")
     if not audio:
         print("error: no audio files given (python -m matpac_jax.embed --help)", file=sys.stderr)
         return 2

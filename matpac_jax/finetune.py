@@ -18,12 +18,17 @@ at the end scores the test split once with them. Clips are scored in
 windows of the training length that cover them (the last one ending at the
 clip's end; a shorter clip padded and masked), their logits averaged. OUT.json: {"tasks": {NAME: {"metric", "mean", "std",
 "per_seed", ...}}}, as `evaluate` writes it. Without --config: the small-task
-recipe (configs/finetune_esc50.py) for the checkpoint's family.
+recipe (configs/finetune_esc50.py:m2d or :beats) for the checkpoint's family,
+--config.x=y overrides included. A `data.crop_frames` longer than a ViT
+checkpoint's position table (official 80x200 M2D models: 192 frames) is cut
+to the table, for training and scoring alike (M2D's fine-tuning interpolates
+the table instead).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from typing import Any, Iterator
 
@@ -34,6 +39,8 @@ from ml_collections import config_flags
 from matpac_jax import cli, errors
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+RECIPE = os.path.join(CONFIGS, "finetune_esc50.py")  # without --config
+PROG = "python -m matpac_jax.finetune"
 SPLITS = ("train", "valid", "test")
 
 
@@ -281,6 +288,13 @@ def run(config, checkpoint: str, task_dir: str, workdir: str,
         else checkpoint
     arch, pretrained = ft_method.pretrained_encoder(config.finetune.checkpoint)
     config.data.frontend = arch["frontend"]
+    enc = arch["encoder"]
+    if arch["family"] == "vit" and config.data.crop_frames > enc["max_frames"]:
+        crop = enc["max_frames"] // enc["patch"] * enc["patch"]
+        print(f"data.crop_frames={config.data.crop_frames} is longer than the checkpoint's "
+              f"{enc['max_frames']}-frame position table: training and scoring {crop}-frame "
+              "crops", file=sys.stderr)
+        config.data.crop_frames = crop  # the table as it is (M2D would interpolate it)
     data_dir = os.path.join(workdir, "data")
     task = task_shards(task_dir, data_dir, arch["frontend"], write=False)
     config.finetune.classes = tuple(task["classes"])
@@ -322,25 +336,19 @@ def run(config, checkpoint: str, task_dir: str, workdir: str,
         "metric": _metric_name(config), "mean": float(test.mean()), "std": float(test.std()),
         "per_seed": results["test"], "valid_per_seed": results["valid"],
         "best_step_per_seed": results["best_step"], "seeds": seeds,
-        "num_classes": len(task["classes"]), "total_steps": config.total_steps}}
+        "num_classes": len(task["classes"]), "total_steps": config.total_steps,
+        "crop_frames": config.data.crop_frames}}
 
 
 def _metric_name(config) -> str:
     return "mAP" if config.finetune.multilabel else "accuracy"
 
 
-def default_config(checkpoint: str):
-    """The small-task recipe for the checkpoint's family (BEATs or ViT)."""
-    import importlib.util
-
+def default_recipe(checkpoint: str) -> str:
+    """The small-task recipe for the checkpoint's family (BEATs or ViT), as --config."""
     from matpac_jax.inference import load
 
-    family = load(checkpoint).family
-    spec = importlib.util.spec_from_file_location("finetune_esc50",
-                                                  os.path.join(CONFIGS, "finetune_esc50.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config("beats" if family == "beats" else "m2d")
+    return f"{RECIPE}:{'beats' if load(checkpoint).family == 'beats' else 'm2d'}"
 
 
 FLAGS = flags.FlagValues()
@@ -359,14 +367,20 @@ flags.DEFINE_list("seeds", None, "fine-tuning seeds (default: config.finetune.se
 
 
 def main(argv: list[str] | None = None) -> int:
-    cli.parse(FLAGS, argv, "python -m matpac_jax.finetune", __doc__)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(re.match(r"-{1,2}config(=|$)", a) for a in argv):
+        # The default recipe goes in as --config, so --config.x=y overrides apply to it.
+        # A first parse (the beats variant holds every field of the m2d one) checks
+        # the flags before the checkpoint is read to learn its family.
+        cli.parse(FLAGS, [f"--config={RECIPE}:beats", *argv], PROG, __doc__)
+        argv = [f"--config={default_recipe(FLAGS.checkpoint)}", *argv]
+    cli.parse(FLAGS, argv, PROG, __doc__)
     cli.output_folder(FLAGS.out)
-    config = _CONFIG.value if _CONFIG.value is not None else default_config(FLAGS.checkpoint)
+    config = _CONFIG.value
     seeds = ([int(v) for v in cli.floats(FLAGS, "seeds")] if FLAGS.seeds
              else list(config.finetune.seeds))
     results = run(config, FLAGS.checkpoint, FLAGS.task, FLAGS.workdir, seeds)
-    config_file = FLAGS["config"].config_filename if _CONFIG.value is not None else None
-    out = {"checkpoint": FLAGS.checkpoint, "config": config_file or "configs/finetune_esc50.py",
+    out = {"checkpoint": FLAGS.checkpoint, "config": FLAGS["config"].config_filename,
            "protocol": "fine-tuned end to end; checkpoint picked on valid, test scored once",
            "tasks": results}
     with open(FLAGS.out, "w", encoding="utf-8") as f:

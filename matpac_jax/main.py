@@ -7,6 +7,7 @@ command with the same workdir resumes from the latest checkpoint.
 from __future__ import annotations
 
 import functools
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -23,7 +24,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-    del argv
+    cli.check_positional(flags.FLAGS, sys.argv[1:], argv[1:], "python -m matpac_jax.main")
     cli.quiet_third_party_logs()
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from matpac_jax import methods  # after distributed init

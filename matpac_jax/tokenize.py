@@ -51,7 +51,8 @@ flags.DEFINE_string("out", None, "output .npz", flag_values=FLAGS, required=True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    audio = cli.parse(FLAGS, argv, "python -m matpac_jax.tokenize", __doc__)
+    audio = cli.parse(FLAGS, argv, "python -m matpac_jax.tokenize", __doc__,
+                      positional="AUDIO files")
     if not audio:
         print("error: no audio files given", file=sys.stderr)
         return 2

@@ -90,9 +90,10 @@ plt.show()"""),
     new_markdown_cell("""\
 ## A tiny linear probe
 
-Four procedural sound classes, 16 clips each (12 train, 4 test), probed with
-the EVAR protocol of `python -m matpac_jax.evaluate` (the same CLI runs on
-any folder with a `meta.csv` of `file,label,split`)."""),
+Four procedural sound classes, 16 clips each (12 train, 4 test), probed as
+`python -m matpac_jax.evaluate` does (EVAR's protocol, the learning rate
+picked on valid from 3e-5 to 1e-3; the same CLI runs on any folder with a
+`meta.csv` of `file,label,split`)."""),
     new_code_cell("""\
 import csv
 import tempfile

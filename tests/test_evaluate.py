@@ -119,6 +119,30 @@ def test_random_init_and_logmel_baseline(tiny_task, tmp_path):
         assert r["lr"][0] in (3e-5, 1e-3)  # with several --lr: chosen on valid
 
 
+def test_default_lr_is_the_grid_and_a_probe_at_chance_is_flagged(tiny_task, tmp_path, capsys):
+    """The default --lr is the grid picked on valid (EVAR's 3e-5 alone can score chance
+    on small tasks). A task whose clips are all the same recording gives every
+    clip the same real log-mel features: no probe can beat chance, and it says so."""
+    assert evaluate.FLAGS["lr"].default == ["3e-5", "1e-4", "3e-4", "1e-3"]
+    root = tmp_path / "same_clip"
+    root.mkdir()
+    wav = tiny_task / "audio" / "chirp_0.wav"
+    rows = [f"{wav},{'ab'[i % 2]},{'train' if i < 12 else 'test'}" for i in range(16)]
+    (root / "meta.csv").write_text("file,label,split\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out.json"
+    assert evaluate.main(["--checkpoint=logmel-baseline", f"--task={root}", f"--out={out}",
+                          "--cache_dir=", "--seeds=0"]) == 0
+    result = json.loads(out.read_text())
+    assert result["probe"]["lr"] == [3e-5, 1e-4, 3e-4, 1e-3]
+    r = result["tasks"]["same_clip"]
+    assert r["lr"][0] in result["probe"]["lr"] and r["chance"] == {"valid": [0.5], "test": 0.5}
+    assert r["beat_chance"] is False
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == ["warning: same_clip: the probe did not beat chance: valid 0.500 "
+                        "(seed 0, chance 0.500), test 0.500 (seed 0, chance 0.500); try "
+                        "other --lr values or check the task"]
+
+
 def test_random_init_needs_config(tiny_task, tmp_path):
     with pytest.raises(SystemExit, match="--config"):
         evaluate.main(["--checkpoint", "random-init", "--task", str(tiny_task),

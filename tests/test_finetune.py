@@ -243,6 +243,25 @@ def test_sigkill_then_rerun_ends_at_the_same_weights_and_scores(tmp_path, m2d):
     assert emb.shape == (2, 5 * 192) and np.isfinite(emb).all()
 
 
+@pytest.mark.parametrize("crop", [None, 96], ids=["recipe_crop", "crop_override"])
+def test_default_recipe_fits_a_short_position_table_and_takes_overrides(tmp_path, m2d, crop):
+    """Without --config: the ESC-50 recipe's 496-frame crop is cut to the fixture's
+    192-frame table (an official 80x200 M2D model has the same), and --config.x=y
+    overrides apply to the recipe (a few steps here, not its 2,400)."""
+    task = make_task(tmp_path / "t", multilabel=False, n_train=8, n_valid=4, n_test=4)
+    out = tmp_path / "out.json"
+    small = {"total_steps": 2, "checkpoint_every": 2, "batch_size": 8,
+             "finetune.eval_batch": 8, **({"data.crop_frames": crop} if crop else {})}
+    argv = [f"--checkpoint={m2d}", f"--task={task}", f"--workdir={tmp_path / 'w'}",
+            f"--out={out}", *[f"--config.{k}={v}" for k, v in small.items()]]
+    assert finetune.main(argv) == 0
+    result = json.loads(out.read_text())
+    r = result["tasks"]["t"]
+    assert result["config"] == f"{RECIPE}:m2d"
+    assert r["crop_frames"] == (crop or 192) and r["total_steps"] == 2
+    assert r["best_step_per_seed"] == [2] and 0 <= r["mean"] <= 1
+
+
 @pytest.mark.slow
 def test_cli_on_real_recordings(tmp_path, datasets_dir, m2d):
     out = tmp_path / "out.json"

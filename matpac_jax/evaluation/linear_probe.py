@@ -33,6 +33,8 @@ import optax
 from matpac_jax import errors
 
 SPLITS = ("train", "valid", "test")
+# An accuracy must exceed chance by this much to count as beating it.
+CHANCE_MARGIN = 0.02
 
 
 # -- tasks -------------------------------------------------------------------
@@ -242,6 +244,12 @@ def train_probe(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray,
     return best_params, {"valid": float(best), "best_epoch": best_epoch, "epochs": e}
 
 
+def chance_level(y: np.ndarray) -> float:
+    """Accuracy of the best constant guess on `y` (class indices): the
+    majority class's share, 1/C on a balanced split."""
+    return float(np.bincount(y).max() / len(y))
+
+
 def probe_task(emb: np.ndarray, task: Task, seeds: Sequence[int] = (0, 1, 2),
                cfg: ProbeConfig = ProbeConfig(), lrs: Sequence[float] = ()) -> dict:
     """Linear probe on `emb` (N, D) in task order: test score per seed.
@@ -249,10 +257,15 @@ def probe_task(emb: np.ndarray, task: Task, seeds: Sequence[int] = (0, 1, 2),
     `lrs`: if given, a probe is trained per learning rate and the one with
     the best validation score is tested (ties: the first listed); never
     selected on test. The EVAR protocol is the single `cfg.lr`.
+    Single-label tasks also get `chance` ({'valid': per seed, 'test'}:
+    `chance_level` of each split) and `beat_chance`: in every seed the chosen
+    probe scored above chance + CHANCE_MARGIN on valid (it learned) and on
+    test (it transfers); a verdict, not a selection (None for mAP tasks: not
+    checked).
     """
     y = task.targets()
     test = np.flatnonzero(task.split == "test")
-    per_seed, infos = [], []
+    per_seed, infos, chance = [], [], []
     for seed in seeds:
         train = np.flatnonzero(task.split == "train")
         valid = np.flatnonzero(task.split == "valid")
@@ -268,14 +281,22 @@ def probe_task(emb: np.ndarray, task: Task, seeds: Sequence[int] = (0, 1, 2),
             if best is None or info["valid"] > best[1]["valid"]:
                 best = params, {**info, "lr": lr}
         params, info = best
+        if not task.multilabel:
+            chance.append(chance_level(y[valid]))
         per_seed.append(score(y[test], np.asarray(_predict(params, jnp.asarray(x_te))),
                               task.multilabel))
         infos.append(info)
+    beat, chance_split = None, None
+    if not task.multilabel:
+        chance_split = {"valid": chance, "test": chance_level(y[test])}
+        beat = all(i["valid"] > c + CHANCE_MARGIN for i, c in zip(infos, chance)) and all(
+            t > chance_split["test"] + CHANCE_MARGIN for t in per_seed)
     return {"metric": "mAP" if task.multilabel else "accuracy",
             "mean": float(np.mean(per_seed)), "std": float(np.std(per_seed)),
             "per_seed": [float(s) for s in per_seed],
             "valid": [i["valid"] for i in infos], "epochs": [i["epochs"] for i in infos],
             "lr": [i["lr"] for i in infos],
+            "chance": chance_split, "beat_chance": beat,
             "dim": int(emb.shape[1]), "num_train": int((task.split == "train").sum()),
             "num_test": int(len(test))}
 
