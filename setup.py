@@ -26,7 +26,14 @@ setup(
         "tensorboardX>=2.6",    # TensorBoard event files without TensorFlow
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "nbformat>=5.9", "matplotlib>=3.8"],
+        # libtpu: XLA's TPU compiler, for `matpac_jax.plan` and tests/test_plan.py
+        # (compile-only; on a machine without TPUs set JAX_PLATFORMS=cpu to keep
+        # JAX from probing for one). Linux x86-64 wheels only.
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "nbformat>=5.9", "matplotlib>=3.8",
+                "jax[tpu]; platform_system == 'Linux' and platform_machine == 'x86_64'"],
+        # The same for TPU slices and NVIDIA GPUs (3.2 GB of CUDA wheels).
+        "plan": ["jax[tpu]; platform_system == 'Linux' and platform_machine == 'x86_64'"],
+        "plan-gpu": ["jax[cuda12]"],
         "plot": ["matplotlib>=3.8"],
         # matpac_jax.hear's torch.nn.Module shell, which HEAR's harness and
         # hear-validator require (benchmarks/hear_validate.sh, README "HEAR").

@@ -20,7 +20,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from matpac_jax import cli, methods
-from matpac_jax.training import metrics, trainer
+from matpac_jax.training import metrics, step, trainer, xla_flags
 
 FLAGS = flags.FlagValues()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
@@ -31,7 +31,7 @@ _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).
 _JSON = flags.DEFINE_string("json", None, "Also write the results here.", flag_values=FLAGS)
 _COMPILE_ONLY = flags.DEFINE_bool(
     "compile_only", False, "Report FLOPs and compiled memory without running a step "
-    "(plan a device's batch on a machine without it).", flag_values=FLAGS)
+    "(for hardware this machine does not have: python -m matpac_jax.plan).", flag_values=FLAGS)
 
 
 def _memory(compiled) -> dict:
@@ -51,10 +51,13 @@ def prepare(config, per_device_batch: int, compile_only: bool = False):
     each blocked on its metrics; None with `compile_only`."""
     config.batch_size = per_device_batch * jax.device_count()
     t0 = time.perf_counter()
-    run = trainer.build(config, methods.get(config))
+    run = trainer.build(config, methods.get(config), materialize=not compile_only)
     init_s = time.perf_counter() - t0
-    rng = np.random.default_rng(0)
-    x = trainer._to_global(run, rng.standard_normal(run.batch_shape).astype(np.float32))
+    if compile_only:  # shapes only: no state or batch is put on a device
+        x = step.abstract_batch(run)
+    else:
+        rng = np.random.default_rng(0)
+        x = trainer._to_global(run, rng.standard_normal(run.batch_shape).astype(np.float32))
     t0 = time.perf_counter()
     compiled, flops = trainer.compile_step(run, x)
     compile_s = time.perf_counter() - t0
@@ -121,6 +124,7 @@ def benchmark(config, per_device_batch: int, steps: int, compile_only: bool = Fa
 
 def main(argv=None) -> int:
     cli.parse(FLAGS, argv, "python benchmarks/bench_step.py", __doc__)
+    xla_flags.apply_defaults()  # the flags training runs with
     if _CONFIG.value is None:
         print("error: --config is required", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from matpac_jax import cli
-from matpac_jax.training import distributed
+from matpac_jax.training import distributed, xla_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and logs (local or cloud path).")
@@ -26,6 +26,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     cli.check_positional(flags.FLAGS, sys.argv[1:], argv[1:], "python -m matpac_jax.main")
     cli.quiet_third_party_logs()
+    xla_flags.apply_defaults()  # before the first backend starts
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from matpac_jax import methods  # after distributed init
     from matpac_jax.training import trainer

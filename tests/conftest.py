@@ -6,6 +6,10 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# libtpu (the dev extra) compiles for TPU topologies in tests/test_plan.py:
+# both pytest workers may load it, and there is no TPU metadata server here.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 # Tests (and the training subprocesses they start) compile the same tiny
 # steps many times: a persistent XLA cache shared by all of them saves minutes.
 # Every executable is kept, not only those that took over a second to build:

@@ -1,0 +1,467 @@
+"""Plan a run on hardware this machine does not have: compile the real training
+step for a TPU slice or GPU hosts, and report what it needs and how fast it can go.
+
+  python -m matpac_jax.plan --config=configs/matpac_as2m.py --target=v5p-64
+  python -m matpac_jax.plan --config=configs/m2d_as2m.py --target=v5e-64 --fit
+  python -m matpac_jax.plan --config=configs/beats_iter1_as2m.py --target=h100x8 --json=plan.json
+
+TARGET: a Cloud TPU accelerator type (v4-16, v5p-64: TensorCores, 2 per chip;
+v5e-16, v6e-64: chips) or GPUs (h100x8: one host of 8, h100x8x4: 4 hosts;
+a100, h200 likewise). The step is built by training/step.py exactly as
+training builds it, on compile-only devices (XLA's TPU compiler from libtpu,
+`pip install 'jax[tpu]'`; its GPU compiler from `pip install 'jax[cuda12]'`),
+and compiled without running. Printed (and with --json, written):
+
+- the mesh, and where parameters, optimizer state and the batch live;
+- per-device memory (arguments, temporaries, peak) against the device's HBM
+  (GPUs: the 75 % JAX preallocates, or XLA_PYTHON_CLIENT_MEM_FRACTION);
+- FLOPs per step and per sample: matmuls, convolutions and attention of the
+  program as written (hlo_stats.matmul_flops), and XLA's own count after
+  partitioning and rematerialisation where the backend gives one (TPU);
+- the collectives of the compiled program with their bytes per device;
+- the roofline bound of the step: the largest of compute at the chip's peak
+  bf16 FLOP/s, HBM traffic at its bandwidth (TPU: XLA's bytes accessed) and
+  ring collectives at its interconnect bandwidth (figures and sources:
+  training/targets.py), and the samples/s it allows.
+
+--fit keeps the config's global batch (a hyper-parameter of the method) and
+searches `model.remat`, `grad_accum_steps` (the per-device microbatch) and
+FSDP for the fastest plan whose peak leaves --headroom of HBM free, compiling
+candidates in order of expected speed, and prints the command that runs it.
+"""
+from __future__ import annotations
+
+import os
+
+# Before JAX starts: compile-only TPUs need libtpu without a TPU (several
+# processes may load it; no metadata server), and nothing here runs a device.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+os.environ.setdefault("TPU_STDERR_LOG_LEVEL", "3")
+os.environ.setdefault("TPU_MIN_LOG_LEVEL", "3")
+
+import copy  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from matpac_jax import cli, errors  # noqa: E402
+from matpac_jax.training import hlo_stats, targets, xla_flags  # noqa: E402
+
+xla_flags.apply_defaults()
+
+GiB = 2**30
+REMAT_COST = {"none": 1.0, "dots": 1.15, "full": 1.33}  # rough step-time factors, for ordering
+
+
+# -- the method, without reading pretrained files ------------------------------
+def plan_method(config):
+    """The config's method for planning. A pretrained part named by a local
+    file or workdir (BEATs teacher or tokenizer, a fine-tuning encoder) is
+    read as training reads it; one that is not here (a gs:// path, the
+    config's placeholder) takes the architecture the config describes."""
+    from matpac_jax import methods
+    from matpac_jax.models.beats import BEATsConfig
+
+    cls = methods.METHODS.get(config.method)
+    if cls is None:
+        raise errors.ConfigError(f"config.method={config.method!r}; known: "
+                                 f"{sorted(methods.METHODS)}")
+    if config.method == "finetune" and config.finetune.classes == ("",):
+        config.finetune.classes = tuple(f"class_{i}" for i in range(527))  # AudioSet's
+    here = lambda key: bool(config.get(key)) and os.path.exists(config[key])
+    beats_cfg = lambda: dataclasses.asdict(BEATsConfig.from_dict(config.model.to_dict()))
+    if config.method == "beats_mam" and not here("tokenizer_checkpoint"):
+        arch = {"tokenizer": beats_cfg()} if config.tokenizer_checkpoint else {}
+    elif config.method == "beats_tokenizer" and not here("teacher_checkpoint"):
+        arch = {"teacher": beats_cfg()}
+    elif config.method == "finetune" and not os.path.exists(config.finetune.checkpoint):
+        arch = _finetune_architecture(config)
+    else:
+        arch = None
+    return cls.from_config(config, arch)
+
+
+def _finetune_architecture(config) -> dict:
+    """The official encoder of the recipe's family: ViT-B/16 (M2D) or BEATs."""
+    from matpac_jax.data import frontends
+    from matpac_jax.models.beats import BEATsConfig
+    from matpac_jax.training import defaults
+
+    if "layer_wise_gradient_decay_ratio" in config.model:
+        ref = defaults.base("beats_mam", "beats")
+        defaults.beats(ref)
+        return dict(family="beats", frontend="beats", norm_stats=list(frontends.NORM["beats"]),
+                    encoder=dataclasses.asdict(BEATsConfig.from_dict(ref.model.to_dict())))
+    return dict(family="vit", frontend="m2d", norm_stats=list(frontends.NORM["m2d"]),
+                encoder=dict(in_freq=80, max_frames=max(608, config.data.crop_frames), patch=16,
+                             dim=768, depth=12, num_heads=12, mlp_ratio=4.0))
+
+
+# -- one compiled plan -----------------------------------------------------------
+def analyse(config, target: targets.Target, devices, headroom: float = 0.1) -> dict:
+    """Build and compile `config`'s step for `devices`; the facts of the plan."""
+    import jax
+
+    from matpac_jax.training import sharding, step
+
+    t0 = time.perf_counter()
+    run = step.build(config, plan_method(config), devices, materialize=False)
+    batch = step.abstract_batch(run)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(run.mesh))
+    lowered = run.step_fn.lower(run.state, batch, key)
+    flops_program = (lowered if run.flops_step_fn is run.step_fn
+                     else run.flops_step_fn.lower(run.state, batch, key))
+    flops = hlo_stats.matmul_flops(flops_program.as_text(dialect="hlo"))
+    n = len(devices)
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        compiled, mem = None, _out_of_memory(str(e))
+        if mem is None:
+            raise
+    else:
+        mem = compiled.memory_analysis()
+    compile_s = time.perf_counter() - t0
+
+    peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+            + mem.temp_size_in_bytes)
+    budget = target.memory_budget()
+    cost = compiled.cost_analysis() if compiled is not None else {}
+    cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+    xla_flops = float(cost["flops"]) * n if cost.get("flops") else None
+    if run.flops_step_fn is not run.step_fn:
+        xla_flops = None  # a loop body counts once: per microbatch, not per step
+    hbm_bytes = float(cost.get("bytes accessed", 0.0)) or None
+    colls = hlo_stats.collectives(compiled.as_text(), n) if compiled is not None else {}
+
+    chip = target.chip
+    compute_s = flops / (n * chip.peak_flops)
+    memory_s = hbm_bytes / chip.hbm_bandwidth if hbm_bytes else None
+    comm_s = 0.0
+    for kind, c in colls.items():
+        bw = chip.link_bandwidth
+        if chip.platform == "gpu" and target.hosts > 1 and c["group"] > target.per_host:
+            bw = chip.dcn_bandwidth  # the ring crosses hosts: InfiniBand per GPU
+        c["ring_bytes"] = hlo_stats.ring_bytes(kind, c["bytes"], c["group"])
+        c["seconds"] = c["ring_bytes"] / bw
+        comm_s += c["seconds"]
+    bound = max(compute_s, memory_s or 0.0, comm_s)
+    accum = config.get("grad_accum_steps", 1)
+    fits = peak <= (1 - headroom) * budget
+    return {
+        "target": target.name,
+        "chip": chip.name,
+        "devices": n,
+        "hosts": target.hosts,
+        "mesh": {k: int(v) for k, v in run.mesh.shape.items()},
+        "fsdp": bool(config.fsdp),
+        "remat": config.model.get("remat", "none"),
+        "grad_accum_steps": accum,
+        "global_batch": config.batch_size,
+        "per_device_batch": config.batch_size // sharding.data_parallel_size(run.mesh),
+        "microbatch_per_device": config.batch_size // sharding.data_parallel_size(run.mesh)
+        // accum,
+        "dtype": config.model.get("dtype", "float32"),
+        "attention": config.model.get("attention", "xla"),
+        "placement": placement(run),
+        "argument_bytes_per_device": int(mem.argument_size_in_bytes),
+        "temp_bytes_per_device": int(mem.temp_size_in_bytes),
+        "output_bytes_per_device": int(mem.output_size_in_bytes),
+        "alias_bytes_per_device": int(mem.alias_size_in_bytes),
+        "peak_bytes_per_device": int(peak),
+        "hbm_bytes_per_device": int(chip.hbm_bytes),
+        "memory_budget_bytes": int(budget),
+        "headroom": headroom,
+        "fits": bool(fits),
+        "margin_bytes": int((1 - headroom) * budget - peak),
+        "flops_per_step": flops,
+        "flops_per_sample": flops / config.batch_size,
+        "xla_flops_per_step": xla_flops,
+        "hbm_bytes_accessed_per_device": hbm_bytes,
+        "collectives": colls,
+        "roofline": {"compute_s": compute_s, "hbm_s": memory_s, "collectives_s": comm_s,
+                     "peak_flops_per_chip": chip.peak_flops,
+                     "hbm_bandwidth": chip.hbm_bandwidth,
+                     "link_bandwidth": chip.link_bandwidth, "source": chip.source},
+        "roofline_step_s": bound,
+        "roofline_samples_per_s": config.batch_size / bound if bound else None,
+        "compile_s": round(compile_s, 1),
+    }
+
+
+@dataclasses.dataclass
+class _Memory:
+    """memory_analysis()'s fields, for a program the compiler refused."""
+    argument_size_in_bytes: int
+    output_size_in_bytes: int = 0
+    alias_size_in_bytes: int = 0
+    temp_size_in_bytes: int = 0
+
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _out_of_memory(message: str) -> _Memory | None:
+    """The sizes in XLA's out-of-memory refusal (the TPU compiler refuses a
+    step that no rematerialisation fits: "the total memory required for HLO
+    temporaries (153.32G) exceeds available HBM (15.75G)"); None otherwise."""
+    import re
+
+    if "RESOURCE_EXHAUSTED" not in message:
+        return None
+    m = re.search(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\)", message)
+    if m:
+        return _Memory(0, temp_size_in_bytes=int(float(m[1]) * _UNITS[m[2]]))
+    m = re.search(r"Used ([\d.]+)([KMGT]?) of", message)
+    return _Memory(int(float(m[1]) * _UNITS[m[2]])) if m else None
+
+
+def placement(run) -> dict:
+    """Bytes per device and partition specs of each part of the state, and the batch's."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from matpac_jax.training import sharding
+
+    groups: dict[str, dict] = {}
+    flat_state = nnx.to_flat_state(run.state) if hasattr(nnx, "to_flat_state") else None
+    items = (list(flat_state) if flat_state is not None else
+             jax.tree_util.tree_flatten_with_path(run.state)[0])
+    for path, leaf in items:
+        value = leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf
+        keys = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
+        group = ".".join(keys[:2]) if keys[0] in ("model", "optimizer") else keys[0]
+        if keys[0] == "optimizer":
+            group = "optimizer" + (".step" if keys[1] == "step" else ".opt_state")
+        spec = value.sharding.spec
+        size = value.dtype.itemsize * math.prod(value.shape)
+        split = math.prod(run.mesh.shape[a] for axes in spec if axes
+                          for a in ((axes,) if isinstance(axes, str) else axes))
+        g = groups.setdefault(group, {"bytes": 0, "bytes_per_device": 0, "specs": {}})
+        g["bytes"] += size
+        g["bytes_per_device"] += size // split
+        label = str(tuple(spec))
+        g["specs"][label] = g["specs"].get(label, 0) + 1
+    for k, shape in run.batch_shapes.items():
+        spec = sharding.batch_sharding(run.mesh, len(shape)).spec
+        size = 4 * int(np.prod(shape))
+        groups[f"batch.{k}"] = {"bytes": size,
+                                "bytes_per_device": size // sharding.data_parallel_size(run.mesh),
+                                "specs": {str(tuple(spec)): 1}}
+    return groups
+
+
+# -- the search ------------------------------------------------------------------
+def candidates(config, devices: int):
+    """(remat, grad_accum_steps, fsdp) settings in order of expected step time:
+    microbatches cost a little per halving (smaller matmuls, a loop), a lot
+    below 16 examples per device; recomputation costs its FLOPs; FSDP its
+    all-gathers."""
+    out = []
+    for accum in (1, 2, 4, 8, 16, 32):
+        if config.batch_size % (devices * accum):
+            continue
+        micro = config.batch_size // (devices * accum)
+        for remat in ("none", "dots", "full"):
+            for fsdp in (False, True):
+                cost = (REMAT_COST[remat] * (1 + 0.02 * math.log2(accum))
+                        * (1.3 if micro < 16 and accum > 1 else 1) * (1.02 if fsdp else 1))
+                out.append((cost, remat, accum, fsdp))
+    return [c[1:] for c in sorted(out)]
+
+
+def configured(config, remat: str, accum: int, fsdp: bool):
+    c = copy.deepcopy(config)
+    c.model.remat, c.grad_accum_steps = remat, accum
+    if fsdp:
+        c.fsdp = True
+        c.mesh.update({"data": 1, "fsdp": -1})
+    return c
+
+
+def fit(config, target, devices, headroom: float, report=print) -> tuple[dict | None, list]:
+    """The first candidate (fastest expected) whose plan fits; every plan compiled.
+    A candidate is compiled only if the compiled plans predict it can fit
+    (temporaries scale with the microbatch)."""
+    tried = []
+    for remat, accum, fsdp in candidates(config, len(devices)):
+        if config.method in ("beats_tokenizer",) and accum > 1:
+            continue  # the k-means codebook update does not split into microbatches
+        if _predicted_over(tried, remat, accum, fsdp, target, headroom):
+            continue
+        report(f"  compiling remat={remat} grad_accum_steps={accum} fsdp={fsdp} ...")
+        try:
+            p = analyse(configured(config, remat, accum, fsdp), target, devices, headroom)
+        except errors.ConfigError as e:
+            report(f"    skipped: {e}")
+            continue
+        tried.append(p)
+        report(f"    peak {p['peak_bytes_per_device'] / GiB:.2f} GiB of "
+               f"{p['memory_budget_bytes'] / GiB:.2f}: {'fits' if p['fits'] else 'does not fit'}"
+               f" (compiled in {p['compile_s']} s)")
+        if p["fits"]:
+            return p, tried
+    return None, tried
+
+
+def _predicted_over(tried, remat, accum, fsdp, target, headroom) -> bool:
+    """True when a compiled plan of the same remat and FSDP setting, scaled to
+    this microbatch, leaves no doubt that it would not fit (>15 % over)."""
+    for p in tried:
+        if p["remat"] == remat and p["fsdp"] == fsdp:
+            temp = p["temp_bytes_per_device"] * p["grad_accum_steps"] / accum
+            peak = p["peak_bytes_per_device"] - p["temp_bytes_per_device"] + temp
+            if peak > 1.15 * (1 - headroom) * p["memory_budget_bytes"]:
+                return True
+    return False
+
+
+def command(config_arg: str, p: dict, overrides: list[str]) -> str:
+    """The training command that runs plan `p`."""
+    keep = [o for o in overrides if not o.startswith(("--config.model.remat",
+                                                        "--config.grad_accum_steps",
+                                                        "--config.fsdp", "--config.mesh."))]
+    parts = ["python -m matpac_jax.main", f"--config={config_arg}", "--workdir=WORKDIR", *keep]
+    if p["remat"] != "none":
+        parts.append(f"--config.model.remat={p['remat']}")
+    if p["grad_accum_steps"] != 1:
+        parts.append(f"--config.grad_accum_steps={p['grad_accum_steps']}")
+    if p["fsdp"]:
+        parts += ["--config.fsdp=True", "--config.mesh.data=1", "--config.mesh.fsdp=-1"]
+    return " ".join(parts)
+
+
+# -- printing --------------------------------------------------------------------
+def format_plan(p: dict) -> str:
+    g = lambda b: f"{b / GiB:.2f} GiB"
+    r = p["roofline"]
+    lines = [
+        f"target {p['target']}: {p['devices']} x {p['chip']} on {p['hosts']} host(s); "
+        f"mesh {p['mesh']}; {p['dtype']}, remat {p['remat']}, attention {p['attention']}, "
+        f"grad_accum_steps {p['grad_accum_steps']}, fsdp {p['fsdp']}",
+        f"batch: global {p['global_batch']}, {p['per_device_batch']} per device"
+        + (f" ({p['microbatch_per_device']} per microbatch)" if p["grad_accum_steps"] > 1 else ""),
+        "placement (per device / total, partition specs):",
+    ]
+    for name, gr in p["placement"].items():
+        specs = ", ".join(f"{s} x{c}" for s, c in gr["specs"].items())
+        lines.append(f"  {name:<22} {g(gr['bytes_per_device']):>11} / {g(gr['bytes']):>11}  {specs}")
+    lines += [
+        f"memory per device: arguments {g(p['argument_bytes_per_device'])}, temporaries "
+        f"{g(p['temp_bytes_per_device'])}, peak {g(p['peak_bytes_per_device'])} of "
+        f"{g(p['memory_budget_bytes'])} usable ({g(p['hbm_bytes_per_device'])} HBM, "
+        f"{int(p['headroom'] * 100)} % kept free): "
+        + ("fits, margin " + g(p["margin_bytes"]) if p["fits"]
+           else "DOES NOT FIT, over by " + g(-p["margin_bytes"])),
+        f"FLOPs: {p['flops_per_step'] / 1e12:.2f} TFLOP per step, "
+        f"{p['flops_per_sample'] / 1e9:.1f} GFLOP per sample (matmuls, convolutions, "
+        "attention as written)"
+        + (f"; XLA's count after partitioning and remat {p['xla_flops_per_step'] / 1e12:.2f}"
+           " TFLOP" if p["xla_flops_per_step"] else ""),
+        "collectives per device per step:"
+        + ("" if p["collectives"] else " none"),
+    ]
+    for kind, c in sorted(p["collectives"].items()):
+        lines.append(f"  {kind:<19} x{c['count']:<4} {c['bytes'] / 2**20:10.1f} MiB "
+                     f"(group {c['group']}, ring {c['ring_bytes'] / 2**20:.1f} MiB sent, "
+                     f"{c['seconds'] * 1e3:.2f} ms)")
+    hbm = f"{r['hbm_s'] * 1e3:.1f} ms" if r["hbm_s"] is not None else "n/a (no byte count)"
+    lines += [
+        f"roofline: compute {r['compute_s'] * 1e3:.1f} ms, HBM {hbm}, collectives "
+        f"{r['collectives_s'] * 1e3:.1f} ms -> step >= {p['roofline_step_s'] * 1e3:.1f} ms, "
+        f"<= {p['roofline_samples_per_s']:.0f} samples/s "
+        f"(at 40 % / 60 % MFU: {_at_mfu(p, 0.4):.0f} / {_at_mfu(p, 0.6):.0f} samples/s)",
+        f"  figures: {r['source']}",
+        f"compiled in {p['compile_s']} s",
+    ]
+    return "\n".join(lines)
+
+
+def _at_mfu(p: dict, mfu: float) -> float:
+    """Samples/s at `mfu` of the chips' peak."""
+    per_sample = p["flops_per_sample"]
+    return mfu * p["devices"] * p["roofline"]["peak_flops_per_chip"] / per_sample
+
+
+# -- command line ----------------------------------------------------------------
+FLAGS = flags.FlagValues()
+_CONFIG = config_flags.DEFINE_config_file("config", None, "training config FILE[:ARG] "
+                                          "(--config.x=y overrides)", flag_values=FLAGS,
+                                          lock_config=True)
+flags.DEFINE_string("target", None, "v4-16, v5e-256, v5p-64, v6e-64, h100x8, h200x8, a100x8, "
+                    "h100x8x4 (hosts x GPUs), ...", flag_values=FLAGS)
+flags.DEFINE_bool("fit", False, "search remat, grad_accum_steps and FSDP for the fastest plan "
+                  "that fits", flag_values=FLAGS)
+flags.DEFINE_float("headroom", 0.1, "fraction of the usable device memory a plan must leave "
+                   "free", flag_values=FLAGS)
+flags.DEFINE_string("json", None, "also write the plan here", flag_values=FLAGS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli.parse(FLAGS, argv, "python -m matpac_jax.plan", __doc__)
+    if _CONFIG.value is None or not FLAGS.target:
+        raise errors.ConfigError("--config and --target are required "
+                                 "(python -m matpac_jax.plan --help)")
+    try:
+        target = targets.parse(FLAGS.target)
+    except targets.UnknownTarget as e:
+        raise errors.ConfigError(str(e)) from None
+    if FLAGS.json:
+        cli.output_folder(FLAGS.json)
+    try:
+        devices = targets.devices(target)
+    except targets.MissingRuntime as e:
+        raise errors.ConfigError(str(e)) from None
+    config = _CONFIG.value
+    config_arg = FLAGS["config"].config_filename + (
+        f":{FLAGS['config'].config_arg}" if getattr(FLAGS["config"], "config_arg", None) else "")
+    overrides = [a for a in (argv if argv is not None else sys.argv[1:])
+                 if a.startswith("--config.")]
+    headroom = FLAGS.headroom
+    if FLAGS.fit:
+        print(f"searching plans for {target.name} ({len(devices)} devices) at global batch "
+              f"{config.batch_size}:", flush=True)
+        best, tried = fit(config, target, devices, headroom,
+                          report=lambda s: print(s, flush=True))
+        if best is None:
+            p = tried[-1] if tried else analyse(config, target, devices, headroom)
+            p["command"] = None
+            print(format_plan(p))
+            print(f"no plan fits {target.name} at global batch {config.batch_size}: the "
+                  "smallest peak was " + (f"{min(t['peak_bytes_per_device'] for t in tried) / GiB:.2f} GiB"
+                                          if tried else "unknown")
+                  + "; use more devices (a larger slice) or a smaller --config.batch_size.")
+            _write(p)
+            return 1
+        p = best
+    else:
+        p = analyse(config, target, devices, headroom)
+    p["command"] = command(config_arg, p, overrides)
+    print(format_plan(p))
+    if p["fits"]:
+        print("run it with:\n  " + p["command"])
+    else:
+        print(f"does not fit: over by {-p['margin_bytes'] / GiB:.2f} GiB per device. "
+              f"`--fit` searches remat, grad_accum_steps and FSDP for a plan that does; "
+              f"or use a larger slice.")
+    _write(p)
+    return 0 if p["fits"] else 1
+
+
+def _write(p: dict) -> None:
+    if FLAGS.json:
+        with open(FLAGS.json, "w", encoding="utf-8") as f:
+            json.dump(p, f, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

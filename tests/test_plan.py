@@ -1,0 +1,218 @@
+"""`matpac_jax.plan`: the real step compiled for a TPU slice this machine does not have.
+
+libtpu (the `dev` extra) brings XLA's TPU compiler; `get_topology_desc`
+gives compile-only devices of a v5p / v5e slice. Tiny configs of every
+method compile in seconds. What must agree with training is checked against
+training's own build on the CPU: the FLOPs of the program and the shardings.
+The CUDA target needs 3.2 GB of wheels and stays out of CI
+(benchmarks/plan_gpu.sh).
+"""
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from matpac_jax import methods, plan
+from matpac_jax.training import hlo_stats, sharding, step, targets
+
+from test_training import tiny_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+if importlib.util.find_spec("libtpu") is None:
+    pytest.skip("libtpu is not installed: pip install -e '.[dev]' brings it (Linux x86-64)",
+                allow_module_level=True)
+
+
+def _tpu(name):
+    try:
+        target = targets.parse(name)
+        return target, targets.devices(target)
+    except Exception as e:  # libtpu present but unable to load here
+        pytest.skip(f"libtpu cannot build a {name} topology on this machine: {e}")
+
+
+def config(name, **overrides):
+    """configs/<name>.py:demo at test size (one layer, 64-frame crops, batch 16)."""
+    spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("demo" if name != "finetune_esc50" else None)
+    c.lock()
+    c.batch_size, c.data.crop_frames = 16, 64
+    if "encoder_layers" in c.model:
+        c.model.encoder_layers = 1
+    for key in ("predictor_layers", "estimator_layers"):
+        if key in c.get("objective", {}):
+            c.objective[key] = 1
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+METHOD_CONFIGS = {
+    "matpac": lambda: tiny_config("/unused", batch_size=16),
+    "matpacpp": lambda: config("matpacpp_as2m", **{
+        "model.dim": 32, "model.depth": 1, "model.num_heads": 2, "model.pred_dim": 32,
+        "model.pred_depth": 1, "model.pred_heads": 2, "model.head_out_dim": 32,
+        "model.head_hidden_dim": 32, "model.head_bottleneck_dim": 16}),
+    "beats_iter1": lambda: config("beats_iter1_as2m"),
+    "beats_tokenizer": lambda: config("beats_tokenizer_as2m",
+                                      teacher_checkpoint="gs://not-read/beats_iter1"),
+    "finetune": lambda: config("finetune_esc50", **{
+        "finetune.checkpoint": str(ROOT / "tests" / "fixtures" / "m2d_checkpoint-300.pth")}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_CONFIGS))
+def test_every_method_compiles_for_a_tpu_slice(name):
+    target, devices = _tpu("v5p-8")
+    p = plan.analyse(METHOD_CONFIGS[name](), target, devices)
+    assert p["devices"] == 4 and p["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
+    assert p["fits"] and 0 < p["peak_bytes_per_device"] < p["hbm_bytes_per_device"]
+    assert p["peak_bytes_per_device"] >= p["argument_bytes_per_device"]
+    assert p["flops_per_step"] > 0 and p["xla_flops_per_step"] > 0
+    # Data parallel: the gradients are all-reduced over the 4 chips.
+    assert p["collectives"]["all-reduce"]["group"] == 4
+    assert p["roofline_step_s"] >= p["roofline"]["compute_s"] > 0
+
+
+def test_plan_flops_and_shardings_agree_with_the_training_build():
+    """FSDP over a 2 x 2 mesh: every leaf's partition spec is training's, and the
+    FLOPs counted from the lowered program are XLA:CPU's for the same step."""
+    target, devices = _tpu("v5p-8")
+    overrides = {"fsdp": True, "mesh.data": 2, "mesh.fsdp": 2, "model.dim": 64,
+                 "model.num_heads": 2}
+    c = tiny_config("/unused", batch_size=16, **overrides)
+    abstract = step.build(c, methods.get(c), devices, materialize=False)
+    real = step.build(c, methods.get(c), jax.devices()[:4])
+    specs = lambda run: [s.spec for s in jax.tree.leaves(
+        run.state_shardings, is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))]
+    assert specs(abstract) == specs(real)
+    assert any(sharding.MESH_AXES[1] in str(s) for s in specs(real))  # something is sharded
+    assert [a.sharding.spec for a in jax.tree.leaves(abstract.state)] == specs(real)
+
+    p = plan.analyse(c, target, devices)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
+                                     sharding=sharding.batch_sharding(real.mesh, len(v.shape)))
+             for k, v in step.abstract_batch(real).items()}
+    lowered = real.step_fn.lower(real.state, batch, jax.random.key(0))
+    cpu_flops = lowered.compile().cost_analysis()["flops"] * 4
+    assert hlo_stats.matmul_flops(lowered.as_text(dialect="hlo")) == p["flops_per_step"]
+    # XLA:CPU counts every elementwise op too; the matmuls are most of it.
+    assert 0.5 * cpu_flops < p["flops_per_step"] <= cpu_flops
+    # TPU's count after its own fusion and rematerialisation: the same program.
+    assert p["xla_flops_per_step"] == pytest.approx(cpu_flops, rel=0.25)
+    placed = p["placement"]
+    assert placed["batch.x"]["specs"] == {"(('data', 'fsdp'), None, None)": 1}
+    assert placed["model.student"]["bytes_per_device"] < placed["model.student"]["bytes"]
+
+
+def test_oversized_batch_is_reported_as_not_fitting():
+    """XLA's TPU compiler refuses a step no rematerialisation fits (in seconds);
+    the plan reports it with the memory it asked for."""
+    target, devices = _tpu("v5e-4")
+    c = tiny_config("/unused", batch_size=4 * 2**20)
+    p = plan.analyse(c, target, devices)
+    assert not p["fits"] and p["margin_bytes"] < 0
+    assert p["peak_bytes_per_device"] > 2 * p["memory_budget_bytes"]
+    assert p["collectives"] == {} and p["flops_per_step"] > 0
+    assert "DOES NOT FIT, over by" in plan.format_plan(p)
+
+
+def test_fit_stops_at_the_first_plan_that_fits_in_expected_speed_order():
+    target, devices = _tpu("v5p-8")
+    order = plan.candidates(tiny_config("/unused", batch_size=512), 4)
+    assert order[0] == ("none", 1, False) and order[1] == ("none", 1, True)
+    # Microbatches cost little compute; recomputing activations costs more ...
+    assert order.index(("none", 2, False)) < order.index(("dots", 1, False)) \
+        < order.index(("full", 1, False))
+    # ... unless they get tiny (2 examples per device here).
+    order = plan.candidates(tiny_config("/unused", batch_size=16), 4)
+    assert order.index(("dots", 1, False)) < order.index(("none", 2, False))
+    assert {accum for _, accum, _ in order} == {1, 2, 4}  # whole microbatches only
+    best, tried = plan.fit(tiny_config("/unused", batch_size=16), target, devices, 0.1,
+                           report=lambda s: None)
+    assert tried == [best] and (best["remat"], best["grad_accum_steps"], best["fsdp"]) == \
+        ("none", 1, False)
+    over = dict(best, fits=False, temp_bytes_per_device=10 * best["memory_budget_bytes"],
+                peak_bytes_per_device=10 * best["memory_budget_bytes"])
+    assert plan._predicted_over([over], "none", 2, False, target, 0.1)  # 5x budget: skip
+    assert not plan._predicted_over([over], "none", 2, True, target, 0.1)  # unknown: compile
+    fsdp = plan.command("configs/m2d_as2m.py", dict(best, remat="dots", grad_accum_steps=4,
+                                                    fsdp=True), ["--config.batch_size=16"])
+    assert fsdp == ("python -m matpac_jax.main --config=configs/m2d_as2m.py --workdir=WORKDIR "
+                    "--config.batch_size=16 --config.model.remat=dots "
+                    "--config.grad_accum_steps=4 --config.fsdp=True --config.mesh.data=1 "
+                    "--config.mesh.fsdp=-1")
+
+
+def test_hlo_counts_of_a_known_program():
+    """2 x 64 x 32 x 16 FLOPs for (64, 32) @ (32, 16), twice through a while-free call;
+    an all-reduce of 4 KiB over 4 devices is 6 KiB of ring traffic."""
+    f = jax.jit(lambda x, w: jax.nn.relu(x @ w) @ w.T)
+    lowered = f.lower(jax.ShapeDtypeStruct((64, 32), np.float32),
+                      jax.ShapeDtypeStruct((32, 16), np.float32))
+    assert hlo_stats.matmul_flops(lowered.as_text(dialect="hlo")) == 2 * (2 * 64 * 32 * 16)
+    hlo = ("  %all-reduce.1 = f32[1024]{0} all-reduce(f32[1024]{0} %p), "
+           "replica_groups=[1,4]<=[4], to_apply=%add\n")
+    got = hlo_stats.collectives(hlo, 4)
+    assert got == {"all-reduce": {"count": 1, "bytes": 4096, "group": 4}}
+    assert hlo_stats.ring_bytes("all-reduce", 4096, 4) == 6144
+
+
+def test_targets_parse_cloud_names_and_refuse_unknown_ones():
+    assert (targets.parse("v4-16").chips, targets.parse("v4-16").topology) == (8, "2x2x2")
+    assert (targets.parse("v5p-64").chips, targets.parse("v5p-64").topology) == (32, "2x4x4")
+    assert (targets.parse("v5e-256").chips, targets.parse("v5e-256").topology) == (256, "16x16")
+    assert targets.parse("v6e-8").topology == "2x4"
+    h = targets.parse("h100x8x4")
+    assert (h.chips, h.hosts, h.per_host, h.topology) == (32, 4, 8, "1x4x8")
+    assert h.memory_budget() == pytest.approx(0.75 * h.chip.hbm_bytes)
+    for bad in ("v9-8", "tpu", "h100"):
+        with pytest.raises(targets.UnknownTarget, match="v5p-64"):  # the known forms
+            targets.parse(bad)
+    with pytest.raises(targets.UnknownTarget, match="TensorCores"):
+        targets.parse("v4-6")
+    with pytest.raises(targets.UnknownTarget, match="1 to 8 GPUs"):
+        targets.parse("h100x9")
+
+
+@pytest.mark.slow
+def test_cli_plan_json_and_one_line_errors(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    base = [sys.executable, "-m", "matpac_jax.plan", f"--config={CONFIGS / 'matpac_as2m.py'}:demo",
+            "--config.model.depth=1", "--config.model.pred_depth=1", "--config.batch_size=16",
+            "--config.data.crop_frames=64"]
+    out = tmp_path / "plan.json"
+    proc = subprocess.run([*base, "--target=v5p-8", f"--json={out}"], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    p = json.loads(out.read_text())
+    for key in ("target", "devices", "fits", "peak_bytes_per_device", "hbm_bytes_per_device",
+                "flops_per_step", "flops_per_sample", "global_batch", "mesh", "collectives",
+                "roofline_step_s", "command"):
+        assert key in p
+    assert p["command"].startswith("python -m matpac_jax.main --config=") and \
+        "--config.model.depth=1" in p["command"]
+    assert "run it with:" in proc.stdout and "roofline:" in proc.stdout
+    proc = subprocess.run([*base, "--target=v9-8"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown target 'v9-8'")
+    if importlib.util.find_spec("jax_cuda12_plugin") is None:
+        proc = subprocess.run([*base, "--target=h100x8"], capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert proc.returncode == 1
+        assert "pip install 'jax[cuda12]==" in proc.stderr.strip().splitlines()[-1]
