@@ -118,8 +118,16 @@ def benchmark(config, per_device_batch: int, steps: int, compile_only: bool = Fa
         "achieved_tflop_s": round(flops / step_s / 1e12, 3) if flops else None,
         "mfu": round(flops / step_s / (peak * jax.device_count()), 4) if flops and peak else None,
         "loss": float(timed.metrics["loss"]),
+        **_measured_peak(),
     })
     return result
+
+
+def _measured_peak() -> dict:
+    """The allocator's peak on device 0 after the timed steps (GPU / TPU)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return {"measured_peak_bytes": int(stats["peak_bytes_in_use"])} \
+        if "peak_bytes_in_use" in stats else {}
 
 
 def main(argv=None) -> int:

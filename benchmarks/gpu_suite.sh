@@ -16,7 +16,7 @@ set -uo pipefail
 OUT=${1:-bench_out}
 PDB=${2:-256}
 shift $(($# < 2 ? $# : 2))
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}
 SUITE_BUDGET_S=${SUITE_BUDGET_S:-360}
@@ -59,6 +59,20 @@ for run in $RUNS; do
   fi
 done
 echo "suite: $((SECONDS - start)) s"
+# The plan (python -m matpac_jax.plan, compile-only) of the same step on this
+# GPU kind, for the predicted-vs-measured table below.
+kind=$(python -c 'import jax; k = jax.devices()[0].device_kind.lower(); print(next((g for g in ("h200", "h100", "a100") if g in k), ""))')
+ngpu=$(python -c 'import jax; print(jax.device_count())')
+for run in ${PLAN_RUNS-matpac_as2m:bfloat16:cudnn:none}; do
+  [ -n "$kind" ] || break
+  IFS=: read -r cfg dtype attention remat <<<"$run"
+  name="${cfg}_${dtype}_${attention}_remat_${remat}"
+  timeout "$RUN_TIMEOUT_S" python -m matpac_jax.plan --config="configs/$cfg.py" \
+    --target="${kind}x${ngpu}" --config.batch_size=$((PDB * ngpu)) \
+    --config.model.dtype="$dtype" --config.model.attention="$attention" \
+    --config.model.remat="$remat" --json="$OUT/plan_$name.json" "$@" >"$OUT/plan_$name.log" 2>&1 \
+    || echo "plan $name: exit $? (see $OUT/plan_$name.log)" | tee -a "$OUT/failures.txt"
+done
 python - "$OUT" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
@@ -73,6 +87,18 @@ for p in sorted(out.glob("*.json")):
           f"x{r['devices']} | {r['global_batch']} | {r['compile_s']} | {r['step_s']} "
           f"| {r['samples_per_s']} | {r['achieved_tflop_s']} | {mfu} "
           f"| {r.get('temp_bytes', 0) / 2**30:.1f} |")
+plans = sorted(out.glob("plan_*.json"))
+if plans:
+    print("\n| config | planned peak GiB | measured peak GiB | roofline step (s) | measured step (s) |")
+    print("|---|---|---|---|---|")
+for p in plans:
+    plan = json.loads(p.read_text())
+    bench = out / (p.stem.removeprefix("plan_") + ".json")
+    r = json.loads(bench.read_text()) if bench.exists() else {}
+    measured = r.get("measured_peak_bytes")
+    measured = f"{measured / 2**30:.1f}" if measured else "-"
+    print(f"| {p.stem.removeprefix('plan_')} | {plan['peak_bytes_per_device'] / 2**30:.1f} | "
+          f"{measured} | {plan['roofline_step_s']:.4f} | {r.get('step_s', '-')} |")
 failed = (out / "failures.txt").read_text().strip()
 if failed:
     print("\nnot measured:\n" + failed)

@@ -105,8 +105,10 @@ def _finetune_architecture(config) -> dict:
 
 
 # -- one compiled plan -----------------------------------------------------------
-def analyse(config, target: targets.Target, devices, headroom: float = 0.1) -> dict:
-    """Build and compile `config`'s step for `devices`; the facts of the plan."""
+def analyse(config, target: targets.Target, devices, headroom: float = 0.1,
+            hlo_path: str | None = None) -> dict:
+    """Build and compile `config`'s step for `devices`; the facts of the plan.
+    `hlo_path`: also write the compiled (partitioned, optimised) HLO there."""
     import jax
 
     from matpac_jax.training import sharding, step
@@ -141,6 +143,9 @@ def analyse(config, target: targets.Target, devices, headroom: float = 0.1) -> d
         xla_flops = None  # a loop body counts once: per microbatch, not per step
     hbm_bytes = float(cost.get("bytes accessed", 0.0)) or None
     colls = hlo_stats.collectives(compiled.as_text(), n) if compiled is not None else {}
+    if hlo_path and compiled is not None:
+        with open(hlo_path, "w", encoding="utf-8") as f:
+            f.write(compiled.as_text())
 
     chip = target.chip
     compute_s = flops / (n * chip.peak_flops)
@@ -404,6 +409,7 @@ flags.DEFINE_bool("fit", False, "search remat, grad_accum_steps and FSDP for the
 flags.DEFINE_float("headroom", 0.1, "fraction of the usable device memory a plan must leave "
                    "free", flag_values=FLAGS)
 flags.DEFINE_string("json", None, "also write the plan here", flag_values=FLAGS)
+flags.DEFINE_string("hlo", None, "also write the compiled step's HLO text here", flag_values=FLAGS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -444,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         p = best
     else:
-        p = analyse(config, target, devices, headroom)
+        p = analyse(config, target, devices, headroom, FLAGS.hlo and cli.output_folder(FLAGS.hlo))
     p["command"] = command(config_arg, p, overrides)
     print(format_plan(p))
     if p["fits"]:
