@@ -171,6 +171,7 @@ def analyse(config, target: targets.Target, devices, headroom: float = 0.1,
         "remat": config.model.get("remat", "none"),
         "grad_accum_steps": accum,
         "global_batch": config.batch_size,
+        "total_steps": config.total_steps,
         "per_device_batch": config.batch_size // sharding.data_parallel_size(run.mesh),
         "microbatch_per_device": config.batch_size // sharding.data_parallel_size(run.mesh)
         // accum,

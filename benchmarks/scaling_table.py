@@ -1,0 +1,91 @@
+"""docs/SCALING.md's tables from `python -m matpac_jax.plan --json` outputs.
+
+  python benchmarks/scaling_table.py PLAN.json [PLAN.json ...]
+
+For each plan (one method compiled for one target at its official global
+batch): its memory, FLOPs, collectives and roofline, the projected
+chip-hours of the method's official schedule at 40 % and 60 % MFU, and, per
+TPU generation and GPU kind, the smallest slice whose per-device batch is
+predicted to fit. The prediction scales the compiled temporaries with the
+per-device batch (arguments stay: data parallel keeps a full copy per
+device); a slice size must divide the global batch. Predictions are marked;
+rows compiled by `plan` are the JSON files themselves.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import flags
+
+from matpac_jax import cli
+from matpac_jax.training import targets
+
+GiB = 2**30
+# Slice sizes a user can rent, smallest first (TPU: chips; GPU: GPUs).
+SIZES = {
+    "v4": [(f"v4-{2 * c}", c) for c in (4, 8, 16, 32, 64, 128, 256, 512)],
+    "v5e": [(f"v5e-{c}", c) for c in (1, 4, 8, 16, 32, 64, 128, 256)],
+    "v5p": [(f"v5p-{2 * c}", c) for c in (4, 8, 16, 32, 64, 128, 256, 512)],
+    "v6e": [(f"v6e-{c}", c) for c in (1, 4, 8, 16, 32, 64, 128, 256)],
+    "h100": [(f"h100x{c}" if c <= 8 else f"h100x8x{c // 8}", c) for c in (1, 2, 4, 8, 16, 32, 64)],
+    "h200": [(f"h200x{c}" if c <= 8 else f"h200x8x{c // 8}", c) for c in (1, 2, 4, 8, 16, 32, 64)],
+}
+
+
+def predicted_peak(plan: dict, devices: int, chip: targets.Chip) -> float:
+    """Peak bytes per device of the same plan on `devices` chips of `chip`."""
+    per_device = plan["global_batch"] / devices
+    temp_per_sample = plan["temp_bytes_per_device"] / plan["microbatch_per_device"]
+    micro = per_device / plan["grad_accum_steps"]
+    return plan["peak_bytes_per_device"] - plan["temp_bytes_per_device"] + temp_per_sample * micro
+
+
+def smallest(plan: dict, family: str) -> tuple[str, int, float] | None:
+    """(target, devices, predicted peak) of the smallest slice that fits, or None."""
+    chip = targets.CHIPS[family]
+    for name, n in SIZES[family]:
+        if plan["global_batch"] % (n * plan["grad_accum_steps"]):
+            continue
+        budget = targets.parse(name).memory_budget() * (1 - plan["headroom"])
+        peak = predicted_peak(plan, n, chip)
+        if peak <= budget:
+            return name, n, peak
+    return None
+
+
+def chip_hours(plan: dict, total_steps: int, mfu: float) -> float:
+    chip = next(c for c in targets.CHIPS.values() if c.name == plan["chip"])
+    return total_steps * plan["flops_per_step"] / (mfu * chip.peak_flops) / 3600
+
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_integer("total_steps", 0, "steps of the schedule (0: the plan's config's "
+                     "total_steps)", flag_values=FLAGS)
+
+
+def main(argv=None) -> int:
+    files = cli.parse(FLAGS, argv, "python benchmarks/scaling_table.py", __doc__,
+                      positional="plan JSON files")
+    print("| plan | chips | per chip | peak GiB / HBM | GFLOP/sample | collectives MiB/step "
+          "| roofline samples/s | chip-h @40 % | chip-h @60 % | smallest fitting (predicted) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for f in files:
+        with open(f, encoding="utf-8") as fh:
+            p = json.load(fh)
+        steps = FLAGS.total_steps or p.get("total_steps") or 0
+        coll = sum(c["bytes"] for c in p["collectives"].values()) / 2**20
+        fits = ", ".join(
+            f"{s[0]} ({s[2] / GiB:.0f} GiB)" if s else f"none of {fam}"
+            for fam in SIZES for s in [smallest(p, fam)])
+        hours = (f"{chip_hours(p, steps, 0.4):,.0f} | {chip_hours(p, steps, 0.6):,.0f}"
+                 if steps else "- | -")
+        print(f"| {f} | {p['devices']} x {p['chip']} | {p['per_device_batch']} | "
+              f"{p['peak_bytes_per_device'] / GiB:.1f} / {p['hbm_bytes_per_device'] / GiB:.0f} "
+              f"| {p['flops_per_sample'] / 1e9:.1f} | {coll:.0f} | "
+              f"{p['roofline_samples_per_s']:,.0f} | {hours} | {fits} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
