@@ -198,6 +198,7 @@ def analyse(config, target: targets.Target, devices, headroom: float = 0.1,
                      "hbm_bandwidth": chip.hbm_bandwidth,
                      "link_bandwidth": chip.link_bandwidth, "source": chip.source},
         "roofline_step_s": bound,
+        "roofline_mfu": compute_s / bound if bound else None,  # the MFU the bound allows
         "roofline_samples_per_s": config.batch_size / bound if bound else None,
         "compile_s": round(compile_s, 1),
     }
@@ -384,7 +385,7 @@ def format_plan(p: dict) -> str:
     lines += [
         f"roofline: compute {r['compute_s'] * 1e3:.1f} ms, HBM {hbm}, collectives "
         f"{r['collectives_s'] * 1e3:.1f} ms -> step >= {p['roofline_step_s'] * 1e3:.1f} ms, "
-        f"<= {p['roofline_samples_per_s']:.0f} samples/s "
+        f"<= {p['roofline_samples_per_s']:.0f} samples/s, MFU <= {100 * p['roofline_mfu']:.0f} % "
         f"(at 40 % / 60 % MFU: {_at_mfu(p, 0.4):.0f} / {_at_mfu(p, 0.6):.0f} samples/s)",
         f"  figures: {r['source']}",
         f"compiled in {p['compile_s']} s",
