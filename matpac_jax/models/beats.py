@@ -128,6 +128,20 @@ def patchify(fbank: jax.Array, patch: int = 16) -> jax.Array:
     return x.transpose(0, 1, 3, 2, 4).reshape(b, gt * gf, patch * patch)
 
 
+def gather_rows(x: jax.Array, idx: jax.Array) -> jax.Array:
+    """x[b, idx[b]] for each example: (B, N, ...) at (B, n) -> (B, n, ...).
+
+    A gather whose batch dimension XLA sees as such, so a batch sharded over
+    devices stays sharded; `x[jnp.arange(B)[:, None], idx]` makes the SPMD
+    partitioner all-gather the whole batch onto every device."""
+    return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def scatter_rows(x: jax.Array, idx: jax.Array, values: jax.Array) -> jax.Array:
+    """x with x[b, idx[b]] = values[b] for each example (batched, as `gather_rows`)."""
+    return jax.vmap(lambda xb, ib, vb: xb.at[ib].set(vb))(x, idx, values)
+
+
 def relative_position_bucket(rel: jax.Array, num_buckets: int, max_distance: int) -> jax.Array:
     """Bidirectional T5 bucket of `rel = key_pos - query_pos` (float32 like torch)."""
     half = num_buckets // 2
@@ -375,9 +389,8 @@ class TransformerEncoder(nnx.Module):
             if num_patches is None:
                 raise ValueError("num_patches (full grid length) is needed with positions")
             positions = positions.astype(jnp.int32)
-            rows = jnp.arange(b)[:, None]
-            full = jnp.zeros((b, num_patches, d), jnp.float32).at[rows, positions].set(x)
-            x = x + self.pos_conv(full)[rows, positions]
+            full = scatter_rows(jnp.zeros((b, num_patches, d), jnp.float32), positions, x)
+            x = x + gather_rows(self.pos_conv(full), positions)
         if not self.layer_norm_first:
             x = self.layer_norm(x)
         x = _drop(self.dropout, x)
@@ -476,10 +489,9 @@ class LabelPredictor(nnx.Module):
         -> (B, n_mask, C) float32 logits at patch indices `masked` (B, n_mask)."""
         b, _, d = visible.shape
         n = keep.shape[1] + masked.shape[1]
-        rows = jnp.arange(b)[:, None]
         x = jnp.broadcast_to(self.mask_emb[...], (b, n, d))
-        x = x.at[rows, keep].set(visible.astype(jnp.float32))
-        x = self.encoder(x)[rows, masked]
+        x = scatter_rows(x, keep, visible.astype(jnp.float32))
+        x = gather_rows(self.encoder(x), masked)
         return self.head(x).astype(jnp.float32)
 
 

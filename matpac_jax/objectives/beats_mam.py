@@ -16,7 +16,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from matpac_jax.models.beats import BEATsEncoder, LabelPredictor
+from matpac_jax.models.beats import BEATsEncoder, LabelPredictor, gather_rows
 
 
 class MaskIndices(NamedTuple):
@@ -61,10 +61,9 @@ def mam_loss(encoder: BEATsEncoder, predictor: LabelPredictor, fbank: jax.Array,
         if rng is None:
             raise ValueError("mam_loss needs a mask or an rng to draw one")
         mask = random_mask(rng, b, n, mask_ratio)
-    rows = jnp.arange(b)[:, None]
-    visible = encoder(tokens[rows, mask.keep], mask.keep, num_patches=n)
+    visible = encoder(gather_rows(tokens, mask.keep), mask.keep, num_patches=n)
     logits = predictor(visible, mask.keep, mask.masked)
-    target = labels[rows, mask.masked].astype(jnp.int32)
+    target = gather_rows(labels, mask.masked).astype(jnp.int32)
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
     accuracy = jnp.mean((jnp.argmax(logits, -1) == target).astype(jnp.float32))
