@@ -9,7 +9,9 @@ TPU generation and GPU kind, the smallest slice whose per-device batch is
 predicted to fit. The prediction scales the compiled temporaries with the
 per-device batch (arguments stay: data parallel keeps a full copy per
 device); a slice size must divide the global batch. Predictions are marked;
-rows compiled by `plan` are the JSON files themselves.
+rows compiled by `plan` are the JSON files themselves. A second table gives
+the schedule's chip-hours on each chip kind: total model FLOPs / (MFU x the
+chip's peak bf16 FLOP/s).
 """
 from __future__ import annotations
 
@@ -84,6 +86,18 @@ def main(argv=None) -> int:
               f"{p['peak_bytes_per_device'] / GiB:.1f} / {p['hbm_bytes_per_device'] / GiB:.0f} "
               f"| {p['flops_per_sample'] / 1e9:.1f} | {coll:.0f} | "
               f"{p['roofline_samples_per_s']:,.0f} | {hours} | {fits} |")
+    print("\n| plan | steps | PFLOP total | " + " | ".join(
+        f"{fam} chip-h @40 % / 60 %" for fam in SIZES) + " |")
+    print("|---|---|---|" + "---|" * len(SIZES))
+    for f in files:
+        with open(f, encoding="utf-8") as fh:
+            p = json.load(fh)
+        steps = FLAGS.total_steps or p.get("total_steps") or 0
+        total = steps * p["flops_per_step"]
+        cells = [f"{total / (m * targets.CHIPS[fam].peak_flops) / 3600:,.0f}"
+                 for fam in SIZES for m in (0.4, 0.6)]
+        print(f"| {f} | {steps:,} | {total / 1e15:,.0f} | "
+              + " | ".join(f"{a} / {b}" for a, b in zip(cells[::2], cells[1::2])) + " |")
     return 0
 
 
