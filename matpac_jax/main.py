@@ -39,4 +39,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(functools.partial(cli.run, main))
+    app.run(functools.partial(cli.run, main),
+            flags_parser=cli.app_flags_parser("python -m matpac_jax.main"))

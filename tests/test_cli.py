@@ -117,3 +117,21 @@ def test_positional_files_but_not_a_list_tail(tmp_path, capsys):
     assert capsys.readouterr().err == (
         "error: unexpected argument '2' (prog takes AUDIO files as positional arguments, and "
         "these are not files; give a list as --lr=1,2)\n")
+
+
+def test_unknown_config_field_is_one_line(tmp_path):
+    """ml_collections raises a bare AttributeError for `--config.typo=1`; every
+    command turns it into one line naming the override, before any work."""
+    p = run_command("matpac_jax.main", "--config=configs/matpac_as2m.py:demo",
+                    f"--workdir={tmp_path / 'w'}", "--config.model.typo=1")
+    assert p.returncode == 2
+    assert p.stderr == ("error: --config.model.typo=1: the config has no field 'typo' (the "
+                        "fields are those of the config file; python -m matpac_jax.main "
+                        "--help)\n")
+    assert not (tmp_path / "w").exists()
+    from matpac_jax import evaluate
+
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(["--checkpoint=random-init", f"--config={ROOT}/configs/matpac_as2m.py:demo",
+                       f"--task={tmp_path}", f"--out={tmp_path / 'o.json'}", "--config.typo=1"])
+    assert exit_.value.code == 2
