@@ -30,6 +30,7 @@ TRACEBACK_ENV = "MATPAC_JAX_TRACEBACK"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _ORBAX = os.path.join("orbax", "checkpoint")
 _ASYNCIO_LOOP = os.path.join("asyncio", "base_events.py")
+_ORBAX_TMP = ".orbax-checkpoint-tmp"  # orbax's folder for a step until it is complete
 
 
 def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, prog: str,
@@ -59,8 +60,35 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, prog: str,
     except flags.Error as e:
         print(f"error: {e} ({prog} --help lists the flags)", file=sys.stderr)
         raise SystemExit(2) from None
+    except (AttributeError, KeyError) as e:  # ml_collections: an unknown config field
+        config_override_error(e, argv, prog)
     check_positional(flag_values, argv, rest[1:], prog, positional)
     return rest[1:]
+
+
+def config_override_error(e: Exception, argv: Sequence[str], prog: str):
+    """Exit 2 with one line for a `--config.x=y` naming a field the config has
+    not (ml_collections raises a bare AttributeError / KeyError)."""
+    field = str(e).strip("\"'")
+    given = [a for a in argv if a.startswith("--config.") and
+             field in a.split("=")[0].split(".")]
+    print(f"error: {' '.join(given) or '--config.*'}: the config has no field {field!r} "
+          f"(the fields are those of the config file; {prog} --help)", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def app_flags_parser(prog: str):
+    """`absl.app.run`'s flags_parser for the global FLAGS (matpac_jax.main): the
+    same one-line errors as `parse`."""
+    def parser(argv: Sequence[str]) -> list[str]:
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            print(f"error: {e} ({prog} --help lists the flags)", file=sys.stderr)
+            raise SystemExit(2) from None
+        except (AttributeError, KeyError) as e:
+            config_override_error(e, argv[1:], prog)
+    return parser
 
 
 def _list_tails(flag_values: flags.FlagValues, argv: Sequence[str],
@@ -121,9 +149,9 @@ def check_positional(flag_values: flags.FlagValues, argv: Sequence[str], rest: S
 
 def run(main, argv: Sequence[str] | None = None) -> int:
     """`main(argv)`'s exit code; an `errors.Error` becomes `error: <message>` and 1.
-    Orbax's harmless tracebacks after a failed save stay off stderr
-    (`_ClosedLoopCallbackFilter`), so that line is the last."""
-    _drop_closed_loop_callbacks()
+    Orbax's harmless tracebacks after a failed save or restore stay off stderr
+    (`_AbandonedOrbaxWork`), so that line is the last."""
+    _drop_abandoned_orbax_work()
     try:
         return main(argv) or 0
     except errors.Error as e:
@@ -134,37 +162,49 @@ def run(main, argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-class _ClosedLoopCallbackFilter:
-    """`sys.unraisablehook` without one known-harmless record. When an orbax save
-    fails (a full disk), orbax's `run_sync` closes its event loop at the first
-    failed write while tensorstore still finishes the others (hundreds for a
-    real model); each completion runs tensorstore's `Future.__await__` callback,
-    `loop.call_soon_threadsafe`, on the closed loop from a tensorstore thread,
-    and tensorstore reports the RuntimeError as unraisable: a traceback each,
-    after our one line. The save has already failed and been reported; every
-    other record goes to the previous hook."""
+class _AbandonedOrbaxWork:
+    """`sys.unraisablehook` without the records of work orbax abandons when a
+    save or restore fails: its `run_sync` closes its event loop at the first
+    error while the other array writes or reads (hundreds for a real model)
+    are in flight. Tensorstore reports each one that finishes later as the
+    RuntimeError of its `Future.__await__` callback, `loop.call_soon_threadsafe`
+    on the closed loop; each suspended orbax coroutine, closed when collected,
+    turns its GeneratorExit into another error. A traceback each, after our one
+    line; the failure itself is reported (`Checkpointer`) or handled (an older
+    checkpoint restored). Every other record goes to the previous hook."""
 
     def __init__(self, previous):
         self.previous = previous
 
     def __call__(self, unraisable) -> None:
-        tb = unraisable.exc_traceback
-        if not (unraisable.object is None and unraisable.exc_type is RuntimeError
-                and str(unraisable.exc_value) == "Event loop is closed" and tb is not None
-                and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"  # called from C++
-                and tb.tb_frame.f_code.co_filename.endswith(_ASYNCIO_LOOP)):
+        if not (_closed_loop_callback(unraisable) or _closed_orbax_coroutine(unraisable)):
             self.previous(unraisable)
 
 
-def _drop_closed_loop_callbacks() -> None:
-    if not isinstance(sys.unraisablehook, _ClosedLoopCallbackFilter):
-        sys.unraisablehook = _ClosedLoopCallbackFilter(sys.unraisablehook)
+def _closed_loop_callback(unraisable) -> bool:
+    tb = unraisable.exc_traceback
+    return (unraisable.object is None and unraisable.exc_type is RuntimeError
+            and str(unraisable.exc_value) == "Event loop is closed" and tb is not None
+            and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"  # called from C++
+            and tb.tb_frame.f_code.co_filename.endswith(_ASYNCIO_LOOP))
+
+
+def _closed_orbax_coroutine(unraisable) -> bool:
+    code = getattr(unraisable.object, "cr_code", None)
+    return (code is not None and _ORBAX in code.co_filename
+            and isinstance(getattr(unraisable.exc_value, "__context__", None), GeneratorExit))
+
+
+def _drop_abandoned_orbax_work() -> None:
+    if not isinstance(sys.unraisablehook, _AbandonedOrbaxWork):
+        sys.unraisablehook = _AbandonedOrbaxWork(sys.unraisablehook)
 
 
 class _OwnInfoOnly(py_logging.Filter):
     """Below WARNING, only records logged from matpac_jax's own files pass.
     Tracebacks of orbax's failures (logged by its threads, or by asyncio for
-    its tasks at exit) are dropped too: the same error reaches our
+    its tasks at exit, or for a failed write's future nobody awaited once orbax
+    gave up on the save) are dropped too: the same error reaches our
     `Checkpointer`, which reports it in one line."""
 
     def filter(self, record: py_logging.LogRecord) -> bool:
@@ -178,6 +218,8 @@ class _OwnInfoOnly(py_logging.Filter):
 def _from_orbax(record: py_logging.LogRecord) -> bool:
     if _ORBAX in record.pathname:
         return True
+    if record.exc_info and _ORBAX_TMP in str(record.exc_info[1]):  # a write into a step
+        return True  # being saved (tensorstore's errors carry no Python traceback)
     tb = record.exc_info[2] if record.exc_info else None
     while tb is not None:
         if _ORBAX in tb.tb_frame.f_code.co_filename:

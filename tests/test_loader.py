@@ -1,6 +1,7 @@
 """grain loader: crops, determinism, exact resume (also via orbax), sharding, corruption."""
 
 import os
+import re
 
 import grain
 import numpy as np
@@ -206,6 +207,44 @@ def test_corrupt_records_skip_drops_logs_counts_and_resumes(shards, tmp_path, ca
     skip = _loader(shards, shuffle=False, batch_size=2, corrupt_records="skip")
     skip.set_state(stop.get_state()["pipeline"])
     _same(_take(skip, 2), _take(stop, 2))
+
+
+@pytest.mark.parametrize("sidecar", [True, False], ids=["with_index_npy", "without"])
+def test_damaged_record_header_names_offset_or_is_skipped(shards, tmp_path, caplog, sidecar):
+    """A flipped byte in a record's length header; the shard's mtime moves, so
+    its index is rebuilt from the headers. 'stop' names file and offset; 'skip'
+    makes the damage one index row (the next record found through the
+    `.index.npy` prepare wrote, or without it by scanning for the next intact
+    record) that is skipped, logged and counted like a bad payload."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    path = bad / "data-00000-of-00001.tfrecord"
+    path.write_bytes((shards / "data-00000-of-00003.tfrecord").read_bytes())
+    index = tfrecord.build_index(path)
+    cache = f"{path}.index.npy"
+    if sidecar:
+        np.save(cache, index)  # as prepare writes it
+    off = int(index[2, 0])
+    data = bytearray(path.read_bytes())
+    data[off + 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    if sidecar:  # the shard changed after its index (mtimes can tie within a tick)
+        os.utime(path, ns=(os.stat(cache).st_mtime_ns + 10**9,) * 2)
+    error = f"corrupt TFRecord {path} at byte offset {off}: length checksum mismatch"
+    with pytest.raises(tfrecord.CorruptRecordError, match=f"^{re.escape(error)}$"):
+        _loader(bad, corrupt_records="stop")
+    it = _loader(bad, shuffle=False, batch_size=1, num_epochs=1, drop_remainder=False,
+                 corrupt_records="skip")
+    with caplog.at_level("WARNING"):
+        ids = [str(b["id"][0]) for b in it]
+    assert ids == ["clip000", "clip003", "clip009", "clip009", "clip012", "clip015",
+                   "clip018", "clip021"]  # clip006's slot takes its neighbour
+    assert loader.data_metrics(it) == {"data/corrupt_records": 1.0}
+    assert [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()] == [
+        f"skipped (config.data.corrupt_records='skip'): {error}"]
+    np.testing.assert_array_equal(np.load(cache), index)  # one row spans the damage exactly
+    with pytest.raises(tfrecord.CorruptRecordError, match=f"^{re.escape(error)}"):  # when read
+        list(_loader(bad, shuffle=False, batch_size=1, num_epochs=1))
 
 
 def test_find_shards_errors(tmp_path):

@@ -1,6 +1,8 @@
 """TFRecord framing, CRC32C vectors, round trips and corruption errors."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -80,6 +82,17 @@ def test_example_round_trip(tmp_path):
             assert ex.get("label") == (None if i % 2 else f"lab{i}")
 
 
+def test_first_decode_imports_nothing():
+    """tensorflow_datasets comes in with the module: its import swaps
+    `builtins.__import__` process-wide for moments (etils' lazy_imports); done
+    first in a grain read thread, it broke imports in orbax's restore under load."""
+    code = ("import sys, numpy as np; from matpac_jax.data import tfrecord as t; "
+            "m = set(sys.modules); t.decode_example(t.encode_example(np.zeros((2, 3)), 'a')); "
+            "print(sorted(set(sys.modules) - m))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_writer_abort_leaves_nothing(tmp_path):
     path = tmp_path / "b.tfrecord"
     with pytest.raises(RuntimeError):
@@ -108,8 +121,15 @@ def test_corruption_names_file_and_offset(tmp_path):
         tfr.build_index(path)
     with pytest.raises(tfr.CorruptRecordError, match=f"offset {off2}.*truncated"):
         list(tfr.read_records(path, verify=False))
+    # Resynchronised (corrupt_records='skip'): the damage is one row that fails when read.
+    assert tfr.build_index(path, resync=True).tolist() == [*index[:2].tolist(), [off2, 34]]
+    with pytest.raises(tfr.CorruptRecordError, match=f"offset {off2}.*truncated record "
+                                                     r"\(needs \d+ bytes, file has 50\)"):
+        tfr.read_record_at(str(path), off2, 34)
     # Bad length checksum.
     data[4] ^= 1
     path.write_bytes(bytes(data))
     with pytest.raises(tfr.CorruptRecordError, match="offset 0.*length checksum"):
         tfr.build_index(path)
+    # Record 1 (bad payload) is not an intact record to resume at: the span takes it too.
+    assert tfr.build_index(path, resync=True).tolist() == [[0, off2 - 16], index[2].tolist()]

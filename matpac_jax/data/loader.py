@@ -12,6 +12,7 @@ spread over processes with none read twice and none missing.
 
 A corrupt record (bad framing or CRC, undecodable) stops the run naming its
 file and byte offset (`corrupt_records='stop'`, the default); with 'skip' it
+(a damaged header too: the index spans it with one row, `load_index`)
 is dropped and logged (once per record and process), its slot takes the next
 intact record in file order (so batches, crops and the iterator state stay
 as they are, and the mode can change on resume), and the count of records
@@ -75,16 +76,24 @@ def _check_frontend(shards: list[str], frontend: str) -> None:
                 )
 
 
-def load_index(path: str) -> np.ndarray:
-    """(offset, length) per record: the cached `<shard>.index.npy` if current, else rebuilt."""
+def load_index(path: str, skip_corrupt: bool = False) -> np.ndarray:
+    """(offset, length) per record: the cached `<shard>.index.npy` if current, else
+    rebuilt from the headers. A damaged header (which also makes the cache look
+    stale: the shard's mtime moved) raises naming its offset, or with
+    `skip_corrupt` becomes a row that fails when read (skipped and counted like
+    a bad payload); the old cache, if it still ends at the file's end, says where
+    the next record starts."""
     cache = path + ".index.npy"
     size = os.path.getsize(path)
-    if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(path):
+    hint = None
+    if os.path.exists(cache):
         index = np.load(cache)
         end = int(index[-1, 0] + index[-1, 1] + 16) if len(index) else 0
         if end == size:
-            return index
-    index = tfrecord.build_index(path)
+            if os.path.getmtime(cache) >= os.path.getmtime(path):
+                return index
+            hint = index[:, 0]
+    index = tfrecord.build_index(path, resync=skip_corrupt, hint=hint)
     try:
         np.save(cache, index)
     except OSError:
@@ -109,10 +118,12 @@ class ShardSource:
     record index, so a multi-epoch run pays the check in the first epoch only;
     True / 'always' checks on every read; False / 'never' skips the payload CRC
     (the length CRC and the framing are always checked). `crc_checks` counts the
-    payload checks done by this process.
+    payload checks done by this process. `corrupt_records='skip'`: a damaged
+    record header does not stop the indexing (`load_index`).
     """
 
-    def __init__(self, paths: list[str], verify_crc: bool | str = "once"):
+    def __init__(self, paths: list[str], verify_crc: bool | str = "once",
+                 corrupt_records: str = "stop"):
         if verify_crc not in _VERIFY_MODES:
             raise ValueError(
                 f"verify_crc must be True, False, 'once', 'always' or 'never', "
@@ -120,7 +131,7 @@ class ShardSource:
             )
         self.paths = list(paths)
         self.verify_crc = _VERIFY_MODES[verify_crc]
-        indexes = [load_index(p) for p in self.paths]
+        indexes = [load_index(p, corrupt_records == "skip") for p in self.paths]
         self._file = np.concatenate(
             [np.full(len(ix), k, np.int32) for k, ix in enumerate(indexes)]
             or [np.zeros(0, np.int32)]
@@ -498,7 +509,7 @@ def make_dataset(
         raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
     shards = find_shards(path)
     _check_frontend(shards, frontend)
-    source = ShardSource(shards, verify_crc=verify_crc)
+    source = ShardSource(shards, verify_crc=verify_crc, corrupt_records=corrupt_records)
     if len(source) == 0:
         raise errors.DataError(f"the shards under {path} hold no records")
     crop = CropNormalize(

@@ -14,6 +14,12 @@ from typing import Iterator
 
 import google_crc32c
 import numpy as np
+# At import, not on first use: importing tensorflow_datasets swaps
+# `builtins.__import__` process-wide for moments (etils' lazy_imports). Done
+# first in a grain read thread, it handed imports running meanwhile in other
+# threads a placeholder: "'LazyModule' object is not callable" in orbax's
+# restore under load.
+from tensorflow_datasets.proto import tf_example_pb2
 
 from matpac_jax import errors
 
@@ -127,8 +133,15 @@ def read_records(path: str | os.PathLike, verify: bool = True) -> Iterator[bytes
             offset += 16 + length
 
 
-def build_index(path: str | os.PathLike) -> np.ndarray:
-    """(num_records, 2) int64 array of (offset, length) from the headers only."""
+def build_index(path: str | os.PathLike, resync: bool = False,
+                hint: np.ndarray | None = None) -> np.ndarray:
+    """(num_records, 2) int64 array of (offset, length) from the headers only.
+
+    A bad header (or a record past the end of the file) raises, naming the
+    offset; with `resync` it becomes a row spanning the damage up to the next
+    intact record instead (reading that row fails, naming its offset), so the
+    records after it stay readable. `hint`: record offsets known before the
+    damage (the shard's `.index.npy`), tried before scanning byte by byte."""
     path = os.fspath(path)
     size = os.path.getsize(path)
     rows = []
@@ -136,16 +149,58 @@ def build_index(path: str | os.PathLike) -> np.ndarray:
         fd = f.fileno()
         offset = 0
         while offset < size:
-            length = _check_header(path, offset, os.pread(fd, 12, offset))
-            if offset + 16 + length > size:
-                raise CorruptRecordError(
-                    path,
-                    offset,
-                    f"truncated record (needs {16 + length} bytes, file has {size - offset})",
-                )
+            try:
+                length = _check_header(path, offset, os.pread(fd, 12, offset))
+                if offset + 16 + length > size:
+                    raise CorruptRecordError(
+                        path,
+                        offset,
+                        f"truncated record (needs {16 + length} bytes, file has {size - offset})",
+                    )
+            except CorruptRecordError:
+                if not resync:
+                    raise
+                end = _next_intact(fd, offset, size, hint)
+                rows.append((offset, end - offset - 16))  # 16 + length spans the damage
+                offset = end
+                continue
             rows.append((offset, length))
             offset += 16 + length
     return np.asarray(rows, np.int64).reshape(-1, 2)
+
+
+def _intact_at(fd: int, offset: int, size: int) -> bool:
+    """Whether a whole record starts at `offset`: length CRC, fits, data CRC."""
+    header = os.pread(fd, 12, offset)
+    if len(header) < 12 or masked_crc32c(header[:8]) != struct.unpack("<I", header[8:])[0]:
+        return False
+    (length,) = struct.unpack("<Q", header[:8])
+    if offset + 16 + length > size:
+        return False
+    body = os.pread(fd, length + 4, offset + 12)
+    return masked_crc32c(body[:length]) == struct.unpack("<I", body[length:])[0]
+
+
+def _next_intact(fd: int, damaged: int, size: int, hint: np.ndarray | None) -> int:
+    """Offset of the first intact record after `damaged`, else `size`: the
+    hinted next offset if intact, else a scan of the bytes after it."""
+    if hint is not None:
+        later = hint[hint > damaged]
+        if len(later) and _intact_at(fd, int(later[0]), size):
+            return int(later[0])
+    pos = damaged + 1
+    while pos + 16 <= size:
+        chunk = np.frombuffer(os.pread(fd, _SCAN + 11, pos), np.uint8)
+        n = len(chunk) - 11
+        high = chunk[4:4 + n] | chunk[5:5 + n] | chunk[6:6 + n] | chunk[7:7 + n]
+        for i in np.flatnonzero(high == 0):  # a length below 4 GiB: upper 4 bytes zero
+            if _intact_at(fd, pos + int(i), size):
+                return pos + int(i)
+        pos += n
+    return size
+
+
+_SCAN = 1 << 20  # bytes per read when scanning for the next record
 
 
 def read_record_at(
@@ -164,8 +219,12 @@ def read_record_at(
 
 def _pread_record(fd: int, offset: int, length: int, verify: bool, name: str) -> bytes:
     buf = os.pread(fd, 16 + length, offset)
-    if _check_header(name, offset, buf[:12]) != length:
-        raise CorruptRecordError(name, offset, "length differs from the index (stale index?)")
+    actual = _check_header(name, offset, buf[:12])
+    if actual != length:
+        left = os.fstat(fd).st_size - offset
+        raise CorruptRecordError(name, offset, f"truncated record (needs {16 + actual} bytes, "
+                                 f"file has {left})" if 16 + actual > left else
+                                 "length differs from the index (stale index?)")
     return _check_payload(name, offset, length, buf[12:], verify)
 
 
@@ -173,8 +232,6 @@ def encode_example(
     logmel: np.ndarray, id: str, label: str | None = None
 ) -> bytes:  # pylint: disable=redefined-builtin
     """tf.train.Example with `logmel` (float16 LE row-major bytes), `shape`, `id`, `label`."""
-    from tensorflow_datasets.proto import tf_example_pb2
-
     ex = tf_example_pb2.Example()
     feat = ex.features.feature
     feat["logmel"].bytes_list.value.append(np.ascontiguousarray(logmel, dtype="<f2").tobytes())
@@ -187,8 +244,6 @@ def encode_example(
 
 def decode_example(data: bytes) -> dict:
     """Inverse of encode_example: {'logmel': float16 array, 'shape', 'id', 'label'?}."""
-    from tensorflow_datasets.proto import tf_example_pb2
-
     ex = tf_example_pb2.Example.FromString(data)
     feat = ex.features.feature
     for key in ("logmel", "shape", "id"):
