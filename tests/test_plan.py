@@ -75,6 +75,7 @@ METHOD_CONFIGS = {
 }
 
 
+@pytest.mark.slow  # a TPU compile each (~30 s on 2 cores)
 @pytest.mark.parametrize("name", sorted(METHOD_CONFIGS))
 def test_every_method_compiles_for_a_tpu_slice(name):
     target, devices = _tpu("v5p-8")
@@ -91,6 +92,7 @@ def test_every_method_compiles_for_a_tpu_slice(name):
     assert p["roofline_step_s"] >= p["roofline"]["compute_s"] > 0
 
 
+@pytest.mark.slow  # a TPU and a CPU compile
 def test_plan_flops_and_shardings_agree_with_the_training_build():
     """FSDP over a 2 x 2 mesh: every leaf's partition spec is training's, and the
     FLOPs counted from the lowered program are XLA:CPU's for the same step."""
