@@ -55,40 +55,32 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, prog: str,
             delattr(flag_values, name)
     for name in configs:
         flag_values[name]._sys_argv = [prog, *argv]  # pylint: disable=protected-access
-    try:
-        rest = flag_values([prog, *argv])
-    except flags.Error as e:
-        print(f"error: {e} ({prog} --help lists the flags)", file=sys.stderr)
-        raise SystemExit(2) from None
-    except (AttributeError, KeyError) as e:  # ml_collections: an unknown config field
-        config_override_error(e, argv, prog)
+    rest = _parse_or_exit(flag_values, [prog, *argv], prog)
     check_positional(flag_values, argv, rest[1:], prog, positional)
     return rest[1:]
 
 
-def config_override_error(e: Exception, argv: Sequence[str], prog: str):
-    """Exit 2 with one line for a `--config.x=y` naming a field the config has
-    not (ml_collections raises a bare AttributeError / KeyError)."""
-    field = str(e).strip("\"'")
-    given = [a for a in argv if a.startswith("--config.") and
-             field in a.split("=")[0].split(".")]
-    print(f"error: {' '.join(given) or '--config.*'}: the config has no field {field!r} "
-          f"(the fields are those of the config file; {prog} --help)", file=sys.stderr)
+def _parse_or_exit(flag_values: flags.FlagValues, argv: Sequence[str], prog: str) -> list[str]:
+    """`flag_values(argv)` (argv with the program name); a bad flag or an
+    unknown `--config.x=y` field (ml_collections raises a bare AttributeError /
+    KeyError for it) exits 2 with one line."""
+    try:
+        return flag_values(list(argv))
+    except flags.Error as e:
+        print(f"error: {e} ({prog} --help lists the flags)", file=sys.stderr)
+    except (AttributeError, KeyError) as e:
+        field = str(e).strip("\"'")
+        given = [a for a in argv[1:] if a.startswith("--config.") and
+                 field in a.split("=")[0].split(".")]
+        print(f"error: {' '.join(given) or '--config.*'}: the config has no field {field!r} "
+              f"(the fields are those of the config file; {prog} --help)", file=sys.stderr)
     raise SystemExit(2)
 
 
 def app_flags_parser(prog: str):
     """`absl.app.run`'s flags_parser for the global FLAGS (matpac_jax.main): the
     same one-line errors as `parse`."""
-    def parser(argv: Sequence[str]) -> list[str]:
-        try:
-            return flags.FLAGS(argv)
-        except flags.Error as e:
-            print(f"error: {e} ({prog} --help lists the flags)", file=sys.stderr)
-            raise SystemExit(2) from None
-        except (AttributeError, KeyError) as e:
-            config_override_error(e, argv[1:], prog)
-    return parser
+    return lambda argv: _parse_or_exit(flags.FLAGS, argv, prog)
 
 
 def _list_tails(flag_values: flags.FlagValues, argv: Sequence[str],

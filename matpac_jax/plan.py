@@ -45,6 +45,7 @@ import copy  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -142,10 +143,11 @@ def analyse(config, target: targets.Target, devices, headroom: float = 0.1,
     if run.flops_step_fn is not run.step_fn:
         xla_flops = None  # a loop body counts once: per microbatch, not per step
     hbm_bytes = float(cost.get("bytes accessed", 0.0)) or None
-    colls = hlo_stats.collectives(compiled.as_text(), n) if compiled is not None else {}
-    if hlo_path and compiled is not None:
+    hlo = compiled.as_text() if compiled is not None else ""
+    colls = hlo_stats.collectives(hlo, n)
+    if hlo_path and hlo:
         with open(hlo_path, "w", encoding="utf-8") as f:
-            f.write(compiled.as_text())
+            f.write(hlo)
 
     chip = target.chip
     compute_s = flops / (n * chip.peak_flops)
@@ -220,8 +222,6 @@ def _out_of_memory(message: str) -> _Memory | None:
     """The sizes in XLA's out-of-memory refusal (the TPU compiler refuses a
     step that no rematerialisation fits: "the total memory required for HLO
     temporaries (153.32G) exceeds available HBM (15.75G)"); None otherwise."""
-    import re
-
     if "RESOURCE_EXHAUSTED" not in message:
         return None
     m = re.search(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\)", message)
@@ -233,17 +233,12 @@ def _out_of_memory(message: str) -> _Memory | None:
 
 def placement(run) -> dict:
     """Bytes per device and partition specs of each part of the state, and the batch's."""
-    import jax
-    import numpy as np
     from flax import nnx
 
     from matpac_jax.training import sharding
 
     groups: dict[str, dict] = {}
-    flat_state = nnx.to_flat_state(run.state) if hasattr(nnx, "to_flat_state") else None
-    items = (list(flat_state) if flat_state is not None else
-             jax.tree_util.tree_flatten_with_path(run.state)[0])
-    for path, leaf in items:
+    for path, leaf in nnx.to_flat_state(run.state):
         value = leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf
         keys = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
         group = ".".join(keys[:2]) if keys[0] in ("model", "optimizer") else keys[0]
@@ -260,7 +255,7 @@ def placement(run) -> dict:
         g["specs"][label] = g["specs"].get(label, 0) + 1
     for k, shape in run.batch_shapes.items():
         spec = sharding.batch_sharding(run.mesh, len(shape)).spec
-        size = 4 * int(np.prod(shape))
+        size = 4 * math.prod(shape)  # float32 features
         groups[f"batch.{k}"] = {"bytes": size,
                                 "bytes_per_device": size // sharding.data_parallel_size(run.mesh),
                                 "specs": {str(tuple(spec)): 1}}

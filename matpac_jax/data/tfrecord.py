@@ -171,14 +171,14 @@ def build_index(path: str | os.PathLike, resync: bool = False,
 
 def _intact_at(fd: int, offset: int, size: int) -> bool:
     """Whether a whole record starts at `offset`: length CRC, fits, data CRC."""
-    header = os.pread(fd, 12, offset)
-    if len(header) < 12 or masked_crc32c(header[:8]) != struct.unpack("<I", header[8:])[0]:
+    try:
+        length = _check_header("", offset, os.pread(fd, 12, offset))
+        if offset + 16 + length > size:
+            return False
+        _check_payload("", offset, length, os.pread(fd, length + 4, offset + 12), True)
+    except CorruptRecordError:
         return False
-    (length,) = struct.unpack("<Q", header[:8])
-    if offset + 16 + length > size:
-        return False
-    body = os.pread(fd, length + 4, offset + 12)
-    return masked_crc32c(body[:length]) == struct.unpack("<I", body[length:])[0]
+    return True
 
 
 def _next_intact(fd: int, damaged: int, size: int, hint: np.ndarray | None) -> int:

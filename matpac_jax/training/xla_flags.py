@@ -24,4 +24,4 @@ def apply_defaults() -> str:
     extra = [f"{k}={v}" for k, v in DEFAULTS.items() if k not in flags]
     if extra:
         os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
-    return os.environ["XLA_FLAGS"] if "XLA_FLAGS" in os.environ else ""
+    return os.environ.get("XLA_FLAGS", "")
