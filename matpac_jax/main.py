@@ -31,9 +31,13 @@ def main(argv):
     from matpac_jax import methods  # after distributed init
     from matpac_jax.training import trainer
 
-    config = _CONFIG.value
+    from matpac_jax.methods import init_from
+
+    # --config.init_from: the file's architecture replaces the model fields
+    # (not read again when the workdir already has checkpoints).
+    config, pretrained = init_from.resolve(_CONFIG.value, _WORKDIR.value)
     logging.info("config:\n%s", config)
-    method = methods.get(config)  # the method and its pretrained parts
+    method = methods.get(config, pretrained)  # the method and its pretrained parts
     final = trainer.train(config, _WORKDIR.value, method)
     logging.info("done: %s", final)
 

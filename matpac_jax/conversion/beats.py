@@ -82,7 +82,8 @@ def torch_layout(model: BEATsEncoder) -> dict[str, Entry]:
         vq = model.quantize
         out["quantize.embedding.weight"] = Entry(vq.embedding, (vq.num_codes, vq.dim), _same)
         out["quantize.cluster_size"] = Entry(vq.cluster_size, (vq.num_codes,), _same)
-        out["quantize.embedding.initted"] = Entry(vq.initted, (1,), lambda a: a.reshape(()) != 0)
+        out["quantize.embedding.initted"] = Entry(vq.initted, (1,), lambda a: a.reshape(()) != 0,
+                                              lambda v: np.float32(v).reshape(1))
     return out
 
 

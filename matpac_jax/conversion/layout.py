@@ -62,11 +62,31 @@ class CheckpointMismatchError(errors.CheckpointError):
 
 class Entry(NamedTuple):
     """Where a torch tensor goes: the Flax variable, the torch shape, and the
-    conversion of the torch array to the variable's layout."""
+    conversion of the torch array to the variable's layout (and back, for
+    exports: `to_torch`; None when `convert` only moves elements)."""
 
     variable: nnx.Variable
     torch_shape: tuple
     convert: Callable[[np.ndarray], np.ndarray]
+    to_torch: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def torch_value(self) -> np.ndarray:
+        """The variable's value in the torch layout (float32 for floats)."""
+        value = np.asarray(self.variable.get_value())
+        if np.issubdtype(value.dtype, np.floating):
+            value = value.astype(np.float32)
+        if self.to_torch is not None:
+            return np.asarray(self.to_torch(value)).reshape(self.torch_shape)
+        # `convert` is a transpose / reshape: push element positions through it
+        # and scatter the values back to where they came from.
+        positions = np.asarray(self.convert(np.arange(int(np.prod(self.torch_shape)))
+                                            .reshape(self.torch_shape)))
+        if positions.shape != value.shape:
+            raise ValueError(f"layout maps {self.torch_shape} to {positions.shape}, "
+                             f"the variable is {value.shape}")
+        out = np.empty(positions.size, value.dtype)
+        out[positions.ravel()] = value.ravel()
+        return out.reshape(self.torch_shape)
 
 
 def _same(a: np.ndarray) -> np.ndarray:
@@ -87,6 +107,12 @@ def layer_norm_entries(key: str, ln: nnx.LayerNorm) -> dict[str, Entry]:
     shape = tuple(ln.scale.shape)
     return {f"{key}.weight": Entry(ln.scale, shape, _same),
             f"{key}.bias": Entry(ln.bias, shape, _same)}
+
+
+def torch_state_dict(entries: Mapping[str, Entry]) -> dict[str, np.ndarray]:
+    """`{torch key: array}` of the variables in `entries` (the inverse of
+    `check_and_assign`: what an export writes)."""
+    return {k: e.torch_value() for k, e in entries.items()}
 
 
 def check_and_assign(source: str, state_dict: Mapping[str, np.ndarray],

@@ -44,7 +44,7 @@ class ImportedModel:
     config: dict[str, Any]
 
 
-def _stack(s: TransformerStack, blocks: str, norm: str) -> dict[str, Entry]:
+def stack_layout(s: TransformerStack, blocks: str, norm: str) -> dict[str, Entry]:
     out = {}
     for i, b in enumerate(s.blocks):
         p = f"{blocks}{i}."
@@ -54,22 +54,31 @@ def _stack(s: TransformerStack, blocks: str, norm: str) -> dict[str, Entry]:
     return out | layer_norm_entries(norm.rstrip("."), s.norm)
 
 
-def _encoder(e: ViTEncoder, blocks: str, norm: str) -> dict[str, Entry]:
+def encoder_layout(e: ViTEncoder, blocks: str, norm: str) -> dict[str, Entry]:
     p, d = e.patch, e.dim
     return {
         "cls_token": Entry(e.cls_token, (1, 1, d), lambda w: w),
         "patch_embed.proj.weight": Entry(e.patch_embed.kernel, (d, 1, p, p),
                                          lambda w: w.reshape(d, p * p).T),
         "patch_embed.proj.bias": Entry(e.patch_embed.bias, (d,), lambda w: w),
-    } | _stack(e.stack, blocks, norm)
+    } | stack_layout(e.stack, blocks, norm)
 
 
-def _head(h: DinoHead, prefix: str) -> dict[str, Entry]:
+def head_layout(h: DinoHead, prefix: str) -> dict[str, Entry]:
     b, k = h.last_v[...].shape
     return (linear_entries(prefix + "mlp.0", h.fc1) | linear_entries(prefix + "mlp.2", h.fc2)
             | linear_entries(prefix + "mlp.4", h.fc3)
             | {prefix + "last_layer.weight_v": Entry(h.last_v, (k, b), lambda w: w.T),
                prefix + "last_layer.weight_g": Entry(h.last_g, (k, 1), lambda w: w[:, 0])})
+
+
+def predictor_layout(p: Predictor) -> dict[str, Entry]:
+    """M2D's decoder keys: `mask_token`, `decoder_embed`, `decoder_blocks.*`,
+    `decoder_norm`, `decoder_pred` (its sin-cos `decoder_pos_embed` is fixed)."""
+    d = p.mask_token.shape[-1]
+    return ({"mask_token": Entry(p.mask_token, (1, 1, d), lambda w: w)}
+            | linear_entries("decoder_embed", p.embed) | linear_entries("decoder_pred", p.pred)
+            | stack_layout(p.stack, "decoder_blocks.", "decoder_norm."))
 
 
 def _depth(sd: dict, blocks: str) -> int:
@@ -104,7 +113,7 @@ def load_heads(sd: dict, prefix: str = "", *, dtype=jnp.float32) -> DinoHead:
     except KeyError as e:
         raise CheckpointMismatchError(missing=[e.args[0]], context=prefix or "<head>") from None
     head = DinoHead(int(in_dim), int(out_dim), int(hidden), int(bottleneck), dtype=dtype, rngs=nnx.Rngs(0))
-    check_and_assign(prefix or "<head>", sub, _head(head, prefix))
+    check_and_assign(prefix or "<head>", sub, head_layout(head, prefix))
     return head
 
 
@@ -151,11 +160,11 @@ def load_official(path_or_obj, *, num_heads: int | None = None, pred_heads: int 
                   depth=_depth(sd, blocks), num_heads=heads, mlp_ratio=mlp_ratio)
     rngs = nnx.Rngs(0)
     encoder = ViTEncoder(**config, dtype=dtype, rngs=rngs)
-    entries = _encoder(encoder, blocks, norm)
+    entries = encoder_layout(encoder, blocks, norm)
     extra_ok = {"pos_embed"}
 
     student = teacher = None
-    if kind == "m2d" and "norm_stats" in sd:
+    if "norm_stats" in sd:  # M2D since 2023; our MATPAC exports with non-standard stats
         extra_ok.add("norm_stats")
     if kind == "m2d" and "decoder_embed.weight" in sd:
         pred_dim = int(np.shape(sd["decoder_embed.weight"])[0])
@@ -164,10 +173,7 @@ def load_official(path_or_obj, *, num_heads: int | None = None, pred_heads: int 
         predictor = Predictor(grid_f=gf, grid_t=gt, dim=dim, pred_dim=pred_dim,
                               depth=config["pred_depth"], num_heads=config["pred_heads"],
                               mlp_ratio=mlp_ratio, dtype=dtype, rngs=rngs)
-        entries |= {"mask_token": Entry(predictor.mask_token, (1, 1, pred_dim), lambda w: w)}
-        entries |= (linear_entries("decoder_embed", predictor.embed)
-                    | linear_entries("decoder_pred", predictor.pred))
-        entries |= _stack(predictor.stack, "decoder_blocks.", "decoder_norm.")
+        entries |= predictor_layout(predictor)
         extra_ok.add("decoder_pos_embed")
         if "decoder_pos_embed" in sd:
             dpe = np.asarray(sd["decoder_pos_embed"], np.float32)[0]
@@ -175,15 +181,15 @@ def load_official(path_or_obj, *, num_heads: int | None = None, pred_heads: int 
                     dpe, sincos_pos_table(gf, gt, pred_dim), atol=1e-5):
                 problems.append(("decoder_pos_embed", "the fixed 2-D sin-cos table", "other values"))
         teacher_stack = TransformerStack(dim, config["depth"], heads, mlp_ratio, dtype=dtype, rngs=rngs)
-        entries |= _stack(teacher_stack, "target_blocks.", "target_norm.")
+        entries |= stack_layout(teacher_stack, "target_blocks.", "target_norm.")
         student, teacher = Student(encoder, predictor), Teacher(teacher_stack)
 
     check_and_assign(source, sd, entries, ignored=extra_ok, problems=problems)
-    if kind == "m2d":
-        ns = sd.get("norm_stats")
-        norm_stats = (float(ns[0]), float(ns[1])) if ns is not None else M2D_DEFAULT_NORM
+    ns = sd.get("norm_stats")
+    if ns is not None:
+        norm_stats = (float(ns[0]), float(ns[1]))
     else:
-        norm_stats = MATPAC_NORM
+        norm_stats = M2D_DEFAULT_NORM if kind == "m2d" else MATPAC_NORM
     config |= dict(key_prefix=root, ignored_keys=ignored)
     return ImportedModel(kind=kind, encoder=encoder, student=student, teacher=teacher,
                          norm_stats=norm_stats, frontend=kind, config=config)

@@ -78,6 +78,8 @@ class Method(abc.ABC):
     # Per-parameter lr multiplier from the parameter's path in the model
     # (layer-wise lr decay); None: one lr for all.
     lr_scale: Callable[[tuple[str, ...]], float] | None = None
+    # `config.init_from`'s parts (methods/init_from.py), copied in by `initialize`.
+    pretrained: Any = None
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict,

@@ -24,6 +24,7 @@ import ml_collections
 from flax import nnx
 
 from matpac_jax import errors
+from matpac_jax.methods import init_from
 from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method, require
 from matpac_jax.models.beats import BEATsConfig, BEATsEncoder, Estimator, LabelPredictor
 from matpac_jax.models.codebook import BEATsTokenizer, RandomProjectionTokenizer, codebook_usage
@@ -140,6 +141,17 @@ class BeatsMamMethod(_BeatsMethod):
     def initialize(self, model: BeatsMamModel) -> None:
         if self.pretrained_tokenizer is not None:
             nnx.update(model.tokenizer, nnx.state(self.pretrained_tokenizer))
+        if self.pretrained is not None:  # config.init_from (methods/init_from.py)
+            parts, student = self.pretrained.parts, model.student
+            init_from.copy_into(student.encoder, parts["encoder"])
+            done = {"encoder": "from the file"}
+            src = parts.get("label_predictor")
+            if src is not None and init_from.same_shapes(student.predictor, src):
+                init_from.copy_into(student.predictor, src)
+                done["label predictor"] = "from the file"
+            else:
+                done["label predictor"] = "not in the file (or another shape): fresh init"
+            init_from.report(self.pretrained.source, done)
 
     def loss(self, model: BeatsMamModel, batch: dict, rng: jax.Array, step):
         x = batch["x"]
@@ -215,6 +227,17 @@ class BeatsTokenizerMethod(_BeatsMethod):
     def initialize(self, model: BeatsTokenizerModel) -> None:
         if self.pretrained_teacher is not None:
             nnx.update(model.teacher, nnx.state(self.pretrained_teacher))
+        if self.pretrained is not None:  # config.init_from (methods/init_from.py)
+            parts, student = self.pretrained.parts, model.student
+            init_from.copy_into(student.tokenizer, parts["tokenizer"])  # codebook included
+            done = {"tokenizer": "from the file"}
+            src = parts.get("estimator")
+            if src is not None and init_from.same_shapes(student.estimator, src):
+                init_from.copy_into(student.estimator, src)
+                done["estimator"] = "from the file"
+            else:
+                done["estimator"] = "not in the file (or another shape): fresh init"
+            init_from.report(self.pretrained.source, done)
 
     def loss(self, model: BeatsTokenizerModel, batch: dict, rng: jax.Array, step):
         x = batch["x"]

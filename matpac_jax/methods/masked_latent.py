@@ -18,6 +18,7 @@ import ml_collections
 from flax import nnx
 
 from matpac_jax import errors
+from matpac_jax.methods import init_from
 from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method, require
 from matpac_jax.models.layers import Buffer, dtype
 from matpac_jax.models.masked_latent import Student, Teacher
@@ -95,6 +96,51 @@ class MaskedLatentMethod(Method):
         teacher = Teacher.create(student, rngs=rngs)
         center = jnp.zeros((1, 1, m.head_out_dim), jnp.float32) if self.use_head else None
         return MaskedLatentModel(student, teacher, center)
+
+    def initialize(self, model: MaskedLatentModel) -> None:
+        """`config.init_from`'s weights (methods/init_from.py); parts the file
+        lacks keep the official init."""
+        p = self.pretrained
+        if p is None:
+            return
+        s, t, parts = model.student, model.teacher, p.parts
+        official = "not in the file: initialised as the official code does"
+        init_from.copy_into(s.encoder, parts["encoder"])
+        done = {"student encoder": "from the file"}
+        src = parts.get("predictor")
+        if src is None:
+            done["predictor"] = official
+        else:
+            init_from.copy_into(s.predictor.embed, src.embed)
+            init_from.copy_into(s.predictor.stack, src.stack)
+            s.predictor.mask_token.set_value(src.mask_token[...])
+            if init_from.same_shapes(s.predictor.pred, src.pred):
+                init_from.copy_into(s.predictor.pred, src.pred)
+                done["predictor"] = "from the file"
+            else:
+                done["predictor"] = ("from the file, except its output layer (the file's does "
+                                     "not fit these hypothesis heads): official init")
+        teacher_mode = self.config.get("init_teacher", "file")
+        if teacher_mode == "student":
+            init_from.copy_into(t.stack, parts["encoder"].stack)
+            done["teacher"] = "a copy of the file's student encoder (init_teacher='student')"
+        elif "teacher" in parts:
+            init_from.copy_into(t.stack, parts["teacher"])
+            done["teacher"] = "from the file"
+        else:
+            done["teacher"] = official + " (independently of the student)"
+        if self.use_head:
+            if "head" in parts:
+                init_from.copy_into(s.head, parts["head"])
+                init_from.copy_into(t.head, parts["head" if teacher_mode == "student"
+                                                   else "teacher_head"])
+                model.center[...] = parts["center"]
+                done["heads and center"] = "from the file"
+            else:
+                if teacher_mode == "student":
+                    init_from.copy_into(t.head, s.head)
+                done["heads and center"] = official
+        init_from.report(p.source, done)
 
     def _momenta(self, step):
         o, total = self.obj, self.config.total_steps

@@ -45,6 +45,7 @@ CHECKPOINT_DIR = "checkpoints"
 # the code) is not compared. docs/ARCHITECTURE.md lists them too.
 SAFE_ON_RESUME = (
     "total_steps", "log_every", "checkpoint_every", "keep_checkpoints",
+    "init_from", "init_teacher",  # read only before the first checkpoint
     "async_checkpoints", "nonfinite", "peak_flops", "profile",
     "mesh", "fsdp", "grad_accum_steps", "model.remat", "model.cpu_workarounds",
     "data.path", "data.workers", "data.demo_clips", "data.corrupt_records",

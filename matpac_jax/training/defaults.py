@@ -23,6 +23,10 @@ def base(method: str, frontend: str) -> ml_collections.ConfigDict:
     c.async_checkpoints = True
     c.nonfinite = "stop"  # or "skip": drop the update, keep going
     c.peak_flops = 0.0  # per device; 0 = look up the device kind
+    # Start from a checkpoint (official file or workdir; methods/init_from.py):
+    # its architecture replaces the model fields, its weights the random init.
+    c.init_from = ""
+    c.init_teacher = "file"  # or "student": the teacher copies the file's student
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     c.fsdp = False  # shard parameters/optimizer over the fsdp axis
@@ -99,7 +103,8 @@ def beats(c: ml_collections.ConfigDict, dtype: str = "bfloat16") -> None:
         num_buckets=320, max_distance=800, conv_pos=128, conv_pos_groups=16,
         layer_wise_gradient_decay_ratio=0.6, dropout=0.0, attention_dropout=0.0,
         activation_dropout=0.0, dropout_input=0.0, encoder_layerdrop=0.0,
-        quant_n=1024, quant_dim=256, dtype=dtype, remat="none", attention="xla",
+        conv_bias=False, activation_fn="gelu", quant_n=1024, quant_dim=256, dtype=dtype,
+        remat="none", attention="xla",
         cpu_workarounds="auto",
     ))
     c.tokenizer_checkpoint = ""

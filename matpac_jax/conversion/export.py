@@ -1,0 +1,221 @@
+"""Our training workdirs as the files the official PyTorch code loads.
+
+The inverse of the importers (conversion/official.py, conversion/beats.py):
+the same key layouts, read backwards (`layout.Entry.torch_value`), written by
+conversion/torch_save.py (no torch needed; `torch.load(weights_only=True)`
+reads them). Per method (docs/SPEC.md section 9):
+
+- m2d: `{'model': sd, 'epoch', 'args'}` as M2D's training saves it: encoder,
+  `decoder_*` predictor, `target_*` EMA teacher, `norm_stats` and the fixed
+  sin-cos tables. `epoch` holds our step count; `args` is a dict (the
+  official file pickles an argparse.Namespace, which weights-only loading
+  refuses and no M2D loader reads). M2D's runtime parses the geometry from
+  the parent folder's name (`m2d_vit_base-80x608p16x16`): `export` writes
+  the file in such a folder.
+- matpac (and MATPAC++): the flat `student_encoder.` encoder file MATPAC
+  releases. `norm_stats` is added only when the run's differ from MATPAC's
+  constants (the official loader ignores the key; ours reads it).
+- beats_mam: `{'cfg', 'model'}` of the encoder (no label predictor: released
+  SSL checkpoints have none and BEATs loads strictly).
+- beats_tokenizer: `{'cfg', 'model'}` of the tokenizer, with the two EMA
+  buffers the official quantizer registers but never updates, as zeros.
+
+Fine-tuning workdirs are not exported (no official layout for our head).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import re
+
+import numpy as np
+
+from matpac_jax import errors
+from matpac_jax.conversion import torch_save
+from matpac_jax.conversion.layout import torch_state_dict
+from matpac_jax.data import frontends
+from matpac_jax.models.vit import sincos_pos_table
+
+FORMATS = {"m2d": "m2d", "matpac": "matpac", "beats_mam": "beats",
+           "beats_tokenizer": "beats_tokenizer"}
+# Key groups in the order M2D's checkpoints list them.
+_M2D_ORDER = ("norm_stats", "cls_token", "pos_embed", "mask_token", "decoder_pos_embed",
+              "patch_embed.", "blocks.", "norm.", "decoder_embed.", "decoder_blocks.",
+              "decoder_norm.", "decoder_pred.", "target_blocks.", "target_norm.")
+_TOKENIZER_ONLY = ("quant_n", "quant_dim")
+_ENCODER_ONLY = ("finetuned_model", "predictor_dropout", "predictor_class")
+
+
+@dataclasses.dataclass
+class Exported:
+    path: str
+    format: str                 # 'm2d' | 'matpac' | 'beats' | 'beats_tokenizer'
+    step: int | None
+    notes: list[str]            # what a PyTorch user of the file must know
+
+
+def _ordered(sd: dict, order: tuple[str, ...]) -> collections.OrderedDict:
+    def rank(key):
+        for i, p in enumerate(order):
+            if key == p or (p.endswith(".") and key.startswith(p)):
+                return i
+        return len(order)
+    return collections.OrderedDict(sorted(sd.items(), key=lambda kv: rank(kv[0])))
+
+
+def _norm_stats(method) -> tuple[float, float]:
+    spec = method.embedding
+    return tuple(spec.norm_stats or frontends.NORM[spec.frontend])
+
+
+def _vit_is_base(enc) -> bool:
+    s = enc.stack
+    return (enc.dim, s.depth, s.num_heads, enc.patch, enc.in_freq) == (768, 12, 12, 16, 80)
+
+
+def m2d_folder_name(enc) -> str:
+    """The folder name M2D's runtime parses the input and patch size from."""
+    return f"m2d_vit_base-{enc.in_freq}x{enc.max_frames}p{enc.patch}x{enc.patch}"
+
+
+def _m2d_folder_matches(name: str, enc) -> bool:
+    """Does M2D's `parse_sizes_by_name` read `enc`'s geometry from `name`?"""
+    m = re.fullmatch(r"[^-]+-(\d+)x(\d+)p(\d+)x(\d+)(p.*)?(-.*)?", name)
+    return bool(m) and tuple(map(int, m.groups()[:4])) == (
+        enc.in_freq, enc.max_frames, enc.patch, enc.patch)
+
+
+def m2d_checkpoint(method, model, config, step: int | None) -> tuple[dict, list[str]]:
+    from matpac_jax.conversion.official import encoder_layout, predictor_layout, stack_layout
+
+    if method.use_mcl or method.use_head:
+        raise errors.CheckpointError("an M2D run with MATPAC heads or an MCL predictor has no "
+                                     "official M2D layout")
+    s, enc = model.student, model.student.encoder
+    sd = torch_state_dict(encoder_layout(enc, "blocks.", "norm.")
+                          | predictor_layout(s.predictor)
+                          | stack_layout(model.teacher.stack, "target_blocks.", "target_norm."))
+    gf, gt = enc.grid_f, enc.grid_t
+    sd["norm_stats"] = np.asarray(_norm_stats(method), np.float32)
+    sd["pos_embed"] = sincos_pos_table(gf, gt, enc.dim)[None].astype(np.float32)
+    sd["decoder_pos_embed"] = sincos_pos_table(gf, gt, s.predictor.pred_dim)[None].astype(np.float32)
+    m, o = config.model, config.objective
+    args = dict(model="m2d_vit_base" if _vit_is_base(enc) else "m2d_vit",
+                input_size=f"{enc.in_freq}x{enc.max_frames}", patch_size=f"{enc.patch}x{enc.patch}",
+                embed_dim=enc.dim, depth=enc.stack.depth, num_heads=enc.stack.num_heads,
+                decoder_embed_dim=m.pred_dim, decoder_depth=m.pred_depth,
+                decoder_num_heads=m.pred_heads, mask_ratio=float(o.mask_ratio),
+                norm_stats=list(_norm_stats(method)), batch_size=config.batch_size,
+                lr=float(config.opt.lr), seed=config.seed, ema_decay_init=float(o.ema_start),
+                ema_decay=float(o.ema_end), step=step, total_steps=config.total_steps,
+                exported_by="matpac_jax", matpac_jax_config=config.to_json())
+    notes = []
+    if not _vit_is_base(enc):
+        notes.append("M2D's portable runtime always builds a ViT-B/16 on 80 mel bins; this "
+                     f"{enc.dim}-d, {enc.stack.depth}-layer encoder loads with matpac_jax.load "
+                     "and M2D's training code (its --model/--input_size flags), not there")
+    if method.embedding.frontend != "m2d":
+        notes.append(f"trained on the {method.embedding.frontend!r} front end; M2D's runtime "
+                     "computes its own (nnAudio, centred frames)")
+    return {"model": _ordered(sd, _M2D_ORDER), "epoch": int(step or 0), "args": args}, notes
+
+
+def matpac_checkpoint(method, model, config, step: int | None) -> tuple[dict, list[str]]:
+    from matpac_jax.conversion.official import MATPAC_NORM, encoder_layout
+
+    enc = model.student.encoder
+    sd = torch_state_dict(encoder_layout(enc, "student_encoder.blocks.", "student_encoder.norm."))
+    sd["pos_embed"] = sincos_pos_table(enc.grid_f, enc.grid_t, enc.dim)[None].astype(np.float32)
+    notes = []
+    stats = _norm_stats(method)
+    if not np.allclose(stats, MATPAC_NORM):
+        sd["norm_stats"] = np.asarray(stats, np.float32)
+        notes.append(f"normalisation {stats} differs from MATPAC's {MATPAC_NORM}: written as "
+                     "`norm_stats`, which matpac_jax.load reads and MATPAC's get_matpac ignores "
+                     "(set its lms_mean / lms_std)")
+    if not _vit_is_base(enc) or enc.max_frames != 608:
+        notes.append("MATPAC's get_matpac builds a ViT-B/16 for 80 x 608 inputs; this encoder "
+                     f"({enc.dim}-d, {enc.stack.depth} layers, {enc.in_freq} x {enc.max_frames}) "
+                     "loads with matpac_jax.load, not there")
+    if method.embedding.frontend != "matpac":
+        notes.append(f"trained on the {method.embedding.frontend!r} front end; MATPAC's "
+                     "inference computes its own (uncentred frames)")
+    if method.use_mcl:
+        notes.append("MATPAC++: the encoder only, as MATPAC releases it")
+    order = ("cls_token", "pos_embed", "patch_embed.", "student_encoder.blocks.",
+             "student_encoder.norm.", "norm_stats")
+    return dict(_ordered(sd, order)), notes  # a plain dict, as MATPAC's file is
+
+
+def _beats_cfg(cfg, tokenizer: bool) -> dict:
+    drop = _ENCODER_ONLY[1:] if tokenizer else _TOKENIZER_ONLY
+    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in drop}
+    out["finetuned_model"] = False
+    return out
+
+
+def beats_checkpoint(method, model, config, step: int | None) -> tuple[dict, list[str]]:
+    from matpac_jax.conversion.beats import torch_layout
+
+    enc = method.encoder(model)
+    return {"cfg": _beats_cfg(enc.cfg, tokenizer=False),
+            "model": collections.OrderedDict(torch_state_dict(torch_layout(enc)))}, []
+
+
+def tokenizer_checkpoint(method, model, config, step: int | None) -> tuple[dict, list[str]]:
+    from matpac_jax.conversion.beats import torch_layout
+
+    tok = method.encoder(model)
+    sd = torch_state_dict(torch_layout(tok))
+    n, d = tok.quantize.num_codes, tok.quantize.dim
+    sd["quantize.embedding.cluster_size"] = np.zeros((n,), np.float32)
+    sd["quantize.embedding.embed_avg"] = np.zeros((n, d), np.float32)
+    return {"cfg": _beats_cfg(tok.cfg, tokenizer=True),
+            "model": collections.OrderedDict(sd)}, []
+
+
+WRITERS = {"m2d": m2d_checkpoint, "matpac": matpac_checkpoint, "beats_mam": beats_checkpoint,
+           "beats_tokenizer": tokenizer_checkpoint}
+
+
+def official_checkpoint(method, model, config, step: int | None = None) -> tuple[dict, list[str]]:
+    """(the object the official code of `config.method` loads, notes)."""
+    if config.method not in WRITERS:
+        raise errors.CheckpointError(
+            f"config.method={config.method!r}: no official layout to export to (exportable: "
+            f"{sorted(WRITERS)}); a fine-tuned encoder is used with matpac_jax.load")
+    return WRITERS[config.method](method, model, config, step)
+
+
+def export(checkpoint: str | os.PathLike, out: str | os.PathLike,
+           step: int | None = None) -> Exported:
+    """Write the workdir `checkpoint` (newest intact step, or `step`) to `out`
+    in its method's official format. For M2D, `out` moves into a folder named
+    as M2D's runtime needs unless its parent folder already says the geometry."""
+    from matpac_jax import methods
+    from matpac_jax.training import checkpoint as ckpt
+
+    checkpoint, out = os.fspath(checkpoint), os.fspath(out)
+    if not os.path.isdir(checkpoint):
+        raise errors.CheckpointError(f"{checkpoint}: not a training workdir (official files "
+                                     "are already in the official format)")
+
+    def load(folder):
+        return (int(folder.name) if folder.name.isdigit() else None,
+                *methods.load_checkpoint(folder))
+
+    found_step, method, model, config = ckpt.first_intact(checkpoint, load, step)
+    obj, notes = official_checkpoint(method, model, config, found_step)
+    if config.method == "m2d":
+        enc = model.student.encoder
+        parent = os.path.dirname(os.path.abspath(out))
+        if not _m2d_folder_matches(os.path.basename(parent), enc):
+            out = os.path.join(os.path.dirname(out), m2d_folder_name(enc), os.path.basename(out))
+            notes.insert(0, f"M2D's runtime reads the geometry from the folder name: written "
+                            f"under {m2d_folder_name(enc)}/")
+    if config.method == "matpac" and "as" in out:
+        notes.append(f"MATPAC's get_matpac treats any path containing 'as' ({out}) as an "
+                     "AudioSet fine-tuned 992-frame model: rename it for that loader")
+    torch_save.save(obj, out)
+    return Exported(out, FORMATS[config.method], found_step, notes)
