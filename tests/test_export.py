@@ -5,7 +5,6 @@ before any update, so exporting it must give that file back: the same keys,
 shapes and bits. Trained workdirs are exported in tests/test_init_from.py.
 """
 import collections
-import importlib.util
 import os
 import pathlib
 import subprocess
@@ -15,40 +14,10 @@ import numpy as np
 import pytest
 
 import matpac_jax
-from matpac_jax import errors, methods
+from matpac_jax import errors
 from matpac_jax.conversion import export, torch_pickle, torch_save
-from matpac_jax.methods import init_from
-from matpac_jax.training import checkpoint as ckpt
-from matpac_jax.training import trainer
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def config(name, **overrides):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config("demo")
-    c.lock()
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
-
-
-def saved_at_start(c, workdir, step=0):
-    """A workdir holding the run's state as built (pretrained parts copied in)."""
-    c, pretrained = init_from.resolve(c, str(workdir))
-    method = methods.get(c, pretrained)
-    run = trainer.build(c, method)
-    saver = ckpt.Checkpointer(str(workdir), every=1, keep=1, asynchronous=False)
-    saver.save(step, run.state, None, c, architecture=method.architecture(), force=True)
-    saver.close()
-    return str(workdir)
-
+from helpers import config, saved_at_start
 
 CASES = {  # official fixture -> (config, overrides)
     "m2d_checkpoint-300.pth": ("m2d_as2m", {"data.crop_frames": 192}),

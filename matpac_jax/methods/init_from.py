@@ -60,6 +60,7 @@ class Pretrained:
     what: str                         # e.g. 'official M2D checkpoint', 'matpac workdir'
     fields: dict[str, Any]            # 'model.dim' -> value, ...
     parts: dict[str, Any]             # 'encoder', 'predictor', 'teacher', 'head', ...
+    changed: list[str] = dataclasses.field(default_factory=list)  # 'key: old -> new'
 
 
 def _vit_fields(enc, frontend: str, norm_stats) -> dict[str, Any]:
@@ -254,7 +255,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str | None = None
                                  f"method {config.method!r}:\n  " + "\n  ".join(problems))
     logging.info("init_from %s (%s); fields from the file: %s", path, pretrained.what,
                  "; ".join(changed) or "none changed")
-    pretrained.fields = {k: _get(effective, k) for k in pretrained.fields}
+    pretrained.changed = changed
     return effective, pretrained
 
 

@@ -1,0 +1,36 @@
+"""Shared by tests: configs from configs/ with overrides, workdirs without training."""
+import importlib.util
+import pathlib
+
+from matpac_jax import methods
+from matpac_jax.methods import init_from
+from matpac_jax.training import checkpoint as ckpt
+from matpac_jax.training import trainer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def config(name, **overrides):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("demo")
+    c.lock()
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def saved_at_start(c, workdir, step=0):
+    """A workdir holding the run's state as built (pretrained parts copied in)."""
+    c, pretrained = init_from.resolve(c, str(workdir))
+    method = methods.get(c, pretrained)
+    run = trainer.build(c, method)
+    saver = ckpt.Checkpointer(str(workdir), every=1, keep=1, asynchronous=False)
+    saver.save(step, run.state, None, c, architecture=method.architecture(), force=True)
+    saver.close()
+    return str(workdir)
