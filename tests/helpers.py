@@ -2,6 +2,8 @@
 import importlib.util
 import pathlib
 
+from flax import nnx
+
 from matpac_jax import methods
 from matpac_jax.methods import init_from
 from matpac_jax.training import checkpoint as ckpt
@@ -25,12 +27,18 @@ def config(name, **overrides):
     return c
 
 
-def saved_at_start(c, workdir, step=0):
-    """A workdir holding the run's state as built (pretrained parts copied in)."""
+def saved_at_start(c, workdir, step=0, edit=None):
+    """A workdir holding the run's state as built (pretrained parts copied in),
+    after `edit(model)` if given."""
     c, pretrained = init_from.resolve(c, str(workdir))
     method = methods.get(c, pretrained)
     run = trainer.build(c, method)
+    state = run.state
+    if edit is not None:
+        ts = nnx.merge(run.graphdef, state)
+        edit(ts.model)
+        state = nnx.state(ts)
     saver = ckpt.Checkpointer(str(workdir), every=1, keep=1, asynchronous=False)
-    saver.save(step, run.state, None, c, architecture=method.architecture(), force=True)
+    saver.save(step, state, None, c, architecture=method.architecture(), force=True)
     saver.close()
     return str(workdir)

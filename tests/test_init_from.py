@@ -13,6 +13,7 @@ from flax import nnx
 import matpac_jax
 from matpac_jax import errors, methods
 from matpac_jax.conversion import export, torch_pickle, torch_save
+from matpac_jax.conversion.official import load_official
 from matpac_jax.data import demo
 from matpac_jax.methods import init_from
 from matpac_jax.models.vit import sincos_pos_table
@@ -89,6 +90,27 @@ def test_encoder_only_file_teacher_official_or_student(fixtures_dir):
     assert _equal(copied.teacher.head, copied.student.head)
 
 
+def test_a_matpac_workdir_gives_heads_teacher_and_center(tmp_path):
+    tiny = {"model.dim": 32, "model.depth": 1, "model.num_heads": 2, "model.pred_dim": 32,
+            "model.pred_depth": 1, "model.pred_heads": 2, "model.head_out_dim": 32,
+            "model.head_hidden_dim": 32, "model.head_bottleneck_dim": 16,
+            "data.crop_frames": 64}
+    def edit(model):  # a center that is not the fresh zeros
+        model.center.set_value(np.full(model.center.shape, 1 / 32, np.float32))
+
+    source = saved_at_start(config("matpac_as2m", **tiny), tmp_path / "a", edit=edit)
+    _, old, _ = methods.load_workdir(source)
+    c = config("matpacpp_as2m", init_from=source, **{"data.crop_frames": 64})
+    c.model.head_out_dim = 64  # replaced by the file's 32, like the encoder fields
+    _, pretrained, _, model = _built(c)
+    assert "model.head_out_dim: 64 -> 32" in pretrained.changed
+    assert _equal(model.student.head, old.student.head)
+    assert _equal(model.teacher.head, old.teacher.head)
+    assert _equal(model.teacher.stack, old.teacher.stack)
+    np.testing.assert_array_equal(model.center[...], old.center[...])
+    assert float(old.center[...][0, 0, 0]) == 1 / 32
+
+
 def test_files_of_another_method_are_refused_before_anything_is_built(fixtures_dir, tmp_path):
     cases = [("m2d_as2m", "BEATs_small.pt", "official BEATs checkpoint"),
              ("matpac_as2m", "Tokenizer_small.pt", "tokenizer"),
@@ -150,6 +172,11 @@ def test_further_pretraining_resumes_without_the_file_and_exports(fixtures_dir, 
     # The trained workdir exported for PyTorch users gives its embeddings back.
     done = export.export(workdir, tmp_path / "out" / "checkpoint-3.pth")
     assert done.step == 3 and torch_pickle.load(done.path)["epoch"] == 3
+    _, trained, _ = methods.load_workdir(workdir)
+    back = load_official(done.path)  # every tensor read back bit for bit
+    assert _equal(back.encoder, trained.student.encoder)
+    assert _equal(back.student.predictor, trained.student.predictor)
+    assert _equal(back.teacher.stack, trained.teacher.stack)
     rng = np.random.default_rng(2)
     waves = [0.1 * rng.standard_normal(24000).astype(np.float32)]
     np.testing.assert_allclose(matpac_jax.load(done.path).clip_embeddings(waves),

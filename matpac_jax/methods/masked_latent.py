@@ -15,6 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from matpac_jax import errors
@@ -134,7 +135,7 @@ class MaskedLatentMethod(Method):
                 init_from.copy_into(s.head, parts["head"])
                 init_from.copy_into(t.head, parts["head" if teacher_mode == "student"
                                                    else "teacher_head"])
-                model.center[...] = parts["center"]
+                model.center.set_value(np.asarray(parts["center"]))  # resharded by build
                 done["heads and center"] = "from the file"
             else:
                 if teacher_mode == "student":
