@@ -424,7 +424,12 @@ def main(argv: list[str] | None = None) -> int:
         devices = targets.devices(target)
     except targets.MissingRuntime as e:
         raise errors.ConfigError(str(e)) from None
-    config = _CONFIG.value
+    from matpac_jax.methods import init_from
+
+    config, pretrained = init_from.resolve(_CONFIG.value)  # the file's architecture
+    if pretrained is not None:
+        print(f"init_from {pretrained.source} ({pretrained.what}): "
+              + ("; ".join(pretrained.changed) or "no field changed"), flush=True)
     config_arg = FLAGS["config"].config_filename + (
         f":{FLAGS['config'].config_arg}" if getattr(FLAGS["config"], "config_arg", None) else "")
     overrides = [a for a in (argv if argv is not None else sys.argv[1:])

@@ -221,3 +221,15 @@ def test_cli_plan_json_and_one_line_errors(tmp_path):
                               env=env, timeout=300)
         assert proc.returncode == 1
         assert "pip install 'jax[cuda12]==" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_plan_of_an_init_from_run_has_the_files_architecture(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = tmp_path / "plan.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "matpac_jax.plan", f"--config={CONFIGS / 'm2d_x_further.py'}:demo",
+         "--config.batch_size=16", "--config.data.crop_frames=64", "--target=v5p-8",
+         f"--json={out}"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "model.depth: 4 -> 2" in proc.stdout  # the demo's 4 layers -> the file's 2
+    assert "--config.data.crop_frames=64" in json.loads(out.read_text())["command"]

@@ -30,6 +30,7 @@ import os
 import re
 
 import numpy as np
+from etils import epath
 
 from matpac_jax import errors
 from matpac_jax.conversion import torch_save
@@ -197,7 +198,7 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike,
     from matpac_jax.training import checkpoint as ckpt
 
     checkpoint, out = os.fspath(checkpoint), os.fspath(out)
-    if not os.path.isdir(checkpoint):
+    if not epath.Path(checkpoint).is_dir():
         raise errors.CheckpointError(f"{checkpoint}: not a training workdir (official files "
                                      "are already in the official format)")
 

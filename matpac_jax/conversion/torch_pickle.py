@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import io
 import os
 import pickle
 import zipfile
@@ -134,14 +135,22 @@ def _numpy_scalar(dtype, data):
 def load(path: str | os.PathLike) -> Any:
     """Load a torch zip checkpoint; tensors come back as numpy arrays."""
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if "://" in path:  # gs://, s3://...: read through etils.epath
+        from etils import epath
+
+        if not epath.Path(path).exists():
+            raise errors.CheckpointError(f"checkpoint not found: {path}")
+        source = io.BytesIO(epath.Path(path).read_bytes())
+    elif not os.path.exists(path):
         raise errors.CheckpointError(f"checkpoint not found: {path}")
-    if not zipfile.is_zipfile(path):
+    else:
+        source = path
+    if not zipfile.is_zipfile(source):
         raise errors.CheckpointError(
             f"{path}: not a zip-format torch checkpoint (legacy pre-1.6 torch.save "
             "files are not supported; re-save with a recent torch)"
         )
-    with zipfile.ZipFile(path) as zf:
+    with zipfile.ZipFile(source) as zf:
         pkl = [n for n in zf.namelist() if n.endswith("data.pkl")]
         if len(pkl) != 1:
             raise errors.CheckpointError(f"{path}: expected one data.pkl in the zip, found {pkl}")

@@ -159,6 +159,16 @@ def save(obj: Any, path: str | os.PathLike) -> str:
     for a in emitter.storages:
         digest.update(a.tobytes())
     serialization_id = str(int(digest.hexdigest(), 16))[:40].rjust(40, "0")
+    if "://" in path:  # gs://...: write here, then copy the whole file
+        import tempfile
+
+        from etils import epath
+
+        with tempfile.TemporaryDirectory() as tmp_dir:
+            local = save(obj, os.path.join(tmp_dir, os.path.basename(path)))
+            epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+            epath.Path(path).write_bytes(open(local, "rb").read())
+        return path
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, exist_ok=True)

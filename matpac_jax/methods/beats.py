@@ -17,10 +17,10 @@ compiled init as constants).
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import ml_collections
+from etils import epath
 from flax import nnx
 
 from matpac_jax import errors
@@ -34,7 +34,7 @@ from matpac_jax.objectives import beats_mam, beats_tokenizer
 
 def load_pretrained(path: str, want: str) -> nnx.Module:
     """`want` ('encoder' | 'tokenizer') from an official .pt file or one of our workdirs."""
-    if os.path.isdir(path):
+    if epath.Path(path).is_dir():  # local or gs://
         from matpac_jax.methods import load_workdir
 
         method, model, _ = load_workdir(path)
