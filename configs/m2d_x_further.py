@@ -31,7 +31,8 @@ _spec.loader.exec_module(m2d_as2m)
 def get_config(arg: str | None = None):
     c = m2d_as2m.get_config(arg)  # 'demo' -> the M2D demo's data, batch and schedule
     if arg == "demo":  # the small official-format M2D file of the parity tests
-        c.init_from = os.path.join(_HERE, "..", "tests", "fixtures", "m2d_checkpoint-300.pth")
+        c.init_from = os.path.normpath(os.path.join(_HERE, "..", "tests", "fixtures",
+                                                    "m2d_checkpoint-300.pth"))
         return c
     c.init_from = "/path/to/m2d_vit_base-80x608p16x16-221006-mr7/checkpoint-300.pth"
     c.batch_size = 128
