@@ -1,5 +1,5 @@
-"""PyTorch restatement of the official MATPAC / M2D training step, and of our
-BEATs iteration-1 step, for two uses:
+"""PyTorch restatement of the official MATPAC / M2D training step, of our
+BEATs iteration-1 step, and of the official M2D / BEATs inference paths:
 
   trajectory IN.npz OUT.npz   run 50 updates from the inputs that
                               benchmarks/trajectory.py wrote (our initial
@@ -10,13 +10,21 @@ BEATs iteration-1 step, for two uses:
                               same-machine anchor of docs/BENCHMARKS.md
                               (--serve: for compare_torch.py; --profile: op
                               time per phase and kind).
+  embed --checkpoint F --waves W.npy [--method m2d|beats] [--batch B]
+                              time the official inference path's clip
+                              embeddings of an official checkpoint
+                              (--serve: for compare_torch.py --mode=embed).
+  checkpoints DIR             random ViT-B weights in the official M2D and
+                              BEATs layouts (what --mode=embed compares on).
 
 Not a dependency of matpac_jax: it runs in its own environment.
 
   python -m venv /tmp/tv && /tmp/tv/bin/pip install torch numpy
   /tmp/tv/bin/python benchmarks/torch_reference.py bench --method matpac --batch 4 --threads 2
 
-benchmarks/compare_torch.py runs `bench --serve` interleaved with our step.
+benchmarks/compare_torch.py runs `bench --serve` (or `embed --serve`)
+interleaved with our step (or our embeddings). `embed` needs nnAudio (and
+scipy) next to torch: the M2D portable runtime's front end.
 
 What is restated, from the official code (docs/SPEC.md sections 2-5):
 - MATPAC (aurianworld/matpac on fairseq): the teacher branch, the centered
@@ -38,6 +46,14 @@ What is restated, from the official code (docs/SPEC.md sections 2-5):
   cross-entropy on masked patches, AdamW with no decay on 1-D parameters.
 Parameters are held in our layout (kernels (in, out), our names) so that the
 inputs load without a mapping table; every op is written out here.
+
+The inference paths (official code that cannot be vendored, restated with
+the same ops; `official_params` maps their state dicts to this layout):
+- M2D's portable runtime (nttcslab/m2d examples/portable_m2d.py):
+  `get_scene_embeddings`, nnAudio front end, Python loop over 608-frame chunks.
+- BEATs.py `extract_features` (microsoft/unilm beats): Python loop of Kaldi
+  fbanks (torchaudio.compliance.kaldi.fbank, restated: torchaudio has no
+  build for every torch), the encoder with the official attention op order.
 """
 from __future__ import annotations
 
@@ -66,8 +82,8 @@ class Params(dict):
 
 
 def linear(p: Params, x, name: str):
-    y = x @ p[f"{name}/kernel"]
-    return y + p[f"{name}/bias"] if f"{name}/bias" in p else y
+    """nn.Linear's F.linear (one addmm with the bias; matmul + add is ~10 % slower)."""
+    return F.linear(x, p[f"{name}/kernel"].T, p.get(f"{name}/bias"))
 
 
 def layer_norm(p: Params, x, name: str, eps: float):
@@ -114,7 +130,7 @@ def vit_stack(p: Params, x, heads: int):
 def patch_embed(p: Params, x, dim: int):
     """Conv2d 16x16 stride 16 over (B, 1, F, T), flattened frequency-major."""
     w = p["kernel"].T.reshape(dim, 1, 16, 16)
-    y = F.conv2d(x[:, None], w, p["bias"], stride=16)
+    y = F.conv2d(x[:, None], w, p.get("bias"), stride=16)
     return y.flatten(2).transpose(1, 2)
 
 
@@ -238,7 +254,7 @@ def beats_attention(p: Params, x, pos_bias, heads: int):
 
 
 def beats_encoder(p: Params, x, cfg: dict, layers: int, heads: int, positions=None,
-                  num_patches=None, grad_decay: float = 1.0):
+                  num_patches=None, grad_decay: float = 1.0, attention=beats_attention):
     """Official `TransformerEncoder` (post-LN DeepNorm) on all tokens, or on the
     kept ones with their grid `positions` (conv on the zero-filled full grid)."""
     b, n, d = x.shape
@@ -260,7 +276,7 @@ def beats_encoder(p: Params, x, cfg: dict, layers: int, heads: int, positions=No
         lp = p.sub(f"layers/{i}")
         if grad_decay != 1.0:
             x = GradMultiply.apply(x, grad_decay)
-        a = beats_attention(lp.sub("self_attn"), x, pos_bias, heads)
+        a = attention(lp.sub("self_attn"), x, pos_bias, heads)
         x = layer_norm(lp, x * alpha + a, "self_attn_layer_norm", 1e-5)
         f = linear(lp, gelu(linear(lp, x, "fc1")), "fc2")
         x = layer_norm(lp, x * alpha + f, "final_layer_norm", 1e-5)
@@ -304,6 +320,196 @@ class BeatsIter1:
                 "accuracy": (logits.argmax(-1) == target).float().mean(),
                 "label_perplexity": torch.exp(-(q[q > 0] * q[q > 0].log()).sum()),
                 "label_used_codes": (counts > 0).sum().float()}
+
+
+# ----------------------------------------------------------------------------
+# Official inference paths: clip embeddings of 16 kHz clips (compare_torch.py --mode=embed)
+
+
+def official_params(sd: dict) -> Params:
+    """An official state dict in this file's layout: '.' -> '/', Linear `weight`
+    -> `kernel` (a transposed view), conv `weight` -> a (in, out) `kernel`,
+    LayerNorm `weight` -> `scale`; BEATs' weight-normed pos conv to (K, D/G, D)."""
+    p = Params()
+    for key, v in sd.items():
+        path = key.replace(".", "/").replace("pos_conv/0/", "pos_conv/")
+        if path.endswith("relative_attention_bias/weight"):
+            path = path[:-len("/weight")]
+        elif path.endswith("weight_v"):
+            v = v.permute(2, 1, 0)
+        elif path.endswith("weight_g") or path.endswith("grep_a"):
+            v = v.reshape(-1)
+        elif path.endswith("/weight"):
+            path = path[:-len("weight")] + ("scale" if v.ndim == 1 else "kernel")
+            v = v if v.ndim == 1 else v.reshape(v.shape[0], -1).T
+        p[path] = v
+    return p
+
+
+def m2d_scene_embeddings(sd: dict):
+    """nttcslab/m2d examples/portable_m2d.py `PortableM2D.get_scene_embeddings`
+    (flat_features False): nnAudio mel (its conv1d STFT), log(x + eps),
+    (x - mean) / std, `encode_lms` (a Python loop over chunks of the table's
+    frames, the last one padded to a multiple of 16, each chunk through
+    `LocalViT.forward_encoder`, `b (f t) d -> b t (f d)`), mean over time."""
+    import nnAudio.features
+
+    to_spec = nnAudio.features.MelSpectrogram(
+        sr=16000, n_fft=400, win_length=400, hop_length=160, n_mels=80, fmin=50, fmax=8000,
+        center=True, power=2, verbose=False)
+    p, pos = official_params(sd), sd["pos_embed"]
+    mean, std = sd["norm_stats"].tolist()
+    dim, fbins = pos.shape[-1], 80 // 16
+    unit = (pos.shape[1] - 1) // fbins * 16                     # input_size[1]: 608
+
+    def forward_encoder(x):
+        t = patch_embed(p.sub("patch_embed/proj"), x, dim)
+        pe = pos[:, 1:]
+        if t.shape[1] < pe.shape[1]:  # shorten pos_embed for a short input
+            pe = pe.reshape(1, fbins, -1, dim)[:, :, :t.shape[1] // fbins].reshape(1, -1, dim)
+        cls = (p["cls_token"] + pos[:, :1]).expand(t.shape[0], -1, -1)
+        return vit_stack(p, torch.cat([cls, t + pe], 1), dim // 64)
+
+    def scene(audio):
+        x = ((to_spec(audio) + torch.finfo().eps).log() - mean) / std     # (B, 80, T)
+        n_chunk = (x.shape[-1] + unit - 1) // unit
+        x = F.pad(x, (0, (16 - x.shape[-1] % unit % 16) % 16))
+        embeddings = []
+        for i in range(n_chunk):
+            e = forward_encoder(x[..., i * unit:(i + 1) * unit])[:, 1:]
+            b, n, d = e.shape
+            embeddings.append(e.reshape(b, fbins, n // fbins, d).transpose(1, 2).reshape(
+                b, n // fbins, fbins * d))
+        return torch.cat(embeddings, 1).mean(1)
+
+    return scene
+
+
+def kaldi_mel_banks(num_bins: int = 128, low: float = 20.0, high: float = 8000.0):
+    """torchaudio.compliance.kaldi.get_mel_banks (no VTLN), 512-point FFT at 16 kHz."""
+    mel = lambda f: 1127.0 * torch.log(1.0 + f / 700.0)
+    lo, hi = mel(torch.tensor(low)), mel(torch.tensor(high))
+    delta = (hi - lo) / (num_bins + 1)
+    b = torch.arange(num_bins).unsqueeze(1)
+    left, center, right = lo + b * delta, lo + (b + 1.0) * delta, lo + (b + 2.0) * delta
+    m = mel(16000 / 512 * torch.arange(256)).unsqueeze(0)
+    return torch.clamp(torch.min((m - left) / (center - left), (right - m) / (right - center)),
+                       min=0.0)
+
+
+def kaldi_fbank(wave):
+    """torchaudio.compliance.kaldi.fbank(wave (1, N), num_mel_bins=128,
+    sample_frequency=16000, frame_length=25, frame_shift=10) as BEATs calls it,
+    with torchaudio's defaults: snip_edges, dither 0, DC removal, raw log energy
+    (computed, then unused), pre-emphasis 0.97, povey window, zero-padded to 512,
+    power spectrum, mel banks built per call, log floored at float32 eps: (T, 128)."""
+    eps = torch.tensor(torch.finfo(torch.float32).eps)
+    frames = wave[0].unfold(0, 400, 160)
+    frames = frames - frames.mean(1, keepdim=True)
+    torch.max(frames.pow(2).sum(1), eps).log()  # signal_log_energy (use_energy=False)
+    prev = F.pad(frames.unsqueeze(0), (1, 0), mode="replicate").squeeze(0)[:, :-1]
+    frames = (frames - 0.97 * prev) * torch.hann_window(400, periodic=False).pow(0.85)
+    power = torch.fft.rfft(F.pad(frames, (0, 112))).abs().pow(2.0)
+    mel = torch.mm(power, F.pad(kaldi_mel_banks(), (0, 1)).T)
+    return torch.max(mel, eps).log()
+
+
+def beats_attention_official(p: Params, x, pos_bias, heads: int):
+    """BEATs.py `MultiheadAttention.forward` in its op order: q scaled by
+    dh^-0.5 / 32, logits shifted by their row max and times 32, the gate from
+    the unscaled q, bias added, softmax (beats_attention: the same maths)."""
+    b, n, d = x.shape
+    dh = d // heads
+    split = lambda t: t.reshape(b, n, heads, dh).transpose(1, 2)  # (B, H, n, dh)
+    q = split(linear(p, x, "q_proj") * (dh ** -0.5) * (1 / 32))
+    k, v = split(linear(p, x, "k_proj")), split(linear(p, x, "v_proj"))
+    w = q @ k.transpose(-1, -2)
+    w = (w - w.max(dim=-1, keepdim=True)[0]) * 32
+    g = torch.sigmoid(linear(p, q * 32 / dh ** -0.5, "grep_linear").reshape(b, heads, n, 2, 4)
+                      .sum(-1))
+    gate = g[..., 0] * (g[..., 1] * p["grep_a"][None, :, None] - 1.0) + 2.0   # (B, H, n)
+    a = F.softmax(w + gate[..., None] * pos_bias, dim=-1) @ v
+    return linear(p, a.transpose(1, 2).reshape(b, n, d), "out_proj")
+
+
+def beats_scene_embeddings(ckpt: dict):
+    """microsoft/unilm beats/BEATs.py `extract_features` (no padding mask):
+    `preprocess` (a Python loop of Kaldi fbanks of waveform * 2**15, then
+    (x - 15.41663) / (2 * 6.55582)), patch Conv2d, LayerNorm,
+    post_extract_proj, the encoder on all patches; mean over patches."""
+    cfg, p = ckpt["cfg"], official_params(ckpt["model"])
+    dim, e = cfg["encoder_embed_dim"], cfg["embed_dim"]
+
+    def scene(audio):
+        fbank = torch.stack([kaldi_fbank(w.unsqueeze(0) * 2 ** 15) for w in audio])
+        fbank = (fbank - 15.41663) / (2 * 6.55582)
+        x = layer_norm(p, patch_embed(p.sub("patch_embedding"), fbank, e), "layer_norm", 1e-5)
+        if "post_extract_proj/kernel" in p:
+            x = linear(p, x, "post_extract_proj")
+        x = beats_encoder(p.sub("encoder"), x, cfg, cfg["encoder_layers"],
+                          cfg["encoder_attention_heads"], attention=beats_attention_official)
+        assert x.shape[-1] == dim
+        return x.mean(1)
+
+    return scene
+
+
+def make_checkpoints(out_dir: str, dim: int = 768, layers: int = 12, embed: int = 512,
+                     seed: int = 0) -> dict:
+    """Random weights in the official M2D (ViT-B, 80 x 608, `norm_stats`) and
+    BEATs (`{'cfg', 'model'}`) layouts, torch.save'd: {method: path}."""
+    import os
+
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *shape, scale: torch.randn(*shape, generator=g) * scale
+
+    def lin(sd, name, din, dout):
+        sd[f"{name}.weight"] = rand(dout, din, scale=math.sqrt(2 / (din + dout)))
+        sd[f"{name}.bias"] = rand(dout, scale=0.02)
+
+    def ln(sd, name, d):
+        sd[f"{name}.weight"], sd[f"{name}.bias"] = 1 + rand(d, scale=0.1), rand(d, scale=0.1)
+
+    heads = dim // 64
+    m2d = {"cls_token": rand(1, 1, dim, scale=0.02), "pos_embed": sincos_table(5, 38, dim)[None],
+           "patch_embed.proj.weight": rand(dim, 1, 16, 16, scale=1 / 16),
+           "patch_embed.proj.bias": rand(dim, scale=0.02), "norm_stats": torch.tensor([-7.1, 4.2])}
+    for i in range(layers):
+        b = f"blocks.{i}"
+        ln(m2d, f"{b}.norm1", dim), lin(m2d, f"{b}.attn.qkv", dim, 3 * dim)
+        lin(m2d, f"{b}.attn.proj", dim, dim), ln(m2d, f"{b}.norm2", dim)
+        lin(m2d, f"{b}.mlp.fc1", dim, 4 * dim), lin(m2d, f"{b}.mlp.fc2", 4 * dim, dim)
+    ln(m2d, "norm", dim)
+    cfg = {"input_patch_size": 16, "embed_dim": embed, "encoder_layers": layers,
+           "encoder_embed_dim": dim, "encoder_ffn_embed_dim": 4 * dim,
+           "encoder_attention_heads": heads, "conv_bias": False, "activation_fn": "gelu",
+           "layer_norm_first": False, "deep_norm": True, "dropout": 0.0,
+           "attention_dropout": 0.0, "activation_dropout": 0.0, "encoder_layerdrop": 0.0,
+           "dropout_input": 0.0, "conv_pos": 128, "conv_pos_groups": 16,
+           "relative_position_embedding": True, "num_buckets": 320, "max_distance": 800,
+           "gru_rel_pos": True, "layer_wise_gradient_decay_ratio": 0.6, "finetuned_model": False}
+    beats = {"patch_embedding.weight": rand(embed, 1, 16, 16, scale=1 / 16)}
+    ln(beats, "layer_norm", embed), lin(beats, "post_extract_proj", embed, dim)
+    v = rand(dim, dim // 16, 128, scale=math.sqrt(4 / (128 * dim)))
+    beats |= {"encoder.pos_conv.0.weight_v": v, "encoder.pos_conv.0.bias": rand(dim, scale=0.02),
+              "encoder.pos_conv.0.weight_g": v.pow(2).sum((0, 1)).sqrt()[None, None]}
+    ln(beats, "encoder.layer_norm", dim)
+    table = rand(320, heads, scale=0.1)  # shared by all layers; torch saves it under each
+    for i in range(layers):
+        b = f"encoder.layers.{i}"
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            lin(beats, f"{b}.self_attn.{name}", dim, dim)
+        lin(beats, f"{b}.self_attn.grep_linear", dim // heads, 8)
+        beats[f"{b}.self_attn.grep_a"] = 1 + rand(1, heads, 1, 1, scale=0.1)
+        beats[f"{b}.self_attn.relative_attention_bias.weight"] = table
+        ln(beats, f"{b}.self_attn_layer_norm", dim)
+        lin(beats, f"{b}.fc1", dim, 4 * dim), lin(beats, f"{b}.fc2", 4 * dim, dim)
+        ln(beats, f"{b}.final_layer_norm", dim)
+    paths = {"m2d": os.path.join(out_dir, "m2d_vit_base-80x608p16x16.pth"),
+             "beats": os.path.join(out_dir, "BEATs_random.pt")}
+    torch.save(m2d, paths["m2d"])
+    torch.save({"cfg": cfg, "model": beats}, paths["beats"])
+    return paths
 
 
 # ----------------------------------------------------------------------------
@@ -596,22 +802,38 @@ def _timed(step) -> tuple[float, dict]:
     return time.perf_counter() - t0, out
 
 
-def bench(args) -> dict:
+def embed_step(args):
+    """(step, info): `step()` is the official inference path's clip embeddings
+    (no grad) of the first `--batch` clips in `--waves`."""
+    waves = torch.from_numpy(np.load(args.waves)[: args.batch])
+    ckpt = torch.load(args.checkpoint, map_location="cpu")
+    scene = (m2d_scene_embeddings if args.method == "m2d" else beats_scene_embeddings)(ckpt)
+
+    @torch.inference_mode()
+    def step():
+        return scene(waves)
+
+    info = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(), "method": args.method,
+            "batch": args.batch, "seconds": waves.shape[1] / 16000}
+    return step, info
+
+
+def bench(step, info, steps: int) -> dict:
     """Median step time after two warm-up steps."""
-    step, info = bench_step(args)
-    times = [_timed(step)[0] for _ in range(args.steps + 2)][2:]
+    times = [_timed(step)[0] for _ in range(steps + 2)][2:]
     s = statistics.median(times)
-    return {**info, "step_s": round(s, 4), "samples_per_s": round(args.batch / s, 3)}
+    return {**info, "step_s": round(s, 4), "samples_per_s": round(info["batch"] / s, 3)}
 
 
-def serve(args) -> None:
-    """For benchmarks/compare_torch.py: build, warm up, print a JSON `ready` line,
-    then for each line N on stdin run N timed steps and print their times. The
-    process waits (idle) between requests so another framework can run."""
-    step, info = bench_step(args)
+def serve(step, info, summary) -> None:
+    """For benchmarks/compare_torch.py: warm up, print a JSON `ready` line (with
+    `summary(output)`), then for each line N on stdin run N timed steps and print
+    their times. The process waits (idle) between requests so another framework
+    can run."""
     for _ in range(2):
         _, out = _timed(step)
-    print(json.dumps({"ready": True, **info, "loss": float(out["loss"].detach())}), flush=True)
+    print(json.dumps({"ready": True, **info, **summary(out)}), flush=True)
     for line in sys.stdin:
         if not line.strip():
             break
@@ -721,6 +943,21 @@ def main() -> None:
     b.add_argument("--steps", type=int, default=5)
     b.add_argument("--dim", type=int, default=768, help="encoder width (predictor stays 512)")
     b.add_argument("--heads", type=int, default=12)
+    e = sub.add_parser("embed", help="time the official inference path's clip embeddings")
+    e.add_argument("--method", choices=("m2d", "beats"), default="m2d")
+    e.add_argument("--checkpoint", required=True, help="official M2D .pth / BEATs .pt")
+    e.add_argument("--waves", required=True, help=".npy (N, samples) float32 16 kHz clips")
+    e.add_argument("--serve", action="store_true",
+                   help="time calls on request from stdin (benchmarks/compare_torch.py)")
+    e.add_argument("--batch", type=int, default=1, help="clips per call")
+    e.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    e.add_argument("--steps", type=int, default=5)
+    c = sub.add_parser("checkpoints", help="random ViT-B weights in the official M2D and BEATs "
+                       "layouts (make_checkpoints); prints {method: path}")
+    c.add_argument("out_dir")
+    c.add_argument("--dim", type=int, default=768)
+    c.add_argument("--layers", type=int, default=12)
+    c.add_argument("--embed", type=int, default=512, help="BEATs patch embedding width")
     args = ap.parse_args()
     if args.command == "trajectory":  # bit-reproducible fixtures; bench times the default kernels
         torch.use_deterministic_algorithms(True)
@@ -729,16 +966,21 @@ def main() -> None:
         out = trajectory(inputs)
         np.savez_compressed(args.out, **inputs, **out)
         print(f"wrote {args.out}")
+    elif args.command == "checkpoints":
+        print(json.dumps(make_checkpoints(args.out_dir, args.dim, args.layers, args.embed)))
     else:
         if args.threads:
             torch.set_num_threads(args.threads)
-        if args.serve:
-            serve(args)
-        elif args.profile:
+        if args.command == "bench" and args.profile:
             profile(args)
+            return
+        step, info = (bench_step if args.command == "bench" else embed_step)(args)
+        if not args.serve:
+            print(json.dumps(bench(step, info, args.steps), indent=1))
+        elif args.command == "bench":
+            serve(step, info, lambda out: {"loss": float(out["loss"].detach())})
         else:
-            print(json.dumps(bench(args), indent=1))
-
+            serve(step, info, lambda out: {"embeddings": out.tolist()})
 
 if __name__ == "__main__":
     main()

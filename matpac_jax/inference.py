@@ -24,6 +24,12 @@ chunking, as the official `extract_features`); its padding mask is wrong
 Frames are patch features averaged over the 8 frequency patches; the clip
 embedding is the mean over all patches.
 
+On XLA:CPU a padded batch runs inside its compiled call a few inputs at a
+time (`lax.map` over micro-batches of about `cpu_tokens_per_step` tokens):
+one 10-s input's activations stay in cache where a batch of 16 streams every
+elementwise pass through memory (BEATs: ~190 MB of attention logits per
+layer). Same numbers; accelerators run the whole batch at once.
+
 `freq_tokens` picks how the frequency patches of one time step become a frame:
 'concat' (F*D, the ViT default of docs/SPEC.md section 6) or 'mean' (D: the
 BEATs default, and docs/SPEC.md's "768-d frame variant" for the ViT). None: the
@@ -83,6 +89,7 @@ class Embedder:
     family: ClassVar[str]
     default_freq_tokens: ClassVar[str]
     min_frames: ClassVar[int]        # shortest input, in front-end frames
+    cpu_tokens_per_step: ClassVar[int] = 1024  # XLA:CPU micro-batch size, in patches
 
     def __post_init__(self):
         if self.freq_tokens is None:
@@ -90,8 +97,30 @@ class Embedder:
         if self.freq_tokens not in ("concat", "mean"):
             raise ValueError(f"freq_tokens must be 'concat' or 'mean', got {self.freq_tokens!r}")
         graphdef, state = nnx.split(self.model)
-        jitted = jax.jit(lambda st, x, e: self._patch_grid(nnx.merge(graphdef, st), x, e))
+
+        def encode(st, x, e):
+            grid = lambda x, e: self._patch_grid(nnx.merge(graphdef, st), x, e)
+            k = self._micro_batch(x.shape)
+            if k == x.shape[0]:
+                return grid(x, e)
+            y = jax.lax.map(lambda xe: grid(*xe), (x.reshape(-1, k, *x.shape[1:]),
+                                                  e.reshape(-1, k)))
+            return y.reshape(-1, *y.shape[2:])
+
+        jitted = jax.jit(encode)
         self._encode = lambda x, e: jitted(state, x, e)
+
+    def _micro_batch(self, shape: tuple[int, ...]) -> int:
+        """Inputs per step of the compiled call: all of them off the CPU; on it,
+        the largest power of two k dividing the batch with k inputs' 16 x 16
+        patches within `cpu_tokens_per_step` (at least 1)."""
+        if jax.default_backend() != "cpu":
+            return shape[0]
+        patches = math.prod(shape[1:]) // 256
+        k = 1
+        while shape[0] % (2 * k) == 0 and 2 * k * patches <= self.cpu_tokens_per_step:
+            k *= 2
+        return k
 
     # -- per family --------------------------------------------------------
     @staticmethod
