@@ -225,15 +225,21 @@ def _fmt(times) -> str:
     return " ".join(f"{s:.3f}" for s in times)
 
 
-def report(env: dict, results: list[dict], python: str) -> str:
-    lines = [
-        f"compare_torch {env['date_utc']} UTC | {env['cpu']}, {env['cpu_count']} CPUs "
+def _machine(env: dict, python: str, title: str, torch_side: str) -> list[str]:
+    """The report's header: machine, both frameworks' versions and threads."""
+    return [
+        f"{title} {env['date_utc']} UTC | {env['cpu']}, {env['cpu_count']} CPUs "
         f"(affinity {env['affinity']}) | python {env['python']}",
-        f"PyTorch replica: torch {env['torch']} ({python}), {env['torch_threads']} intra-op / "
+        f"{torch_side}: torch {env['torch']} ({python}), {env['torch_threads']} intra-op / "
         f"{env['torch_interop_threads']} inter-op threads",
         f"matpac_jax: jax {env['jax']}, jaxlib {env['jaxlib']}, flax {env['flax']}, "
         f"{env['jax_devices']}, XLA:CPU pool {env['xla_cpu_threads']} threads, "
         f"XLA_FLAGS={env['XLA_FLAGS'] or '(none)'}",
+    ]
+
+
+def report(env: dict, results: list[dict], python: str) -> str:
+    lines = _machine(env, python, "compare_torch", "PyTorch replica") + [
         f"fp32, batch {_BATCH.value}, {_ROUNDS.value} rounds x {_STEPS.value} steps each, "
         "interleaved torch, ours, torch, ours ...",
         "",
@@ -301,13 +307,8 @@ def _calls(fn) -> list[float]:
 
 
 def report_embed(env: dict, results: list[dict], python: str) -> str:
-    lines = [
-        f"compare_torch --mode=embed {env['date_utc']} UTC | {env['cpu']}, {env['cpu_count']} "
-        f"CPUs (affinity {env['affinity']}) | python {env['python']}",
-        f"official paths: torch {env['torch']} ({python}), {env['torch_threads']} intra-op / "
-        f"{env['torch_interop_threads']} inter-op threads, inference_mode",
-        f"matpac_jax: jax {env['jax']}, jaxlib {env['jaxlib']}, flax {env['flax']}, "
-        f"{env['jax_devices']}, XLA_FLAGS={env['XLA_FLAGS'] or '(none)'}",
+    lines = _machine(env, python, "compare_torch --mode=embed",
+                     "official paths (inference_mode)") + [
         f"fp32, {_SECONDS.value:g}-s clips, random ViT-B weights, {_ROUNDS.value} rounds x "
         f"{_STEPS.value} calls each, interleaved ours, official, HEAR ...; load at start "
         f"{env['load_at_start']}",

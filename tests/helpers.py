@@ -18,6 +18,11 @@ def config(name, **overrides):
     spec.loader.exec_module(module)
     c = module.get_config("demo")
     c.lock()
+    return override(c, overrides)
+
+
+def override(c, overrides: dict):
+    """`c` with `{'dotted.key': value}` set, as `--config.dotted.key=value` would."""
     for key, value in overrides.items():
         node = c
         *parents, leaf = key.split(".")

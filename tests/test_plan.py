@@ -21,6 +21,7 @@ import pytest
 from matpac_jax import methods, plan
 from matpac_jax.training import hlo_stats, sharding, step, targets
 
+from helpers import override
 from test_training import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -52,13 +53,7 @@ def config(name, **overrides):
     for key in ("predictor_layers", "estimator_layers"):
         if key in c.get("objective", {}):
             c.objective[key] = 1
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return override(c, overrides)
 
 
 METHOD_CONFIGS = {

@@ -20,6 +20,8 @@ from matpac_jax import methods
 from matpac_jax.data import demo
 from matpac_jax.training import checkpoint, metrics, trainer
 
+from helpers import override
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "matpac_as2m.py")
 
@@ -40,13 +42,7 @@ def tiny_config(shards: str, **overrides):
     spec.loader.exec_module(module)
     config = module.get_config("demo")
     config.lock()  # as main.py does: unknown keys are errors
-    for key, value in {**TINY, "data.path": shards, **overrides}.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    return override(config, {**TINY, "data.path": shards, **overrides})
 
 
 def build(config, devices=None):

@@ -142,16 +142,9 @@ class BeatsMamMethod(_BeatsMethod):
         if self.pretrained_tokenizer is not None:
             nnx.update(model.tokenizer, nnx.state(self.pretrained_tokenizer))
         if self.pretrained is not None:  # config.init_from (methods/init_from.py)
-            parts, student = self.pretrained.parts, model.student
-            init_from.copy_into(student.encoder, parts["encoder"])
-            done = {"encoder": "from the file"}
-            src = parts.get("label_predictor")
-            if src is not None and init_from.same_shapes(student.predictor, src):
-                init_from.copy_into(student.predictor, src)
-                done["label predictor"] = "from the file"
-            else:
-                done["label predictor"] = "not in the file (or another shape): fresh init"
-            init_from.report(self.pretrained.source, done)
+            init_from.copy_parts(self.pretrained, {
+                "encoder": (model.student.encoder, "encoder"),
+                "label predictor": (model.student.predictor, "label_predictor")})
 
     def loss(self, model: BeatsMamModel, batch: dict, rng: jax.Array, step):
         x = batch["x"]
@@ -228,16 +221,9 @@ class BeatsTokenizerMethod(_BeatsMethod):
         if self.pretrained_teacher is not None:
             nnx.update(model.teacher, nnx.state(self.pretrained_teacher))
         if self.pretrained is not None:  # config.init_from (methods/init_from.py)
-            parts, student = self.pretrained.parts, model.student
-            init_from.copy_into(student.tokenizer, parts["tokenizer"])  # codebook included
-            done = {"tokenizer": "from the file"}
-            src = parts.get("estimator")
-            if src is not None and init_from.same_shapes(student.estimator, src):
-                init_from.copy_into(student.estimator, src)
-                done["estimator"] = "from the file"
-            else:
-                done["estimator"] = "not in the file (or another shape): fresh init"
-            init_from.report(self.pretrained.source, done)
+            init_from.copy_parts(self.pretrained, {  # the tokenizer with its codebook
+                "tokenizer": (model.student.tokenizer, "tokenizer"),
+                "estimator": (model.student.estimator, "estimator")})
 
     def loss(self, model: BeatsTokenizerModel, batch: dict, rng: jax.Array, step):
         x = batch["x"]

@@ -294,3 +294,18 @@ def copy_into(dst: nnx.Module, src: nnx.Module) -> None:
 def report(source: str, done: dict[str, str]) -> None:
     """Log where each part of the new run's weights came from."""
     logging.info("init_from %s: %s", source, "; ".join(f"{k}: {v}" for k, v in done.items()))
+
+
+def copy_parts(pretrained: Pretrained, targets: dict[str, tuple[nnx.Module, str]]) -> None:
+    """For each `label: (module, part)`, copy `pretrained.parts[part]` into
+    `module` when the file has it with the same shapes (else the module keeps
+    its fresh init); log which."""
+    done = {}
+    for label, (module, part) in targets.items():
+        src = pretrained.parts.get(part)
+        if src is not None and same_shapes(module, src):
+            copy_into(module, src)
+            done[label] = "from the file"
+        else:
+            done[label] = "not in the file (or another shape): fresh init"
+    report(pretrained.source, done)
