@@ -149,3 +149,39 @@ def test_torch_loads_every_export_weights_only(exported, tmp_path):
                           text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"ok {len(paths)}"
+
+
+def test_official_inference_paths_embed_the_exports_as_we_do(exported, tmp_path):
+    """What a PyTorch user gets: M2D's portable runtime and BEATs' extract_features
+    (restated in benchmarks/torch_reference.py) on the exported files."""
+    python = _torch_python()
+    if python is None or subprocess.run([python, "-c", "import nnAudio"],
+                                        capture_output=True).returncode:
+        pytest.skip("no Python with torch and nnAudio (python benchmarks/compare_torch.py "
+                    "--mode=embed sets one up)")
+    rng = np.random.default_rng(3)
+    waves = (0.1 * rng.standard_normal((2, 40000))).astype(np.float32)
+    np.save(tmp_path / "waves.npy", waves)
+    files = {"m2d": exported["m2d_checkpoint-300.pth"][1].path,
+             "beats": exported["BEATs_small.pt"][1].path}
+    script = (
+        "import sys, numpy as np, torch\n"
+        f"sys.path.insert(0, {str(pathlib.Path(__file__).parents[1] / 'benchmarks')!r})\n"
+        "import torch_reference as ref\n"
+        "waves = torch.from_numpy(np.load(sys.argv[1]))\n"
+        "for name, path, out in zip(sys.argv[2::3], sys.argv[3::3], sys.argv[4::3]):\n"
+        "    ckpt = torch.load(path, weights_only=True)\n"
+        "    if name == 'm2d':  # M2D's get_backbone: checkpoint['model'] if 'model' in it\n"
+        "        scene = ref.m2d_scene_embeddings(ckpt['model'])\n"
+        "    else:\n"
+        "        scene = ref.beats_scene_embeddings(ckpt)\n"
+        "    with torch.inference_mode():\n"
+        "        np.save(out, scene(waves).numpy())\n")
+    args = [a for name, path in files.items() for a in (name, path, str(tmp_path / name))]
+    done = subprocess.run([python, "-c", script, str(tmp_path / "waves.npy"), *args],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name, path in files.items():
+        theirs = np.load(tmp_path / f"{name}.npy")
+        ours = matpac_jax.load(path).clip_embeddings(list(waves))
+        assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(theirs).max(), name
