@@ -114,7 +114,7 @@ class Scorer:
 
         self.method, self.batch = method, batch
         spec = method.input
-        self.mean, self.std = spec.norm_stats or frontends.NORM[spec.frontend]
+        self.mean, self.std = spec.stats
         self.time_axis = 1 if frontends.FEATURE_LAYOUT[spec.frontend] == "freq_time" else 0
         self.crop = method.config.data.crop_frames
 

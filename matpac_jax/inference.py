@@ -262,7 +262,7 @@ def embedder_for(method, model: nnx.Module, *, batch_size: int = 16,
     spec = method.embedding
     return EMBEDDERS[spec.family](
         method.encoder(model), method.config.method, spec.frontend,
-        spec.norm_stats or frontends.NORM[spec.frontend], batch_size,
+        spec.stats, batch_size,
         config if config is not None else method.config.to_dict(), freq_tokens)
 
 

@@ -35,7 +35,6 @@ from etils import epath
 from matpac_jax import errors
 from matpac_jax.conversion import torch_save
 from matpac_jax.conversion.layout import torch_state_dict
-from matpac_jax.data import frontends
 from matpac_jax.models.vit import sincos_pos_table
 
 FORMATS = {"m2d": "m2d", "matpac": "matpac", "beats_mam": "beats",
@@ -63,11 +62,6 @@ def _ordered(sd: dict, order: tuple[str, ...]) -> collections.OrderedDict:
                 return i
         return len(order)
     return collections.OrderedDict(sorted(sd.items(), key=lambda kv: rank(kv[0])))
-
-
-def _norm_stats(method) -> tuple[float, float]:
-    spec = method.embedding
-    return tuple(spec.norm_stats or frontends.NORM[spec.frontend])
 
 
 def _vit_is_base(enc) -> bool:
@@ -98,7 +92,7 @@ def m2d_checkpoint(method, model, config, step: int | None) -> tuple[dict, list[
                           | predictor_layout(s.predictor)
                           | stack_layout(model.teacher.stack, "target_blocks.", "target_norm."))
     gf, gt = enc.grid_f, enc.grid_t
-    sd["norm_stats"] = np.asarray(_norm_stats(method), np.float32)
+    sd["norm_stats"] = np.asarray(method.embedding.stats, np.float32)
     sd["pos_embed"] = sincos_pos_table(gf, gt, enc.dim)[None].astype(np.float32)
     sd["decoder_pos_embed"] = sincos_pos_table(gf, gt, s.predictor.pred_dim)[None].astype(np.float32)
     m, o = config.model, config.objective
@@ -107,7 +101,7 @@ def m2d_checkpoint(method, model, config, step: int | None) -> tuple[dict, list[
                 embed_dim=enc.dim, depth=enc.stack.depth, num_heads=enc.stack.num_heads,
                 decoder_embed_dim=m.pred_dim, decoder_depth=m.pred_depth,
                 decoder_num_heads=m.pred_heads, mask_ratio=float(o.mask_ratio),
-                norm_stats=list(_norm_stats(method)), batch_size=config.batch_size,
+                norm_stats=list(method.embedding.stats), batch_size=config.batch_size,
                 lr=float(config.opt.lr), seed=config.seed, ema_decay_init=float(o.ema_start),
                 ema_decay=float(o.ema_end), step=step, total_steps=config.total_steps,
                 exported_by="matpac_jax", matpac_jax_config=config.to_json())
@@ -129,7 +123,7 @@ def matpac_checkpoint(method, model, config, step: int | None) -> tuple[dict, li
     sd = torch_state_dict(encoder_layout(enc, "student_encoder.blocks.", "student_encoder.norm."))
     sd["pos_embed"] = sincos_pos_table(enc.grid_f, enc.grid_t, enc.dim)[None].astype(np.float32)
     notes = []
-    stats = _norm_stats(method)
+    stats = method.embedding.stats
     if not np.allclose(stats, MATPAC_NORM):
         sd["norm_stats"] = np.asarray(stats, np.float32)
         notes.append(f"normalisation {stats} differs from MATPAC's {MATPAC_NORM}: written as "

@@ -32,8 +32,18 @@ from matpac_jax import errors
 TRAINABLE = nnx.All(nnx.Param, nnx.PathContains("student"))
 
 
+class _Normalised:
+    @property
+    def stats(self) -> tuple[float, float]:
+        """(mean, std) the features are normalised with: `norm_stats`, or the
+        front end's standard."""
+        from matpac_jax.data import frontends
+
+        return tuple(self.norm_stats or frontends.NORM[self.frontend])
+
+
 @dataclasses.dataclass(frozen=True)
-class InputSpec:
+class InputSpec(_Normalised):
     """What one training example is: front-end features of a crop (`batch['x']`)
     and, for supervised methods, its labels (`batch['y']`, multi-hot over `classes`)."""
 
@@ -45,7 +55,7 @@ class InputSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class EmbeddingSpec:
+class EmbeddingSpec(_Normalised):
     """How `matpac_jax.load` turns `Method.encoder(model)` into embeddings."""
 
     family: str                                 # 'vit' | 'beats': inference.EMBEDDERS

@@ -65,11 +65,11 @@ class Pretrained:
 
 
 def _vit_fields(enc, frontend: str, norm_stats) -> dict[str, Any]:
-    s = enc.stack
-    return {"model.in_freq": enc.in_freq, "model.patch": enc.patch, "model.dim": enc.dim,
-            "model.depth": s.depth, "model.num_heads": s.num_heads,
-            "model.mlp_ratio": float(s.mlp_ratio), "data.frontend": frontend,
-            "data.norm_stats": tuple(float(v) for v in norm_stats)}
+    from matpac_jax.methods.finetune import describe
+
+    arch = describe(enc, "vit")  # max_frames is the crop's (data.crop_frames)
+    return ({f"model.{k}": v for k, v in arch.items() if k != "max_frames"}
+            | {"data.frontend": frontend, "data.norm_stats": tuple(map(float, norm_stats))})
 
 
 def _predictor_fields(p) -> dict[str, Any]:
@@ -127,34 +127,26 @@ def _read_workdir(path: str, config_model) -> Pretrained:
 
     method, model, config = load_workdir(path)
     what = f"{config.method} workdir"
-    if isinstance(method, MaskedLatentMethod):
-        s, t = model.student, model.teacher
-        spec = method.embedding
-        fields = (_vit_fields(s.encoder, spec.frontend, spec.norm_stats
-                              or frontends.NORM[spec.frontend])
-                  | _predictor_fields(s.predictor))
-        parts = {"encoder": s.encoder, "predictor": s.predictor, "teacher": t.stack}
-        if s.head is not None:
-            fields |= _head_fields(s.head)
-            parts |= {"head": s.head, "teacher_head": t.head, "center": model.center[...]}
+    enc, spec = method.encoder(model), method.embedding
+    if spec.family == "vit":  # m2d / matpac, or a fine-tuned ViT (its encoder only)
+        fields = _vit_fields(enc, spec.frontend, spec.stats)
+        parts: dict[str, Any] = {"encoder": enc}
+        if isinstance(method, MaskedLatentMethod):
+            s, t = model.student, model.teacher
+            fields |= _predictor_fields(s.predictor)
+            parts |= {"predictor": s.predictor, "teacher": t.stack}
+            if s.head is not None:
+                fields |= _head_fields(s.head)
+                parts |= {"head": s.head, "teacher_head": t.head, "center": model.center[...]}
         return Pretrained(path, "vit", what, fields, parts)
     if isinstance(method, BeatsMamMethod):
-        enc = method.encoder(model)
         return Pretrained(path, "beats", what, _beats_fields(enc.cfg, config_model),
                           {"encoder": enc, "label_predictor": model.student.predictor})
     if isinstance(method, BeatsTokenizerMethod):
-        tok = method.encoder(model)
-        return Pretrained(path, "beats_tokenizer", what, _beats_fields(tok.cfg, config_model),
-                          {"tokenizer": tok, "estimator": model.student.estimator})
-    enc = method.encoder(model)  # a fine-tuned encoder: its encoder only
-    family = method.embedding.family
-    if family == "vit":
-        spec = method.embedding
-        return Pretrained(path, "vit", what, _vit_fields(enc, spec.frontend, spec.norm_stats
-                                                         or frontends.NORM[spec.frontend]),
-                          {"encoder": enc})
-    enc.predictor = None
-    return Pretrained(path, "beats", what, _beats_fields(enc.cfg, config_model), {"encoder": enc})
+        return Pretrained(path, "beats_tokenizer", what, _beats_fields(enc.cfg, config_model),
+                          {"tokenizer": enc, "estimator": model.student.estimator})
+    return Pretrained(path, "beats", what, _beats_fields(enc.cfg, config_model),
+                      {"encoder": enc})  # a fine-tuned BEATs encoder
 
 
 def _get(config, key):
