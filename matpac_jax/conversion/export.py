@@ -192,6 +192,8 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike,
     from matpac_jax.training import checkpoint as ckpt
 
     checkpoint, out = os.fspath(checkpoint), os.fspath(out)
+    if not epath.Path(checkpoint).exists():
+        raise errors.CheckpointError(f"{checkpoint}: no such training workdir")
     if not epath.Path(checkpoint).is_dir():
         raise errors.CheckpointError(f"{checkpoint}: not a training workdir (official files "
                                      "are already in the official format)")

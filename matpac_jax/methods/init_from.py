@@ -234,7 +234,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str | None = None
     pretrained = read(path, config.model)
     if pretrained.family != TAKES[config.method]:
         raise errors.ConfigError(
-            f"config.init_from={path!r} is a {pretrained.what} ({pretrained.family} family); "
+            f"config.init_from={path!r} ({pretrained.what}, {pretrained.family} family): "
             f"method {config.method!r} takes a {TAKES[config.method]} checkpoint")
     changed = []
     for key, value in pretrained.fields.items():
