@@ -40,5 +40,9 @@ class OutputError(Error, OSError):
     """An output file or folder that cannot be created or written."""
 
 
+class PathError(Error, ValueError):
+    """A path of a scheme the project cannot read or write (it takes local and gs:// paths)."""
+
+
 class LockError(Error, RuntimeError):
     """The workdir is in use by another run."""
