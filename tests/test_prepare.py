@@ -163,7 +163,7 @@ def test_resume_keeps_finished_shards(audio_dir, tmp_path):
     assert shards[1].exists() and not (out / (shards[1].name + ".tmp")).exists()
     assert m2["num_examples"] == m1["num_examples"] and len(m2["skipped"]) == len(m1["skipped"])
     assert len(list(tfrecord.read_records(shards[1]))) == m1["shards"][1]["num_examples"]
-    with pytest.raises(ValueError, match="another front end"):
+    with pytest.raises(ValueError, match="holds shards of another front end"):
         prepare.prepare(str(audio_dir), str(out), "matpac", num_shards=3)
 
 
@@ -177,7 +177,7 @@ def test_worker_split_is_disjoint_and_complete(audio_dir, tmp_path):
     )
     f0, f1 = {s["file"] for s in m0["shards"]}, {s["file"] for s in m1["shards"]}
     assert len(f0) == len(f1) == 2 and not f0 & f1
-    assert (out / "manifest-0-of-2.json").exists() and (out / "manifest-1-of-2.json").exists()
+    assert (out / "manifest-data-0-of-2.json").exists() and (out / "manifest-data-1-of-2.json").exists()
     ids0 = {tfrecord.decode_example(r)["id"] for f in f0 for r in tfrecord.read_records(out / f)}
     ids1 = {tfrecord.decode_example(r)["id"] for f in f1 for r in tfrecord.read_records(out / f)}
     assert not ids0 & ids1 and len(ids0 | ids1) == 8

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
 import numpy as np
 import soundfile as sf
 
-from matpac_jax import errors
+from matpac_jax import errors, storage
 
 
 class AudioDecodeError(errors.AudioError, RuntimeError):
@@ -19,8 +20,8 @@ class AudioDecodeError(errors.AudioError, RuntimeError):
         super().__init__(f"cannot decode audio {self.path}: {reason}")
 
 
-def _read_soundfile(path: str) -> tuple[np.ndarray, int]:
-    wave, sr = sf.read(path, dtype="float32", always_2d=True)
+def _read_soundfile(source) -> tuple[np.ndarray, int]:
+    wave, sr = sf.read(source, dtype="float32", always_2d=True)
     return wave.mean(axis=1), sr
 
 
@@ -44,18 +45,20 @@ def resample(wave: np.ndarray, orig_sr: int, sr: int) -> np.ndarray:
 
 def check_files(paths: list[str], what: str, show: int = 5) -> None:
     """Before any work: raise errors.AudioError listing the first `show` of the
-    files that are missing, empty, or (formats soundfile reads) whose header
-    does not parse, and how many there are. Full decoding is left to
-    `load_audio`, which names a file that still fails."""
+    files that are missing, empty, or (local files of formats soundfile reads)
+    whose header does not parse, and how many there are. Full decoding is left
+    to `load_audio`, which names a file that still fails. gs:// files are
+    checked from one listing of each folder, not one request per file."""
     readable = {f".{fmt.lower()}" for fmt in sf.available_formats()}
+    sizes = _sizes(paths)
     bad = []
     for path in paths:
         path = os.fspath(path)
-        if not os.path.isfile(path):
+        if sizes.get(path) is None:
             bad.append(f"{path} (no such file)")
-        elif os.path.getsize(path) == 0:
+        elif sizes[path] == 0:
             bad.append(f"{path} (empty file)")
-        elif os.path.splitext(path)[1].lower() in readable:
+        elif not storage.is_remote(path) and os.path.splitext(path)[1].lower() in readable:
             try:
                 sf.info(path)
             except Exception as err:
@@ -66,9 +69,31 @@ def check_files(paths: list[str], what: str, show: int = 5) -> None:
                                 f"used: {', '.join(bad[:show])}{more}")
 
 
+def _sizes(paths: list[str]) -> dict[str, int | None]:
+    """Byte size of each path (None: missing)."""
+    remote = sorted({storage.parent(p) for p in map(os.fspath, paths) if storage.is_remote(p)})
+    listed: dict[str, int] = {}
+    for folder in remote:
+        listed.update({k: v["size"] for k, v in storage.find(folder, detail=True).items()})
+    out = {}
+    for p in map(os.fspath, paths):
+        if storage.is_remote(p):
+            out[p] = listed.get(p)
+        else:
+            out[p] = os.path.getsize(p) if os.path.isfile(p) else None
+    return out
+
+
 def load_audio(path: str | os.PathLike, sr: int = 16000) -> np.ndarray:
-    """Decodes any soundfile/audioread format to mono float32 at `sr` Hz."""
-    path = os.fspath(path)
+    """Decodes any soundfile/audioread format (a local or gs:// file) to mono
+    float32 at `sr` Hz."""
+    path = storage.check(path, "audio file")
+    if storage.is_remote(path):
+        try:
+            data = storage.read_bytes(path)
+        except FileNotFoundError:
+            raise AudioDecodeError(path, "no such file") from None
+        return decode(data, path, sr)
     if not os.path.isfile(path):
         raise AudioDecodeError(path, "no such file")
     if os.path.getsize(path) == 0:
@@ -82,8 +107,36 @@ def load_audio(path: str | os.PathLike, sr: int = 16000) -> np.ndarray:
             raise AudioDecodeError(
                 path, f"unreadable ({sf_err}; fallback: {type(err).__name__}: {err})"
             ) from err
+    return _finish(wave, orig_sr, sr, path)
+
+
+def decode(data: bytes, name: str, sr: int = 16000) -> np.ndarray:
+    """An encoded file's bytes (a parquet cell, a tar member, a downloaded
+    object) -> mono float32 at `sr` Hz; `name` is what errors call it (its
+    extension picks the fallback decoder for formats libsndfile lacks)."""
+    if not data:
+        raise AudioDecodeError(name, "empty file")
+    try:
+        wave, orig_sr = _read_soundfile(io.BytesIO(data))
+    except Exception as sf_err:
+        import tempfile
+
+        suffix = os.path.splitext(name.split("#")[0])[1] or ".bin"
+        try:
+            with tempfile.NamedTemporaryFile(suffix=suffix) as f:  # audioread needs a file
+                f.write(data)
+                f.flush()
+                wave, orig_sr = _read_librosa(f.name)
+        except Exception as err:
+            raise AudioDecodeError(
+                name, f"unreadable ({sf_err}; fallback: {type(err).__name__}: {err})"
+            ) from err
+    return _finish(wave, orig_sr, sr, name)
+
+
+def _finish(wave: np.ndarray, orig_sr: int, sr: int, name: str) -> np.ndarray:
     if wave.size == 0:
-        raise AudioDecodeError(path, "no samples")
+        raise AudioDecodeError(name, "no samples")
     if not np.all(np.isfinite(wave)):
-        raise AudioDecodeError(path, "contains NaN or inf samples")
+        raise AudioDecodeError(name, "contains NaN or inf samples")
     return np.ascontiguousarray(resample(wave, orig_sr, sr), dtype=np.float32)

@@ -23,7 +23,7 @@ iterator state, so it survives resume: `data_metrics(iterator)`.
 from __future__ import annotations
 
 import functools
-import glob
+import io
 import json
 import os
 from typing import Any
@@ -32,7 +32,7 @@ import grain
 import numpy as np
 from absl import logging
 
-from matpac_jax import errors
+from matpac_jax import errors, storage
 from matpac_jax.data import frontends
 from matpac_jax.data import tfrecord
 
@@ -42,22 +42,26 @@ _MAX_SKIPS = 64
 
 
 def find_shards(path: str | os.PathLike) -> list[str]:
-    """Shard files of a prepared folder (manifest.json's list when present)."""
-    path = os.fspath(path)
-    if os.path.isfile(path) and path.endswith(".tfrecord"):
+    """Shard files of a prepared folder, local or gs:// (manifest.json's list
+    when present; else every `*.tfrecord` below it)."""
+    path = storage.check(path, "data path")
+    if storage.is_remote(path):
+        path = path.rstrip("/")
+    if path.endswith(".tfrecord") and storage.isfile(path):
         return [path]
-    manifest = os.path.join(path, "manifest.json")
-    if os.path.exists(manifest):
-        with open(manifest, encoding="utf-8") as f:
-            shards = [os.path.join(path, s["file"]) for s in json.load(f)["shards"]]
-        missing = [s for s in shards if not os.path.exists(s)]
+    manifest = storage.join(path, "manifest.json")
+    if storage.exists(manifest):
+        shards = [storage.join(path, s["file"]) for s in storage.read_json(manifest)["shards"]]
+        if storage.is_remote(path):  # one listing, not one request per shard
+            present = set(storage.find(path, (".tfrecord",)))
+            missing = [s for s in shards if s not in present]
+        else:
+            missing = [s for s in shards if not os.path.exists(s)]
         if missing:
             raise errors.DataNotFoundError(
                 f"{manifest} lists shards that do not exist: {missing[:3]}")
     else:
-        shards = sorted(
-            glob.glob(os.path.join(glob.escape(path), "**", "*.tfrecord"), recursive=True)
-        )
+        shards = storage.find(path, (".tfrecord",))
     if not shards:
         raise errors.DataNotFoundError(f"no *.tfrecord shards under {path}")
     return shards
@@ -65,10 +69,9 @@ def find_shards(path: str | os.PathLike) -> list[str]:
 
 def _check_frontend(shards: list[str], frontend: str) -> None:
     """Refuses shards prepared for another front end (manifest or sidecar says)."""
-    for meta in {os.path.join(os.path.dirname(s), "manifest.json") for s in shards}:
-        if os.path.exists(meta):
-            with open(meta, encoding="utf-8") as f:
-                written = json.load(f).get("frontend")
+    for meta in {storage.join(storage.parent(s), "manifest.json") for s in shards}:
+        if storage.exists(meta):
+            written = storage.read_json(meta).get("frontend")
             if written not in (None, frontend):
                 raise errors.DataError(
                     f"{meta}: shards were prepared with frontend {written!r}, "
@@ -83,13 +86,14 @@ def load_index(path: str, skip_corrupt: bool = False) -> np.ndarray:
     `skip_corrupt` becomes a row that fails when read (skipped and counted like
     a bad payload); the old cache, if it still ends at the file's end, says where
     the next record starts."""
+    if storage.is_remote(path):
+        return load_indexes([path], skip_corrupt)[0]
     cache = path + ".index.npy"
     size = os.path.getsize(path)
     hint = None
     if os.path.exists(cache):
         index = np.load(cache)
-        end = int(index[-1, 0] + index[-1, 1] + 16) if len(index) else 0
-        if end == size:
+        if _ends_at(index, size):
             if os.path.getmtime(cache) >= os.path.getmtime(path):
                 return index
             hint = index[:, 0]
@@ -99,6 +103,36 @@ def load_index(path: str, skip_corrupt: bool = False) -> np.ndarray:
     except OSError:
         pass  # Read-only shard folder: rebuild next time.
     return index
+
+
+def _ends_at(index: np.ndarray, size: int) -> bool:
+    return (int(index[-1, 0] + index[-1, 1] + 16) if len(index) else 0) == size
+
+
+def load_indexes(paths: list[str], skip_corrupt: bool = False) -> list[np.ndarray]:
+    """`load_index` of every shard; on gs:// the caches are fetched concurrently
+    and sizes come from one listing per folder (objects are replaced whole, so
+    a cache that still ends at the shard's end is current)."""
+    if not paths or not storage.is_remote(paths[0]):
+        return [load_index(p, skip_corrupt) for p in paths]
+    sizes: dict[str, int] = {}
+    for folder in sorted({storage.parent(p) for p in paths}):
+        sizes.update({k: v["size"] for k, v in storage.find(folder, detail=True).items()})
+    caches = storage.read_many([p + ".index.npy" for p in paths])
+    out = []
+    for path, cached in zip(paths, caches):
+        index = None if isinstance(cached, Exception) else np.load(io.BytesIO(cached))
+        if index is None or not _ends_at(index, sizes[path]):
+            hint = None if index is None else index[:, 0]
+            index = tfrecord.build_index(path, resync=skip_corrupt, hint=hint)
+            buf = io.BytesIO()
+            np.save(buf, index)
+            try:
+                storage.write_bytes(path + ".index.npy", buf.getvalue())
+            except Exception:  # read-only bucket: rebuilt next time
+                pass
+        out.append(index)
+    return out
 
 
 _VERIFY_MODES = {
@@ -111,7 +145,8 @@ _VERIFY_MODES = {
 
 
 class ShardSource:
-    """grain random-access source: record i of the concatenated shards, via os.pread.
+    """grain random-access source: record i of the concatenated shards, read
+    with os.pread locally and with concurrent ranged reads on gs://.
 
     verify_crc: 'once' (default) checks the payload CRC32C of a record on its
     first read in this process and remembers it in a bitmap over the global
@@ -120,6 +155,10 @@ class ShardSource:
     (the length CRC and the framing are always checked). `crc_checks` counts the
     payload checks done by this process. `corrupt_records='skip'`: a damaged
     record header does not stop the indexing (`load_index`).
+
+    `read_many` fetches a batch's records at once: on gs:// one ranged GET per
+    record, `storage.READ_CONCURRENCY` in flight (a record is read exactly:
+    its neighbours belong to other batches under the global shuffle).
     """
 
     def __init__(self, paths: list[str], verify_crc: bool | str = "once",
@@ -130,8 +169,9 @@ class ShardSource:
                 f"got {verify_crc!r}"
             )
         self.paths = list(paths)
+        self.remote = bool(self.paths) and storage.is_remote(self.paths[0])
         self.verify_crc = _VERIFY_MODES[verify_crc]
-        indexes = [load_index(p, corrupt_records == "skip") for p in self.paths]
+        indexes = load_indexes(self.paths, corrupt_records == "skip")
         self._file = np.concatenate(
             [np.full(len(ix), k, np.int32) for k, ix in enumerate(indexes)]
             or [np.zeros(0, np.int32)]
@@ -150,19 +190,59 @@ class ShardSource:
             fd = self._fds.setdefault(k, os.open(self.paths[k], os.O_RDONLY))
         return fd
 
-    def read(self, i: int) -> tuple[bytes, str, int]:
-        """(payload, shard path, byte offset) of record i, checked per verify_crc."""
+    def _where(self, i: int) -> tuple[str, int, int, bool]:
+        """(shard, offset, length, whether to check the payload CRC now) of record i."""
         k = int(self._file[i])
         offset, length = (int(v) for v in self._index[i])
-        path = self.paths[k]
         mode = self.verify_crc
-        verify = mode == "always" or (mode == "once" and not self._verified[i])
-        data = tfrecord.read_record_at(self._fd(k), offset, length, verify, name=path)
+        return (self.paths[k], offset, length,
+                mode == "always" or (mode == "once" and not self._verified[i]))
+
+    def _checked(self, i: int, verify: bool) -> None:
         if verify:
             self.crc_checks += 1
-            if mode == "once":  # Set only after the check passed; a race just checks twice.
+            if self.verify_crc == "once":  # Set only after the check passed; a race checks twice.
                 self._verified[i] = True
+
+    def read(self, i: int) -> tuple[bytes, str, int]:
+        """(payload, shard path, byte offset) of record i, checked per verify_crc."""
+        if self.remote:
+            result = self.read_many([i])[0]
+            if isinstance(result, Exception):
+                raise result
+            return result
+        path, offset, length, verify = self._where(i)
+        data = tfrecord.read_record_at(self._fd(int(self._file[i])), offset, length, verify,
+                                       name=path)
+        self._checked(i, verify)
         return data, path, offset
+
+    def read_many(self, records) -> list[tuple[bytes, str, int] | tfrecord.CorruptRecordError]:
+        """`read` of each record, a corrupt one as its error (in the list, not raised)."""
+        if not self.remote:
+            out = []
+            for i in records:
+                try:
+                    out.append(self.read(int(i)))
+                except tfrecord.CorruptRecordError as err:
+                    out.append(err)
+            return out
+        where = [self._where(int(i)) for i in records]
+        fs = storage.filesystem(self.paths[0])
+        bufs = fs.cat_ranges([w[0] for w in where], [w[1] for w in where],
+                             [w[1] + 16 + w[2] for w in where], on_error="return",
+                             batch_size=storage.READ_CONCURRENCY)
+        out = []
+        for i, (path, offset, length, verify), buf in zip(records, where, bufs):
+            try:
+                if isinstance(buf, Exception):
+                    raise tfrecord.CorruptRecordError(path, offset, f"unreadable: {buf!r}")
+                data = tfrecord.parse_framed(buf, path, offset, length, verify)
+                self._checked(int(i), verify)
+                out.append((data, path, offset))
+            except tfrecord.CorruptRecordError as err:
+                out.append(err)
+        return out
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         data, path, offset = self.read(i)
@@ -295,14 +375,18 @@ class CropNormalize:
         y[[self.classes[c] for c in names]] = 1.0
         return y
 
-    def _read(self, source: ShardSource, i: int) -> tuple[np.ndarray, dict, int]:
-        """(logmel, example, corrupt records skipped) for record i; with
-        skip_corrupt, a corrupt record's slot takes the next intact record in
-        file order (the batch keeps its shape and the iterator its state)."""
+    def _read(self, source: ShardSource, i: int, first=None) -> tuple[np.ndarray, dict, int]:
+        """(logmel, example, corrupt records skipped) for record i (`first`: its
+        `read_many` result, if fetched already); with skip_corrupt, a corrupt
+        record's slot takes the next intact record in file order (the batch
+        keeps its shape and the iterator its state)."""
         for skipped in range(_MAX_SKIPS):
             k = (i + skipped) % len(source)
             try:
-                data, path, offset = source.read(k)
+                got = first if skipped == 0 and first is not None else source.read(k)
+                if isinstance(got, Exception):
+                    raise got
+                data, path, offset = got
                 try:
                     element = tfrecord.decode_example(data)
                     x = element["logmel"]
@@ -329,8 +413,9 @@ class CropNormalize:
         out = None
         ids, ys, n = [], [], 0
         skipped = np.zeros(len(records), np.int32)
+        fetched = source.read_many(records)
         for j, i in enumerate(records):
-            x, element, skips = self._read(source, int(i))
+            x, element, skips = self._read(source, int(i), fetched[j])
             skipped[n] += skips  # a dropped short clip hands its count on to the next row
             t = x.shape[self.time_axis]
             if t < self.crop and self.short_clips == "drop":
@@ -383,17 +468,24 @@ def split_labels(label: str | None) -> list[str]:
 def record_labels(shards: list[str]) -> list[list[str]]:
     """Labels of every record, in loader order, from the shard sidecars that
     `prepare` writes (no record is read); shards without them are decoded."""
+    return [split_labels(v) for v in _record_field(shards, "labels", "label")]
+
+
+def record_ids(shards: list[str]) -> list[str]:
+    """Clip id of every record, in loader order (sidecars, else the records)."""
+    return _record_field(shards, "ids", "id")
+
+
+def _record_field(shards: list[str], sidecar_key: str, record_key: str) -> list:
+    """One field per record: the sidecars' list `sidecar_key` (fetched
+    concurrently on gs://), else `record_key` of each decoded record."""
     out = []
-    for path in shards:
-        side = path + ".json"
-        info = {}
-        if os.path.exists(side):
-            with open(side, encoding="utf-8") as f:
-                info = json.load(f)
-        if "labels" in info:
-            out.extend(split_labels(label) for label in info["labels"])
+    for path, side in zip(shards, storage.read_many([p + ".json" for p in shards])):
+        info = {} if isinstance(side, Exception) else json.loads(side)
+        if sidecar_key in info:
+            out.extend(info[sidecar_key])
         else:
-            out.extend(split_labels(tfrecord.decode_example(r).get("label"))
+            out.extend(tfrecord.decode_example(r).get(record_key)
                        for r in tfrecord.read_records(path))
     return out
 

@@ -21,7 +21,7 @@ import numpy as np
 # restore under load.
 from tensorflow_datasets.proto import tf_example_pb2
 
-from matpac_jax import errors
+from matpac_jax import errors, storage
 
 _MASK_DELTA = 0xA282EAD8
 
@@ -57,32 +57,32 @@ def frame_record(data: bytes) -> bytes:
 
 
 class TFRecordWriter:
-    """Writes `path + '.tmp'` and renames it on close: a partial shard never looks done."""
+    """Writes a shard that never looks done half-written (`storage.atomic_write`:
+    `path + '.tmp'` renamed on close locally; on gs:// the object appears on close)."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = os.fspath(path)
-        self._tmp = self.path + ".tmp"
-        self._f = open(self._tmp, "wb")
+        self.path = storage.check(path, "shard")
+        self._writing = storage.atomic_write(self.path, "wb")
+        self._f = self._writing.__enter__()
+        self._end = 0
         self.offsets: list[tuple[int, int]] = []
 
     def write(self, data: bytes) -> None:
-        self.offsets.append((self._f.tell(), len(data)))
-        self._f.write(frame_record(data))
+        self.offsets.append((self._end, len(data)))
+        record = frame_record(data)
+        self._f.write(record)
+        self._end += len(record)
 
     def close(self) -> None:
-        if self._f.closed:
-            return
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        os.replace(self._tmp, self.path)
+        if self._writing is not None:
+            self._writing.__exit__(None, None, None)
+            self._writing = None
 
     def abort(self) -> None:
         """Drops the partial file (on error)."""
-        if not self._f.closed:
-            self._f.close()
-        if os.path.exists(self._tmp):
-            os.remove(self._tmp)
+        if self._writing is not None:
+            self._writing.__exit__(RuntimeError, RuntimeError("aborted"), None)
+            self._writing = None
 
     def __enter__(self) -> "TFRecordWriter":
         return self
@@ -120,9 +120,9 @@ def _check_payload(path: str, offset: int, length: int, body: bytes, verify: boo
 
 
 def read_records(path: str | os.PathLike, verify: bool = True) -> Iterator[bytes]:
-    """Yields every record of a file in order, checking both CRCs."""
-    path = os.fspath(path)
-    with open(path, "rb") as f:
+    """Yields every record of a file (local or gs://) in order, checking both CRCs."""
+    path = storage.check(path, "TFRecord file")
+    with storage.open_file(path, "rb") as f:
         offset = 0
         while True:
             header = f.read(12)
@@ -142,30 +142,33 @@ def build_index(path: str | os.PathLike, resync: bool = False,
     intact record instead (reading that row fails, naming its offset), so the
     records after it stay readable. `hint`: record offsets known before the
     damage (the shard's `.index.npy`), tried before scanning byte by byte."""
-    path = os.fspath(path)
-    size = os.path.getsize(path)
+    name = storage.check(path, "shard")
+    # Headers are scattered through the file: a gs:// shard is read whole once.
+    with storage.local_file(name) as local, open(local, "rb") as f:
+        return _index(f.fileno(), os.path.getsize(local), name, resync, hint)
+
+
+def _index(fd: int, size: int, path: str, resync: bool, hint: np.ndarray | None) -> np.ndarray:
     rows = []
-    with open(path, "rb") as f:
-        fd = f.fileno()
-        offset = 0
-        while offset < size:
-            try:
-                length = _check_header(path, offset, os.pread(fd, 12, offset))
-                if offset + 16 + length > size:
-                    raise CorruptRecordError(
-                        path,
-                        offset,
-                        f"truncated record (needs {16 + length} bytes, file has {size - offset})",
-                    )
-            except CorruptRecordError:
-                if not resync:
-                    raise
-                end = _next_intact(fd, offset, size, hint)
-                rows.append((offset, end - offset - 16))  # 16 + length spans the damage
-                offset = end
-                continue
-            rows.append((offset, length))
-            offset += 16 + length
+    offset = 0
+    while offset < size:
+        try:
+            length = _check_header(path, offset, os.pread(fd, 12, offset))
+            if offset + 16 + length > size:
+                raise CorruptRecordError(
+                    path,
+                    offset,
+                    f"truncated record (needs {16 + length} bytes, file has {size - offset})",
+                )
+        except CorruptRecordError:
+            if not resync:
+                raise
+            end = _next_intact(fd, offset, size, hint)
+            rows.append((offset, end - offset - 16))  # 16 + length spans the damage
+            offset = end
+            continue
+        rows.append((offset, length))
+        offset += 16 + length
     return np.asarray(rows, np.int64).reshape(-1, 2)
 
 
@@ -218,10 +221,18 @@ def read_record_at(
 
 
 def _pread_record(fd: int, offset: int, length: int, verify: bool, name: str) -> bytes:
-    buf = os.pread(fd, 16 + length, offset)
+    return parse_framed(os.pread(fd, 16 + length, offset), name, offset, length, verify,
+                        lambda: os.fstat(fd).st_size)
+
+
+def parse_framed(buf: bytes, name: str, offset: int, length: int, verify: bool,
+                 file_size=None) -> bytes:
+    """The payload of one framed record read from `offset` (header, data, CRC),
+    checked against the index's `length`; `file_size()` (if given) tells a
+    truncated file from a stale index."""
     actual = _check_header(name, offset, buf[:12])
     if actual != length:
-        left = os.fstat(fd).st_size - offset
+        left = file_size() - offset if file_size else len(buf)
         raise CorruptRecordError(name, offset, f"truncated record (needs {16 + actual} bytes, "
                                  f"file has {left})" if 16 + actual > left else
                                  "length differs from the index (stale index?)")
