@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from matpac_jax import errors
+from matpac_jax import errors, storage
 
 TRACEBACK_ENV = "MATPAC_JAX_TRACEBACK"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -140,7 +140,8 @@ def check_positional(flag_values: flags.FlagValues, argv: Sequence[str], rest: S
 
 
 def run(main, argv: Sequence[str] | None = None) -> int:
-    """`main(argv)`'s exit code; an `errors.Error` becomes `error: <message>` and 1.
+    """`main(argv)`'s exit code; an `errors.Error` becomes `error: <message>`
+    and 1 (a preemption: `preempted: <message>` and 75, `errors.Preempted`).
     Orbax's harmless tracebacks after a failed save or restore stay off stderr
     (`_AbandonedOrbaxWork`), so that line is the last."""
     _drop_abandoned_orbax_work()
@@ -150,8 +151,8 @@ def run(main, argv: Sequence[str] | None = None) -> int:
         if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
             raise
         message = " ".join(str(e).split("\n"))
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        return 1
+        print(f"{e.prefix}: {message}", file=sys.stderr, flush=True)
+        return e.exit_code
 
 
 class _AbandonedOrbaxWork:
@@ -244,7 +245,10 @@ def floats(flag_values: flags.FlagValues, name: str) -> list[float]:
 
 def output_folder(path: str) -> str:
     """Create the folder a command will write `path` into, before the work
-    starts; errors.OutputError if it cannot be created or written."""
+    starts; errors.OutputError if it cannot be created or written. A gs://
+    path needs no folder (its scheme is checked: `errors.PathError`)."""
+    if storage.is_remote(storage.check(path, "--out")):
+        return path
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)

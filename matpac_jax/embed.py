@@ -10,7 +10,7 @@ import sys
 import numpy as np
 from absl import flags
 
-from matpac_jax import cli
+from matpac_jax import cli, storage
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("checkpoint", None, "official M2D/MATPAC/BEATs .pt/.pth file or a "
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     embedder = load(FLAGS.checkpoint, batch_size=FLAGS.batch_size, freq_tokens=FLAGS.freq_tokens)
     clip = embedder.clip_embeddings(audio)
-    np.savez(FLAGS.out, clip=clip.astype(np.float32), files=np.asarray(audio))
+    storage.write_npz(FLAGS.out, clip=clip.astype(np.float32), files=np.asarray(audio))
     print(f"wrote {FLAGS.out}: clip {clip.shape} from {len(audio)} files", file=sys.stderr)
     return 0
 

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 
 class Error(Exception):
-    """Base of every expected error; `str(err)` is the whole message."""
+    """Base of every expected error; `str(err)` is the whole message, which
+    `cli.run` prints after `prefix` and then exits with `exit_code`."""
+
+    prefix = "error"
+    exit_code = 1
 
 
 class ConfigError(Error, ValueError):
@@ -46,3 +50,13 @@ class PathError(Error, ValueError):
 
 class LockError(Error, RuntimeError):
     """The workdir is in use by another run."""
+
+
+class Preempted(Error):
+    """The run saved a checkpoint on SIGTERM (a preempted TPU VM, a SLURM
+    preemption) and stopped before its last step. Exit status 75 (EX_TEMPFAIL:
+    try again): launch/ scripts and SLURM re-run on it; re-running the same
+    command resumes. Never a result: nothing final is written."""
+
+    prefix = "preempted"
+    exit_code = 75

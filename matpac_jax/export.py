@@ -2,7 +2,7 @@
 
     python -m matpac_jax.export --checkpoint=WORKDIR --out=FILE.pt [--step=N]
 
-M2D runs become `{'model', 'epoch', 'args'}` (in a folder named as M2D's
+M2D runs become `{'model', 'epoch', 'args'}` (a note names the folder M2D's
 runtime needs), MATPAC / MATPAC++ runs the flat `student_encoder.` file,
 BEATs iterations and tokenizers `{'cfg', 'model'}`. No torch is needed to
 write them; PyTorch reads them with `torch.load(FILE, weights_only=True)`,

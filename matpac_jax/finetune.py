@@ -26,7 +26,6 @@ the table instead).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -36,12 +35,15 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from matpac_jax import cli, errors
+from matpac_jax import cli, errors, storage
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 RECIPE = os.path.join(CONFIGS, "finetune_esc50.py")  # without --config
 PROG = "python -m matpac_jax.finetune"
 SPLITS = ("train", "valid", "test")
+# A shard task without valid/ (AudioSet): valid = min(10 %, 5000 clips) of
+# train, picked by clip id (loader.held_out, seed 0), the same on every run.
+VALID_FRACTION, VALID_CLIPS = 0.1, 5000
 
 
 # -- the task as shards ------------------------------------------------------
@@ -53,11 +55,11 @@ def task_shards(task_dir: str, data_dir: str, frontend: str, write: bool = True
     shards are kept; `write=False`: only read the task); a folder of prepared
     splits is used as it is."""
     from matpac_jax.data import prepare
-    from matpac_jax.data.loader import record_labels, find_shards
+    from matpac_jax.data.loader import find_shards, record_ids, record_labels
     from matpac_jax.evaluation import linear_probe as lp
 
-    name = os.path.basename(os.path.normpath(task_dir))
-    if os.path.exists(os.path.join(task_dir, "meta.csv")):
+    name = os.path.basename(os.path.normpath(task_dir.rstrip("/")))
+    if storage.exists(storage.join(task_dir, "meta.csv")):
         task = lp.load_task(task_dir)
         split = task.split.copy()
         if not (split == "valid").any():
@@ -68,35 +70,47 @@ def task_shards(task_dir: str, data_dir: str, frontend: str, write: bool = True
         for s in SPLITS:
             clips = [prepare.Clip(f, os.path.relpath(f, task_dir), ";".join(ls))
                      for f, ls, sp in zip(task.files, task.labels, split) if sp == s]
-            out = os.path.join(data_dir, s)
+            out = storage.join(data_dir, s)
             if write:
                 prepare.prepare(task_dir, out, frontend, name=s, clips=clips)
             splits[s] = out
-        return dict(name=name, splits=splits, classes=task.classes, multilabel=task.multilabel)
-    splits = {s: os.path.join(task_dir, s) for s in SPLITS}
-    missing = [s for s, p in splits.items() if not os.path.isdir(p)]
-    if missing:
+        return dict(name=name, splits=splits, classes=task.classes, multilabel=task.multilabel,
+                    holdout=0.0)
+    splits = {s: storage.join(task_dir, s) for s in SPLITS}
+    missing = [s for s, p in splits.items() if not storage.isdir(p)]
+    holdout = 0.0
+    if missing == ["valid"]:  # AudioSet has none: carve it from train
+        train = find_shards(splits["train"])
+        holdout = min(VALID_FRACTION, VALID_CLIPS / max(1, len(record_ids(train))))
+        splits["valid"] = splits["train"]
+    elif missing:
         raise errors.TaskFileError(f"--task {task_dir}: no meta.csv, and no {missing} shard "
                                    f"folder(s) (python -m matpac_jax.data.prepare --labels=...)")
     labels = record_labels(find_shards(splits["train"]))
     if not any(labels):
         raise errors.TaskFileError(f"{splits['train']}: the shards carry no labels "
                                    "(python -m matpac_jax.data.prepare --labels=CSV)")
-    classes = sorted({c for ls in labels for c in ls})
-    return dict(name=name, splits=splits, classes=classes,
+    manifest = storage.join(splits["train"], "manifest.json")
+    listed = storage.read_json(manifest).get("classes") if storage.exists(manifest) else None
+    classes = listed or sorted({c for ls in labels for c in ls})
+    return dict(name=name, splits=splits, classes=classes, holdout=holdout,
                 multilabel=any(len(ls) != 1 for ls in labels))
 
 
-def labelled_records(folder: str, frontend: str) -> Iterator[tuple[np.ndarray, list[str]]]:
-    """(features (front-end layout, float32, not normalised), labels) of each record."""
+def labelled_records(folder: str, frontend: str, holdout: float = 0.0
+                     ) -> Iterator[tuple[np.ndarray, list[str]]]:
+    """(features (front-end layout, float32, not normalised), labels) of each
+    record; with `holdout`, only the records the loader's holdout leaves out."""
     from matpac_jax.data import tfrecord
-    from matpac_jax.data.loader import _check_frontend, find_shards, split_labels
+    from matpac_jax.data.loader import _check_frontend, find_shards, held_out, split_labels
 
     shards = find_shards(folder)
     _check_frontend(shards, frontend)
     for path in shards:
         for data in tfrecord.read_records(path):
             ex = tfrecord.decode_example(data)
+            if holdout and not held_out([ex["id"]], holdout)[0]:
+                continue
             yield ex["logmel"].astype(np.float32), split_labels(ex.get("label"))
 
 
@@ -198,11 +212,10 @@ class BestKeeper:
 
     def __init__(self, workdir: str):
         self.workdir = workdir
-        self.path = os.path.join(workdir, "valid_scores.json")
+        self.path = storage.join(workdir, "valid_scores.json")
         self.record = {"scores": {}, "best_step": None}
-        if os.path.exists(self.path):
-            with open(self.path, encoding="utf-8") as f:
-                self.record = json.load(f)
+        if storage.exists(self.path):
+            self.record = storage.read_json(self.path)
 
     def update(self, step: int, score: float, model) -> bool:
         import orbax.checkpoint as ocp
@@ -213,22 +226,16 @@ class BestKeeper:
         improved = best is None or score > scores[str(best)]
         scores[str(step)] = score
         if improved:
-            folder = os.path.join(self.workdir, f"best_{step}")
             with ocp.StandardCheckpointer() as ck:
-                ck.save(folder, nnx.state(model), force=True)
+                ck.save(storage.path(self._best(step)), nnx.state(model), force=True)
             self.record["best_step"] = step
-        self._write()
+        storage.write_json(self.path, self.record)
         if improved and old is not None and old != step:
-            import shutil
-
-            shutil.rmtree(os.path.join(self.workdir, f"best_{old}"), ignore_errors=True)
+            storage.remove(self._best(old), recursive=True)
         return improved
 
-    def _write(self) -> None:
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.record, f, indent=1)
-        os.replace(tmp, self.path)
+    def _best(self, step: int) -> str:
+        return storage.join(self.workdir, f"best_{step}")
 
     def restore(self, model) -> int:
         """Load the best step's weights into `model`; returns that step."""
@@ -244,7 +251,7 @@ class BestKeeper:
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                                 nnx.state(model))
         with ocp.StandardCheckpointer() as ck:
-            nnx.update(model, ck.restore(os.path.join(self.workdir, f"best_{step}"), abstract))
+            nnx.update(model, ck.restore(storage.path(self._best(step)), abstract))
         return step
 
 
@@ -284,8 +291,7 @@ def run(config, checkpoint: str, task_dir: str, workdir: str,
 
     config = copy.deepcopy(config)
     config.unlock()
-    config.finetune.checkpoint = os.path.abspath(checkpoint) if os.path.exists(checkpoint) \
-        else checkpoint
+    config.finetune.checkpoint = storage.absolute(checkpoint)
     arch, pretrained = ft_method.pretrained_encoder(config.finetune.checkpoint)
     config.data.frontend = arch["frontend"]
     enc = arch["encoder"]
@@ -295,26 +301,32 @@ def run(config, checkpoint: str, task_dir: str, workdir: str,
               f"{enc['max_frames']}-frame position table: training and scoring {crop}-frame "
               "crops", file=sys.stderr)
         config.data.crop_frames = crop  # the table as it is (M2D would interpolate it)
-    data_dir = os.path.join(workdir, "data")
+    data_dir = storage.join(workdir, "data")
     task = task_shards(task_dir, data_dir, arch["frontend"], write=False)
     config.finetune.classes = tuple(task["classes"])
+    config.data.holdout = task["holdout"]
+    if task["holdout"]:
+        print(f"{task_dir} has no valid split: scoring checkpoints on the clips whose "
+              f"held_out(id, seed 0) falls in the lowest {task['holdout']:.4%} of train "
+              "(loader.held_out; training never sees them)", file=sys.stderr)
     config.finetune.multilabel = bool(task["multilabel"] or config.finetune.multilabel)
     config.data.path = task["splits"]["train"]
     for seed in seeds:  # before any file is written
-        check_resumable(os.path.join(workdir, f"seed_{seed}"), config)
+        check_resumable(storage.join(workdir, f"seed_{seed}"), config)
     task_shards(task_dir, data_dir, arch["frontend"])
     results = {"valid": [], "test": [], "best_step": []}
     for seed in seeds:
         cfg = copy.deepcopy(config)
         cfg.seed = seed
-        wd = os.path.join(workdir, f"seed_{seed}")
+        wd = storage.join(workdir, f"seed_{seed}")
         method = ft_method.FinetuneMethod(cfg, arch, pretrained)
         scorer = Scorer(method, cfg.finetune.eval_batch)
         keeper = BestKeeper(wd)
         valid = task["splits"]["valid"]
 
         def evaluate(step, model, keeper=keeper, scorer=scorer):
-            logits, labels = scorer(model, labelled_records(valid, arch["frontend"]))
+            logits, labels = scorer(model, labelled_records(valid, arch["frontend"],
+                                                            task["holdout"]))
             score = metric(logits, labels, task["classes"], cfg.finetune.multilabel)
             keeper.update(step, score, model)
             return {"valid/" + _metric_name(cfg): score}
@@ -383,8 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"checkpoint": FLAGS.checkpoint, "config": FLAGS["config"].config_filename,
            "protocol": "fine-tuned end to end; checkpoint picked on valid, test scored once",
            "tasks": results}
-    with open(FLAGS.out, "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=2)
+    storage.write_json(FLAGS.out, out, indent=2)
     from matpac_jax.evaluate import format_table
 
     print(format_table(results))

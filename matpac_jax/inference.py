@@ -45,9 +45,9 @@ from typing import Any, Callable, ClassVar, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from etils import epath
 from flax import nnx
 
+from matpac_jax import storage
 from matpac_jax.conversion import torch_pickle
 from matpac_jax.data import frontends
 
@@ -273,7 +273,7 @@ def load(path_or_obj: str | os.PathLike | dict, *, batch_size: int = 16,
     Official files are converted to `dtype`; a workdir's model keeps the
     compute dtype it was trained with.
     """
-    if isinstance(path_or_obj, (str, os.PathLike)) and epath.Path(path_or_obj).is_dir():
+    if isinstance(path_or_obj, (str, os.PathLike)) and storage.isdir(path_or_obj):
         from matpac_jax import methods
 
         method, model, _ = methods.load_workdir(os.fspath(path_or_obj))

@@ -52,7 +52,7 @@ import time  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from matpac_jax import cli, errors  # noqa: E402
+from matpac_jax import cli, errors, storage  # noqa: E402
 from matpac_jax.training import hlo_stats, targets, xla_flags  # noqa: E402
 
 xla_flags.apply_defaults()
@@ -76,13 +76,13 @@ def plan_method(config):
                                  f"{sorted(methods.METHODS)}")
     if config.method == "finetune" and config.finetune.classes == ("",):
         config.finetune.classes = tuple(f"class_{i}" for i in range(527))  # AudioSet's
-    here = lambda key: bool(config.get(key)) and os.path.exists(config[key])
+    here = lambda key: bool(config.get(key)) and storage.exists(config[key])
     beats_cfg = lambda: dataclasses.asdict(BEATsConfig.from_dict(config.model.to_dict()))
     if config.method == "beats_mam" and not here("tokenizer_checkpoint"):
         arch = {"tokenizer": beats_cfg()} if config.tokenizer_checkpoint else {}
     elif config.method == "beats_tokenizer" and not here("teacher_checkpoint"):
         arch = {"teacher": beats_cfg()}
-    elif config.method == "finetune" and not os.path.exists(config.finetune.checkpoint):
+    elif config.method == "finetune" and not storage.exists(config.finetune.checkpoint):
         arch = _finetune_architecture(config)
     else:
         arch = None

@@ -171,6 +171,15 @@ def find(root: str | os.PathLike, suffixes: tuple[str, ...] | None = None,
     return {k: items[k] for k in keep} if detail else keep
 
 
+def listdir(p: str | os.PathLike) -> list[str]:
+    """The paths directly inside a folder, sorted."""
+    p = check(p)
+    if is_remote(p):
+        return sorted(f"gs://{x}" for x in filesystem(p).ls(p, detail=False)
+                      if f"gs://{x}".rstrip("/") != p.rstrip("/"))
+    return [os.path.join(p, n) for n in sorted(os.listdir(p))]
+
+
 def glob(pattern: str) -> list[str]:
     pattern = check(pattern)
     if is_remote(pattern):
@@ -285,6 +294,17 @@ def write_text(p: str | os.PathLike, text: str) -> None:
 
 def write_json(p: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
     write_text(p, json.dumps(obj, indent=indent))
+
+
+def write_npz(p: str | os.PathLike, **arrays) -> None:
+    """np.savez to a local or gs:// path (whole, atomically)."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_bytes(p, buf.getvalue())
 
 
 def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from matpac_jax import cli
+from matpac_jax import cli, storage
 from matpac_jax.data.audio import load_audio
 from matpac_jax.data.frontends import beats_fbank, normalize
 from matpac_jax.methods.beats import load_pretrained
@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     labels, lengths = tokenize_files(model, audio)
-    np.savez(FLAGS.out, labels=labels, lengths=lengths, files=np.array(audio))
+    storage.write_npz(FLAGS.out, labels=labels, lengths=lengths, files=np.array(audio))
     print(f"{len(audio)} files, {labels.size} labels -> {FLAGS.out}")
     return 0
 

@@ -46,3 +46,28 @@ def datasets_dir() -> pathlib.Path:
     if not DATASETS.exists():
         pytest.skip(f"real-audio datasets not found at {DATASETS}")
     return DATASETS
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """A real GCS server (fake-gcs-server, the `dev` extra) on localhost for the
+    session; STORAGE_EMULATOR_HOST points every gs:// path of this process and
+    of the subprocesses it starts at it."""
+    from benchmarks import gcs_emulator
+
+    url, proc = gcs_emulator.start()
+    yield url
+    proc.terminate()
+    proc.wait()
+
+
+@pytest.fixture()
+def gcs_bucket(gcs_server, request) -> str:
+    """gs://<a new bucket for this test>."""
+    import re
+    import uuid
+
+    from benchmarks import gcs_emulator
+
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
+    return gcs_emulator.make_bucket(f"{name}-{uuid.uuid4().hex[:8]}")

@@ -75,10 +75,16 @@ def test_exported_file_gives_the_workdirs_embeddings(exported, name):
                                rtol=1e-5, atol=1e-6)
 
 
-def test_m2d_export_goes_into_the_folder_m2ds_runtime_parses(exported):
-    path = exported["m2d_checkpoint-300.pth"][1].path
-    assert pathlib.Path(path).parent.name == "m2d_vit_base-80x192p16x16"
-    assert any("folder name" in n for n in exported["m2d_checkpoint-300.pth"][1].notes)
+def test_export_writes_the_path_given_and_names_m2ds_folder(exported, tmp_path):
+    done = exported["m2d_checkpoint-300.pth"][1]
+    assert pathlib.Path(done.path).name == "m2d_checkpoint-300.pth"
+    assert pathlib.Path(done.path).parent.name == "out" and os.path.isfile(done.path)
+    assert any("folder named m2d_vit_base-80x192p16x16/" in n for n in done.notes)
+    # In a folder already named as M2D's runtime parses it: no note.
+    again = export.export(exported["m2d_checkpoint-300.pth"][0],
+                          tmp_path / "m2d_vit_base-80x192p16x16" / "checkpoint-0.pth")
+    assert again.path == str(tmp_path / "m2d_vit_base-80x192p16x16" / "checkpoint-0.pth")
+    assert not any("folder named" in n for n in again.notes)
 
 
 def test_export_cli(exported, tmp_path):

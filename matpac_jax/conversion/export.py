@@ -30,9 +30,8 @@ import os
 import re
 
 import numpy as np
-from etils import epath
 
-from matpac_jax import errors
+from matpac_jax import errors, storage
 from matpac_jax.conversion import torch_save
 from matpac_jax.conversion.layout import torch_state_dict
 from matpac_jax.models.vit import sincos_pos_table
@@ -185,16 +184,17 @@ def official_checkpoint(method, model, config, step: int | None = None) -> tuple
 
 def export(checkpoint: str | os.PathLike, out: str | os.PathLike,
            step: int | None = None) -> Exported:
-    """Write the workdir `checkpoint` (newest intact step, or `step`) to `out`
-    in its method's official format. For M2D, `out` moves into a folder named
-    as M2D's runtime needs unless its parent folder already says the geometry."""
+    """Write the workdir `checkpoint` (newest intact step, or `step`) to
+    exactly `out` in its method's official format. For M2D, a note names the
+    folder M2D's runtime needs when `out`'s parent does not say the geometry."""
     from matpac_jax import methods
     from matpac_jax.training import checkpoint as ckpt
 
-    checkpoint, out = os.fspath(checkpoint), os.fspath(out)
-    if not epath.Path(checkpoint).exists():
+    checkpoint = storage.check(checkpoint, "--checkpoint")
+    out = storage.check(out, "--out")
+    if not storage.exists(checkpoint):
         raise errors.CheckpointError(f"{checkpoint}: no such training workdir")
-    if not epath.Path(checkpoint).is_dir():
+    if not storage.isdir(checkpoint):
         raise errors.CheckpointError(f"{checkpoint}: not a training workdir (official files "
                                      "are already in the official format)")
 
@@ -206,11 +206,10 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike,
     obj, notes = official_checkpoint(method, model, config, found_step)
     if config.method == "m2d":
         enc = model.student.encoder
-        parent = os.path.dirname(os.path.abspath(out))
-        if not _m2d_folder_matches(os.path.basename(parent), enc):
-            out = os.path.join(os.path.dirname(out), m2d_folder_name(enc), os.path.basename(out))
-            notes.insert(0, f"M2D's runtime reads the geometry from the folder name: written "
-                            f"under {m2d_folder_name(enc)}/")
+        parent = os.path.basename(storage.parent(out).rstrip("/"))
+        if not _m2d_folder_matches(parent, enc):
+            notes.insert(0, f"M2D's runtime reads the geometry from the folder name: put the "
+                            f"file in a folder named {m2d_folder_name(enc)}/ for it")
     if config.method == "matpac" and "as" in out:
         notes.append(f"MATPAC's get_matpac treats any path containing 'as' ({out}) as an "
                      "AudioSet fine-tuned 992-frame model: rename it for that loader")

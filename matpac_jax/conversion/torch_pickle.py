@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from matpac_jax import errors
+from matpac_jax import errors, storage
 
 _STORAGE_DTYPES = {
     "DoubleStorage": np.float64,
@@ -134,17 +134,10 @@ def _numpy_scalar(dtype, data):
 
 def load(path: str | os.PathLike) -> Any:
     """Load a torch zip checkpoint; tensors come back as numpy arrays."""
-    path = os.fspath(path)
-    if "://" in path:  # gs://, s3://...: read through etils.epath
-        from etils import epath
-
-        if not epath.Path(path).exists():
-            raise errors.CheckpointError(f"checkpoint not found: {path}")
-        source = io.BytesIO(epath.Path(path).read_bytes())
-    elif not os.path.exists(path):
+    path = storage.check(path, "checkpoint")
+    if not storage.isfile(path):
         raise errors.CheckpointError(f"checkpoint not found: {path}")
-    else:
-        source = path
+    source = io.BytesIO(storage.read_bytes(path)) if storage.is_remote(path) else path
     if not zipfile.is_zipfile(source):
         raise errors.CheckpointError(
             f"{path}: not a zip-format torch checkpoint (legacy pre-1.6 torch.save "

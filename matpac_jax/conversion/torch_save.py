@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import io
 import os
 import struct
 import zipfile
 from typing import Any
 
 import numpy as np
+
+from matpac_jax import storage
 
 _STORAGES = {
     np.dtype(np.float64): "DoubleStorage", np.dtype(np.float32): "FloatStorage",
@@ -159,26 +162,18 @@ def save(obj: Any, path: str | os.PathLike) -> str:
     for a in emitter.storages:
         digest.update(a.tobytes())
     serialization_id = str(int(digest.hexdigest(), 16))[:40].rjust(40, "0")
-    if "://" in path:  # gs://...: write here, then copy the whole file
-        import tempfile
-
-        from etils import epath
-
-        with tempfile.TemporaryDirectory() as tmp_dir:
-            local = save(obj, os.path.join(tmp_dir, os.path.basename(path)))
-            epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
-            epath.Path(path).write_bytes(open(local, "rb").read())
-        return path
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    tmp = path + ".partial"
-    with open(tmp, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
-        _aligned(zf, f"{stem}/data.pkl", pickle_bytes)
-        _aligned(zf, f"{stem}/byteorder", b"little")
-        for key, a in enumerate(emitter.storages):
-            _aligned(zf, f"{stem}/data/{key}", a.astype(a.dtype.newbyteorder("<")).tobytes())
-        _aligned(zf, f"{stem}/version", b"3\n")
-        _aligned(zf, f"{stem}/.data/serialization_id", serialization_id.encode())
-    os.replace(tmp, path)  # never a half-written file under the final name
+    path = storage.check(path, "--out")
+    # A seekable file for zipfile (the alignment padding needs positions):
+    # the local file itself, or memory for an object uploaded whole.
+    buf = io.BytesIO() if storage.is_remote(path) else None
+    with storage.atomic_write(path, "wb") as out:  # never half-written under the final name
+        with zipfile.ZipFile(buf or out, "w", zipfile.ZIP_STORED) as zf:
+            _aligned(zf, f"{stem}/data.pkl", pickle_bytes)
+            _aligned(zf, f"{stem}/byteorder", b"little")
+            for key, a in enumerate(emitter.storages):
+                _aligned(zf, f"{stem}/data/{key}", a.astype(a.dtype.newbyteorder("<")).tobytes())
+            _aligned(zf, f"{stem}/version", b"3\n")
+            _aligned(zf, f"{stem}/.data/serialization_id", serialization_id.encode())
+        if buf is not None:
+            out.write(buf.getvalue())
     return path

@@ -23,6 +23,7 @@ iterator state, so it survives resume: `data_metrics(iterator)`.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import os
@@ -183,6 +184,13 @@ class ShardSource:
 
     def __len__(self) -> int:
         return len(self._index)
+
+    def keep(self, mask: np.ndarray) -> "ShardSource":
+        """Only the records where `mask` is true, renumbered (a held-out split)."""
+        self._file, self._index = self._file[mask], self._index[mask]
+        if len(self._verified):
+            self._verified = self._verified[mask]
+        return self
 
     def _fd(self, k: int) -> int:
         fd = self._fds.get(k)
@@ -490,6 +498,16 @@ def _record_field(shards: list[str], sidecar_key: str, record_key: str) -> list:
     return out
 
 
+def held_out(ids: list[str], fraction: float, seed: int = 0) -> np.ndarray:
+    """Whether each record is in a split carved out by clip id: the 64-bit
+    blake2b hash of `"{seed}:{id}"` below `fraction` of its range. The same
+    clips on every machine and run, whatever the shard layout."""
+    limit = min(int(fraction * 2.0**64), 2**64 - 1)
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest(),
+                        "little") < limit for i in ids), bool, len(ids))
+
+
 def balanced_weights(labels: list[list[str]]) -> np.ndarray:
     """Sampling probability of each clip: the sum over its labels of 1 / (clips
     with that label), normalised (the class-balanced sampler of AudioSet recipes:
@@ -580,6 +598,7 @@ def make_dataset(
     classes: tuple[str, ...] | None = None,
     balanced: bool = False,
     corrupt_records: str = "stop",
+    holdout: float = 0.0,
 ) -> grain.IterDataset:
     """The pipeline as a grain.IterDataset (iterate it, or use make_loader).
 
@@ -590,6 +609,8 @@ def make_dataset(
     `classes`: also yield 'y', the multi-hot labels of each clip over `classes`;
     `balanced`: draw clips by inverse label frequency (`balanced_weights`).
     `corrupt_records`: 'stop' (raise tfrecord.CorruptRecordError) or 'skip'.
+    `holdout`: leave out the records `held_out(ids, holdout)` picks (the valid
+    split fine-tuning carves from a train split that has none).
     """
     frontends.check_frontend(frontend)
     if shard_index is None or shard_count is None:
@@ -602,6 +623,11 @@ def make_dataset(
     shards = find_shards(path)
     _check_frontend(shards, frontend)
     source = ShardSource(shards, verify_crc=verify_crc, corrupt_records=corrupt_records)
+    labels = record_labels(shards) if balanced else None
+    if holdout:
+        kept = ~held_out(record_ids(shards), holdout)
+        source.keep(kept)
+        labels = labels and [ls for ls, k in zip(labels, kept) if k]
     if len(source) == 0:
         raise errors.DataError(f"the shards under {path} hold no records")
     crop = CropNormalize(
@@ -609,7 +635,7 @@ def make_dataset(
         classes=classes,
         corrupt_records=corrupt_records,
     )
-    weights = balanced_weights(record_labels(shards)) if balanced else None
+    weights = balanced_weights(labels) if balanced else None
     order = _EpochOrder(len(source), seed % 2**32, shuffle, weights)
     ds = grain.MapDataset.range(len(source)).repeat(num_epochs)
     ds = ds.map_with_index(_position)  # Position in the global stream (epoch * n + i).

@@ -20,10 +20,9 @@ import dataclasses
 
 import jax
 import ml_collections
-from etils import epath
 from flax import nnx
 
-from matpac_jax import errors
+from matpac_jax import errors, storage
 from matpac_jax.methods import init_from
 from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method, require
 from matpac_jax.models.beats import BEATsConfig, BEATsEncoder, Estimator, LabelPredictor
@@ -34,7 +33,7 @@ from matpac_jax.objectives import beats_mam, beats_tokenizer
 
 def load_pretrained(path: str, want: str) -> nnx.Module:
     """`want` ('encoder' | 'tokenizer') from an official .pt file or one of our workdirs."""
-    if epath.Path(path).is_dir():  # local or gs://
+    if storage.isdir(path):  # local or gs://
         from matpac_jax.methods import load_workdir
 
         method, model, _ = load_workdir(path)

@@ -34,10 +34,9 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from etils import epath
 from flax import nnx
 
-from matpac_jax import errors
+from matpac_jax import errors, storage
 from matpac_jax.data import frontends
 
 INIT_TEACHER = ("file", "student")
@@ -91,7 +90,7 @@ def _beats_fields(cfg, config_model) -> dict[str, Any]:
 def read(path: str, config_model: ml_collections.ConfigDict) -> Pretrained:
     """The parts and fields of `path` (official file or our workdir)."""
     path = os.fspath(path)
-    if epath.Path(path).is_dir():  # local or gs://
+    if storage.isdir(path):  # local or gs://
         return _read_workdir(path, config_model)
     from matpac_jax.conversion import torch_pickle
 
@@ -229,7 +228,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str | None = None
         logging.info("init_from: %s has checkpoints; resuming from them, %s is not read",
                      workdir, path)
         return effective, None
-    if not epath.Path(path).exists():
+    if not storage.exists(path):
         raise errors.ConfigError(f"config.init_from={path!r}: no such file or folder")
     pretrained = read(path, config.model)
     if pretrained.family != TAKES[config.method]:

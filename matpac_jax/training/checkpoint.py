@@ -31,7 +31,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from matpac_jax import errors
+from matpac_jax import errors, storage
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -55,7 +55,7 @@ SAFE_ON_RESUME = (
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
-    return epath.Path(workdir) / CHECKPOINT_DIR
+    return storage.path(workdir) / CHECKPOINT_DIR
 
 
 class _IteratorSnapshot:
@@ -301,7 +301,7 @@ def candidates(path: str, step: int | None = None) -> list[epath.Path]:
     """Checkpoint folders to try, best first: `path` itself if it is one step's
     folder, step `step` of the workdir `path`, or all its finished steps,
     newest first (raises errors.CheckpointError if there are none)."""
-    root = epath.Path(path)
+    root = storage.path(path)
     if (root / "state").exists():
         return [root]
     if step is not None:

@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from matpac_jax import errors
+from matpac_jax import errors, storage
 from matpac_jax.data import loader as data_loader
 from matpac_jax.methods.base import Method
 from matpac_jax.training import checkpoint as ckpt
@@ -65,6 +65,7 @@ def make_data(config: ml_collections.ConfigDict, method: Method, path: str):
             classes=spec.classes or None,
             balanced=spec.balanced,
             corrupt_records=config.data.get("corrupt_records", "stop"),
+            holdout=config.data.holdout,
         )
     )
 
@@ -109,15 +110,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, method: Method,
     `devices`: the mesh's devices (default: all). `evaluate(step, model)`, if
     given, runs before every checkpoint save (fine-tuning scores the valid
     split there); what it returns is logged with the training metrics. The
-    workdir is locked for the run (training/workdir_lock.py)."""
+    workdir (local or gs://) is locked for the run (training/workdir_lock.py).
+    A SIGTERM saves a checkpoint and raises `errors.Preempted`."""
+    workdir = storage.check(workdir, "--workdir")
     validate(config, devices, method)
     with workdir_lock.WorkdirLock(workdir, primary=ckpt.is_primary()):
         return _train(config, workdir, method, devices, evaluate)
 
 
 def _train(config, workdir, method, devices, evaluate):
-    if "://" not in workdir:
-        os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     path = data_path(config, workdir)
     data_loader.find_shards(path)  # a clear error before any compilation
     checkpointer = ckpt.Checkpointer(
@@ -142,7 +144,7 @@ def _train(config, workdir, method, devices, evaluate):
                 start, run.state = restored
                 logging.info("Resuming from step %d in %s", start, workdir)
 
-        writer = metrics_lib.EventWriter(_tensorboard_dir(workdir))
+        writer = metrics_lib.EventWriter(storage.join(workdir, "tensorboard"))
         bar = _progress_bar(start, config.total_steps)
         last = _loop(run, config, method, workdir, data, checkpointer, writer, start, bar,
                      evaluate)
@@ -165,10 +167,12 @@ def _loop(run, config, method, workdir, data, checkpointer, writer, start, bar, 
     base_key = jax.random.key(config.seed)
     last = {}
     t_log, steps_since_log = time.perf_counter(), 0
+    stop, done = False, start
 
     for step in range(start, config.total_steps):
         if step == profile_start:
-            jax.profiler.start_trace(os.path.join(workdir, "profile"))
+            trace_dir = _trace_dir(workdir)
+            jax.profiler.start_trace(trace_dir)
             tracing = True
         batch = _to_global(run, next(data))
         if step == start:
@@ -178,7 +182,7 @@ def _loop(run, config, method, workdir, data, checkpointer, writer, start, bar, 
         steps_since_log += 1
         if tracing and step == profile_start + config.profile.num_steps - 1:
             jax.block_until_ready(m)
-            jax.profiler.stop_trace()
+            _stop_trace(trace_dir, workdir)
             tracing = False
         done = step + 1
         if done % config.log_every == 0 or done == config.total_steps:
@@ -213,19 +217,33 @@ def _loop(run, config, method, workdir, data, checkpointer, writer, start, bar, 
             checkpointer.save(done, run.state, data, config,
                               architecture=method.architecture(), force=True)
         if stop:
-            logging.warning("Saved checkpoint %d after preemption; exiting.", done)
             break
     if tracing:  # the run ended (or was preempted) inside the profiled window
-        jax.profiler.stop_trace()
+        _stop_trace(trace_dir, workdir)
+    if stop and done < config.total_steps:
+        checkpointer.wait()  # the checkpoint the message names is complete
+        raise errors.Preempted(
+            f"preempted at step {done} of {config.total_steps} (SIGTERM); the checkpoint of "
+            f"step {done} is saved in {workdir}: re-run the same command to resume")
     return last
 
 
-def _tensorboard_dir(workdir: str) -> str:
-    """Event files are appended live, which object stores cannot do: a cloud
-    workdir logs to ./tensorboard/<run name> on the host (sync it yourself)."""
-    if "://" in workdir:
-        return os.path.join(os.getcwd(), "tensorboard", os.path.basename(workdir.rstrip("/")))
-    return os.path.join(workdir, "tensorboard")
+def _trace_dir(workdir: str) -> str:
+    """jax.profiler writes local files: a gs:// workdir's trace goes to a
+    temporary folder first and is copied to WORKDIR/profile when it stops."""
+    if storage.is_remote(workdir):
+        import tempfile
+
+        return tempfile.mkdtemp(prefix="matpac_jax_profile_")
+    return os.path.join(workdir, "profile")
+
+
+def _stop_trace(trace_dir: str, workdir: str) -> None:
+    jax.profiler.stop_trace()
+    if storage.is_remote(workdir):
+        for path in storage.find(trace_dir):
+            rel = os.path.relpath(path, trace_dir).replace(os.sep, "/")
+            storage.copy_file(path, storage.join(workdir, "profile", rel))
 
 
 def _to_host(tree):

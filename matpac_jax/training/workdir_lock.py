@@ -19,7 +19,7 @@ import socket
 
 from absl import logging
 
-from matpac_jax import errors
+from matpac_jax import errors, storage
 
 LOCK_FILE = ".lock"
 
@@ -34,7 +34,7 @@ class WorkdirLock:
     def acquire(self) -> None:
         if not self.primary:
             return
-        if "://" in self.workdir:
+        if storage.is_remote(self.workdir):
             logging.warning("%s: cloud workdirs cannot be locked; make sure no other run "
                             "uses it", self.workdir)
             return
