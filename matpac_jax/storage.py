@@ -81,7 +81,13 @@ def check(path: str | os.PathLike, what: str = "path") -> str:
 def configure() -> None:
     """Points every Cloud Storage client at `STORAGE_EMULATOR_HOST` when it is
     set (before gcsfs and tensorstore first read their settings); once."""
+    import fsspec
+
     os.environ.setdefault("EPATH_USE_TF", "false")  # one layer: gcsfs, not tf.io.gfile
+    # No cached listings in any gcsfs client (orbax's through epath too): other
+    # processes and hosts write the same folders (checkpoint steps, shards).
+    for name in ("gs", "gcs"):
+        fsspec.config.conf.setdefault(name, {})["use_listings_cache"] = False
     host = os.environ.get(EMULATOR_ENV, "")
     if host in ("", "default"):
         return
@@ -89,13 +95,11 @@ def configure() -> None:
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", url)
     os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")
-    import fsspec
     import gcsfs.core
 
-    fsspec.config.conf.setdefault("gcs", {})["token"] = "anon"
-    fsspec.config.conf.setdefault("gs", {})["token"] = "anon"
-    # The plain client even if gcsfs was imported before the probe was off.
     for name in ("gs", "gcs"):
+        fsspec.config.conf[name]["token"] = "anon"
+        # The plain client even if gcsfs was imported before the probe was off.
         fsspec.register_implementation(name, gcsfs.core.GCSFileSystem, clobber=True)
 
 
@@ -104,8 +108,7 @@ def filesystem(path: str | os.PathLike):
     import fsspec
 
     if is_remote(check(path)):
-        # No listing cache: other processes (workers, hosts) write the same bucket.
-        return fsspec.filesystem("gs", use_listings_cache=False)
+        return fsspec.filesystem("gs")
     return fsspec.filesystem("file")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 
 import numpy as np
@@ -128,8 +129,10 @@ def decode(data: bytes, name: str, sr: int = 16000) -> np.ndarray:
                 f.flush()
                 wave, orig_sr = _read_librosa(f.name)
         except Exception as err:
+            first = re.sub(r"^Error opening <_io\.BytesIO object at 0x[0-9a-f]+>: ", "",
+                           str(sf_err))
             raise AudioDecodeError(
-                name, f"unreadable ({sf_err}; fallback: {type(err).__name__}: {err})"
+                name, f"unreadable ({first}; fallback: {type(err).__name__}: {err})"
             ) from err
     return _finish(wave, orig_sr, sr, name)
 

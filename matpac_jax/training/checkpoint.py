@@ -287,8 +287,15 @@ def finished_steps(workdir: str) -> list[int]:
     root = checkpoint_dir(workdir)
     if not root.exists():
         return []
-    return sorted((int(p.name) for p in root.iterdir()
-                   if p.name.isdigit() and (p / "state").exists()), reverse=True)
+    return sorted((int(p.name) for p in root.iterdir() if p.name.isdigit() and _finished(p)),
+                  reverse=True)
+
+
+def _finished(step_dir: epath.Path) -> bool:
+    """A step folder orbax completed: it has the state and, on gs:// (no
+    rename there: orbax writes in place, then `commit_success.txt`), the marker."""
+    return (step_dir / "state").exists() and (
+        not storage.is_remote(step_dir) or (step_dir / "commit_success.txt").exists())
 
 
 def find_checkpoint(path: str, step: int | None = None) -> epath.Path:
@@ -302,11 +309,11 @@ def candidates(path: str, step: int | None = None) -> list[epath.Path]:
     folder, step `step` of the workdir `path`, or all its finished steps,
     newest first (raises errors.CheckpointError if there are none)."""
     root = storage.path(path)
-    if (root / "state").exists():
+    if _finished(root):
         return [root]
     if step is not None:
         found = checkpoint_dir(path) / str(step)
-        if not (found / "state").exists():
+        if not _finished(found):
             raise errors.CheckpointError(f"{path}: no checkpoint of step {step}")
         return [found]
     steps = finished_steps(path)
