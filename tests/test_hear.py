@@ -199,7 +199,8 @@ print(seen)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module", ["matpac_jax.hear", "matpac_jax.hear_40ms"])
+@pytest.mark.parametrize("module", ["matpac_jax.hear", "matpac_jax.hear_40ms",
+                                    "matpac_jax.xares"])
 def test_gpu_memory_settings_are_in_place_when_jax_starts(module):
     """Torch harnesses run torch on the GPU JAX would take 75 % of: importing a
     torch-facing module turns preallocation off before the backend starts,
