@@ -78,8 +78,7 @@ def test_bad_input_is_a_clear_value_error(vit, tmp_path):
              (np.zeros((1, 2, 16000), np.float32), r"got shape \(1, 2, 16000\)"),
              (np.zeros((0, 16000), np.float32), "batch is empty"),
              (np.zeros((2, 0), np.float32), "no samples"),
-             (np.zeros((2, 16000), np.int16), "must be float"),
-             ]
+             (np.zeros((2, 16000), np.int16), "must be float")]
     nan = np.zeros((3, 16000), np.float32)
     nan[1, 5] = np.nan
     cases.append((nan, r"NaN or inf samples in sounds \[1\]"))
