@@ -11,9 +11,8 @@
 # /work/shared/fixtures/m2d_checkpoint-300.pth (FIXTURES=... to move them).
 #
 # The validator imports torch and TensorFlow, so it runs in its own venv
-# (HEAR_VENV, created on first use, with the system site packages so the
-# project's jax/flax are reused): torch ($HEAR_TORCH), tensorflow-cpu, the
-# project with its `hear` extra, and hearvalidator with --no-deps (its
+# (HEAR_VENV; benchmarks/torch_venv.sh): torch ($TORCH_PIN), tensorflow-cpu,
+# the project with its `hear` extra, and hearvalidator with --no-deps (its
 # metadata only asks for tensorflow>=2.0 and torch>=1.7, installed above; the
 # numpy-1.19-era pins of the HEAR 2021 tooling do not apply to the validator).
 set -euo pipefail
@@ -21,17 +20,13 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:-hear_validate_out}
 shift $(($# < 1 ? $# : 1))
 VENV=${HEAR_VENV:-$HOME/.cache/matpac_jax/hear_venv}
-HEAR_TORCH=${HEAR_TORCH:-torch==2.13.0}
 FIXTURES=${FIXTURES:-/work/shared/fixtures}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-if [ ! -x "$VENV/bin/hear-validator" ]; then
-  python3 -m venv --system-site-packages "$VENV"
-  "$VENV/bin/pip" install -q "$HEAR_TORCH" tensorflow-cpu
-  "$VENV/bin/pip" install -q --no-deps hearvalidator
-fi
-"$VENV/bin/pip" install -q -e "$ROOT[hear]"  # the project under test: this tree
+source "$ROOT/benchmarks/torch_venv.sh"
+torch_venv "$VENV" tensorflow-cpu
+[ -x "$VENV/bin/hear-validator" ] || "$VENV/bin/pip" install -q --no-deps hearvalidator
 "$VENV/bin/python" -c 'import torch, tensorflow, hearvalidator; print("torch", torch.__version__, "tensorflow", tensorflow.__version__)'
 
 models=("$@")

@@ -14,8 +14,19 @@ chunks, `inference.Embedder`). Without torch the same calls take and return
 numpy arrays.
 
 Timestamps are the centres, in ms of the input, of each frame's 16
-front-end frames. Scene embeddings are `Embedder.clip_embeddings`: the mean
-of the native 160 ms frames, whatever `frame_hop_ms` is.
+front-end frames, evenly spaced (HEAR's validator requires it) and inside the
+clip: frames whose window centre lies past the clip's end (windows the
+padding of the last patch fills more than half) are left out of the
+timestamp embeddings; a clip shorter than the first centre (75 ms for M2D,
+87.5 ms for MATPAC and BEATs) keeps its one frame, stamped at the clip's
+middle. Scene embeddings are `Embedder.clip_embeddings`: the mean of the
+native 160 ms frames, all of them, whatever `frame_hop_ms` is.
+
+Any length from one sample works: short clips are zero-padded as
+`inference` documents (BEATs to 2,800 samples at 16 kHz, one patch row).
+
+Loading this module sets XLA_PYTHON_CLIENT_PREALLOCATE=false unless it is
+set (`matpac_jax.torch_shell`): HEAR's harness runs torch on the same GPU.
 
 `frame_hop_ms` (10, 20, 40, 80 or 160): finer timestamp embeddings without
 retraining by **overlapping windows of the patch grid**: the encoder also
@@ -25,7 +36,7 @@ names (no interpolation), at 160 / frame_hop_ms times the encoder compute.
 Frames run up to the last native frame's start, so no shifted window holds
 more padding than the native grid's (a shifted input does end in its shift,
 < 16 frames, of zeros, which the encoder sees as context). At 160 ms the
-result is the default path's frames.
+result is the default path's frames (less any centred past the clip's end).
 """
 from __future__ import annotations
 
@@ -36,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from matpac_jax import torch_shell  # first: JAX's GPU memory settings (module docstring)
 from matpac_jax.data import frontends
 
 SAMPLE_RATES = (16000, 22050, 32000, 44100, 48000)
@@ -77,16 +89,9 @@ class HearModel:
                 audio_lib.resample(np.ascontiguousarray(audio.T), self.sample_rate,
                                    frontends.SR).T)
         e = self.embedder
-        feats = frontends.normalize(frontends.compute(e.frontend, audio), e.frontend,
-                                    e.norm_stats)
-        n = feats.shape[self._time_axis]
-        if n < max(e.min_frames, 1):
-            need = (frontends.N_FFT + (max(e.min_frames, 1) - 1) * frontends.HOP)
-            raise ValueError(f"audio of {audio.shape[1]} samples at 16 kHz is too short for "
-                             f"one {e.family} frame: at least {need} samples at 16 kHz "
-                             f"({int(np.ceil(need * self.sample_rate / frontends.SR))} at "
-                             f"{self.sample_rate} Hz)")
-        return feats
+        audio = frontends.pad_to_frames(audio, e.frontend, e.min_frames)
+        return frontends.normalize(frontends.compute(e.frontend, audio), e.frontend,
+                                   e.norm_stats)
 
     @property
     def _time_axis(self) -> int:
@@ -96,7 +101,10 @@ class HearModel:
         frames = self.embedder.frames_of_features(list(self.features(audio)))
         return np.stack([f.mean(axis=0) for f in frames]).astype(np.float32)
 
-    def timestamps(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def frames(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, n_samples) -> ((N, count, D) frames every `frame_hop_ms`, (count,)
+        front-end frame where each one's 16-frame window starts), up to the last
+        native frame's start (which may hold padding past the clip's end)."""
         feats = self.features(audio)
         n_sounds, ax = feats.shape[0], self._time_axis
         hop = self.frame_hop_ms // 10  # front-end frames per output frame
@@ -108,11 +116,18 @@ class HearModel:
         frames = frames.reshape(len(shifts), n_sounds, n, d).transpose(1, 2, 0, 3)
         count = (n - 1) * len(shifts) + 1  # up to the last native frame's start
         emb = frames.reshape(n_sounds, n * len(shifts), d)[:, :count]
-        starts = np.arange(count) * hop  # front-end frame where each window starts
+        return np.ascontiguousarray(emb, np.float32), np.arange(count) * hop
+
+    def timestamps(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`frames` whose centre lies inside the clip, and the centres in ms."""
+        emb, starts = self.frames(audio)
         offset = FRAME_OFFSET_MS[self.embedder.frontend]
         centre_ms = (starts + (PATCH_FRAMES - 1) / 2) * 10.0 + offset
-        ts = np.broadcast_to(centre_ms.astype(np.float32), (n_sounds, count))
-        return np.ascontiguousarray(emb, np.float32), np.ascontiguousarray(ts)
+        duration_ms = 1000.0 * np.shape(audio)[1] / self.sample_rate
+        count = max(1, int(np.count_nonzero(centre_ms <= duration_ms)))
+        centre_ms = centre_ms[:count] if centre_ms[0] <= duration_ms else [duration_ms / 2]
+        ts = np.broadcast_to(np.asarray(centre_ms, np.float32), (emb.shape[0], count))
+        return np.ascontiguousarray(emb[:, :count]), np.ascontiguousarray(ts)
 
 
 def _shift(feat: np.ndarray, s: int, axis: int) -> np.ndarray:
@@ -123,7 +138,7 @@ def _shift(feat: np.ndarray, s: int, axis: int) -> np.ndarray:
     out = np.zeros_like(feat)
     src = [slice(None)] * feat.ndim
     dst = [slice(None)] * feat.ndim
-    src[axis], dst[axis] = slice(s, None), slice(None, feat.shape[axis] - s)
+    src[axis], dst[axis] = slice(s, None), slice(None, max(feat.shape[axis] - s, 0))
     out[tuple(dst)] = feat[tuple(src)]
     return out
 
@@ -168,36 +183,12 @@ def _torch_module_class():
     return HearTorchModule
 
 
-def _torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _core(model) -> HearModel:
     core = getattr(model, "core", model)
     if not isinstance(core, HearModel):
         raise ValueError("expected a model from matpac_jax.hear.load_model, "
                          f"got {type(model).__name__}")
     return core
-
-
-def _is_torch(x) -> bool:
-    return type(x).__module__.split(".")[0] == "torch"
-
-
-def _to_numpy(audio) -> np.ndarray:
-    return audio.detach().cpu().numpy() if _is_torch(audio) else np.asarray(audio)
-
-
-def _like(x: np.ndarray, audio):
-    if not _is_torch(audio):
-        return x
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(x)).to(audio.device)
 
 
 # -- the HEAR functions -----------------------------------------------------------
@@ -224,17 +215,17 @@ def load_model(model_file_path: str | os.PathLike = "", *, sample_rate: int = 16
     embedder = inference.load(model_file_path, batch_size=batch_size, freq_tokens=freq_tokens)
     core = HearModel(embedder, sample_rate, frame_hop_ms)
     if torch_module is None:
-        torch_module = _torch_available()
+        torch_module = torch_shell.torch_available()
     return _torch_module_class()(core) if torch_module else core
 
 
 def get_scene_embeddings(audio, model):
     """(n_sounds, n_samples) -> (n_sounds, scene_embedding_size) float32."""
-    return _like(_core(model).scene(_to_numpy(audio)), audio)
+    return torch_shell.like(_core(model).scene(torch_shell.to_numpy(audio)), audio)
 
 
 def get_timestamp_embeddings(audio, model):
     """(n_sounds, n_samples) -> ((n_sounds, n_frames, D) float32, (n_sounds, n_frames)
-    frame centres in ms, evenly spaced `frame_hop_ms` apart)."""
-    emb, ts = _core(model).timestamps(_to_numpy(audio))
-    return _like(emb, audio), _like(ts, audio)
+    frame centres in ms, evenly spaced `frame_hop_ms` apart, within [0, duration])."""
+    emb, ts = _core(model).timestamps(torch_shell.to_numpy(audio))
+    return torch_shell.like(emb, audio), torch_shell.like(ts, audio)

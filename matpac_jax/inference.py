@@ -19,10 +19,17 @@ are `b (f t) d -> b t (f d)` per 16-frame step (160 ms); the clip embedding
 is their mean over time.
 
 BEATs family: normalised Kaldi fbank, whole clip through the encoder (no
-chunking, as the official `extract_features`); its padding mask is wrong
-(docs/SPEC.md section 8), so only clips of equal length share a batch.
-Frames are patch features averaged over the 8 frequency patches; the clip
-embedding is the mean over all patches.
+chunking, as the official `extract_features`; `chunk_frames` cuts long clips
+into 16-frame-aligned pieces); its padding mask is wrong (docs/SPEC.md
+section 8), so only inputs of equal length share a batch. Frames are patch
+features averaged over the 8 frequency patches; the clip embedding is the
+mean over all patches.
+
+Short waves are zero-padded at the end (digital silence) to the family's
+`min_frames`: one frame for the ViT (400 samples for MATPAC's centre=False
+log-mel, which the ViT then pads to 16 frames as above), one 16-frame patch
+row for BEATs (2,800 samples: its snip_edges fbank has a frame only where a
+whole 25 ms window fits, and its patch embedding drops leftover frames).
 
 On XLA:CPU a padded batch runs inside its compiled call a few inputs at a
 time (`lax.map` over micro-batches of about `cpu_tokens_per_step` tokens):
@@ -88,7 +95,7 @@ class Embedder:
 
     family: ClassVar[str]
     default_freq_tokens: ClassVar[str]
-    min_frames: ClassVar[int]        # shortest input, in front-end frames
+    min_frames: ClassVar[int]        # shorter waves are zero-padded to give these frames
     cpu_tokens_per_step: ClassVar[int] = 1024  # XLA:CPU micro-batch size, in patches
 
     def __post_init__(self):
@@ -148,13 +155,22 @@ class Embedder:
             if w.ndim != 1:
                 raise ValueError(f"expected a mono 1-D waveform, got shape {w.shape}")
             w = audio.resample(w, sr, frontends.SR)
-        feat = frontends.normalize(frontends.compute(self.frontend, w), self.frontend,
+        w = frontends.pad_to_frames(w, self.frontend, self.min_frames)
+        return frontends.normalize(frontends.compute(self.frontend, w), self.frontend,
                                    self.norm_stats)
-        time_axis = 0 if frontends.FEATURE_LAYOUT[self.frontend] == "time_freq" else -1
-        if feat.shape[time_axis] < self.min_frames:
-            raise ValueError(f"input too short for one {self.family} patch "
-                             f"({feat.shape[time_axis]} frames)")
-        return feat
+
+    def _encode_groups(self, items: list[tuple[Any, np.ndarray, int]]) -> dict[Any, np.ndarray]:
+        """Encoder outputs of `(key, input, extra)` items, inputs of one shape
+        batched together (the compiled shapes stay few)."""
+        groups: dict[tuple[int, ...], list] = {}
+        for item in items:
+            groups.setdefault(item[1].shape, []).append(item)
+        out = {}
+        for group in groups.values():
+            ys = _batched(self._encode, [x for _, x, _ in group], [e for _, _, e in group],
+                          self.batch_size)
+            out.update((key, y) for (key, _, _), y in zip(group, ys))
+        return out
 
     def _pool_freq(self, y: np.ndarray) -> np.ndarray:
         """(T, F, D) patch features of one input -> (T, F*D) or (T, D) frames."""
@@ -205,34 +221,38 @@ class ViTEmbedder(Embedder):
     def _frames_of(self, feats: list[np.ndarray]) -> list[np.ndarray]:
         unit, p = self.model.max_frames, self.model.patch
         buckets = self._time_buckets()
-        groups: dict[int, list[tuple[int, int, np.ndarray, int]]] = {}
-        n_chunks = []
+        items = []
         for i, f in enumerate(feats):
             f = np.pad(f, ((0, 0), (0, -f.shape[1] % p)))  # zeros after normalisation
-            n = math.ceil(f.shape[1] / unit)
-            n_chunks.append(n)
-            for c in range(n):
+            for c in range(math.ceil(f.shape[1] / unit)):
                 chunk = f[:, c * unit:(c + 1) * unit]
                 length = chunk.shape[1]
                 b = next(b for b in buckets if b >= length)
-                chunk = np.pad(chunk, ((0, 0), (0, b - length)))
-                groups.setdefault(b, []).append((i, c, chunk, length))
-        results: dict[tuple[int, int], np.ndarray] = {}
-        for items in groups.values():
-            ys = _batched(self._encode, [it[2] for it in items], [it[3] for it in items],
-                          self.batch_size)
-            for (i, c, _, length), y in zip(items, ys):
-                results[i, c] = self._pool_freq(y[: length // p])
-        return [np.concatenate([results[i, c] for c in range(n)])
-                for i, n in enumerate(n_chunks)]
+                items.append(((i, c), np.pad(chunk, ((0, 0), (0, b - length))), length))
+        ys = self._encode_groups(items)
+        return _join({key: self._pool_freq(ys[key][: length // p]) for key, _, length in items},
+                     len(feats))
 
 
+@dataclasses.dataclass
 class BEATsEmbedder(Embedder):
-    """BEATs encoders: the whole fbank at once, equal lengths batched together."""
+    """BEATs encoders: the whole fbank at once (or `chunk_frames` at a time),
+    equal lengths batched together."""
+
+    # Longest fbank stretch through the encoder at once, a multiple of 16
+    # frames; None: the whole clip, as the official extract_features (its
+    # attention grows with the square of the length: X-ARES's 10-min inputs).
+    chunk_frames: int | None = None
 
     family = "beats"
     default_freq_tokens = "mean"
     min_frames = 16
+
+    def __post_init__(self):
+        if self.chunk_frames is not None and (self.chunk_frames <= 0 or self.chunk_frames % 16):
+            raise ValueError(f"chunk_frames must be a positive multiple of 16 fbank frames, "
+                             f"got {self.chunk_frames}")
+        super().__post_init__()
 
     @staticmethod
     def _patch_grid(model, x, _):
@@ -241,16 +261,21 @@ class BEATsEmbedder(Embedder):
         return y.reshape(b, n // 8, 8, d)
 
     def _frames_of(self, feats: list[np.ndarray]) -> list[np.ndarray]:
-        groups: dict[int, list[int]] = {}
-        feats = [f[: f.shape[0] // 16 * 16] for f in feats]  # leftover frames are dropped
+        items = []
         for i, f in enumerate(feats):
-            groups.setdefault(f.shape[0], []).append(i)
-        out: list[np.ndarray | None] = [None] * len(feats)
-        for idx in groups.values():
-            ys = _batched(self._encode, [feats[i] for i in idx], [0] * len(idx), self.batch_size)
-            for i, y in zip(idx, ys):
-                out[i] = self._pool_freq(y)
-        return out
+            f = f[: f.shape[0] // 16 * 16]  # leftover frames are dropped
+            step = self.chunk_frames or f.shape[0]
+            items += [((i, c), f[c:c + step], 0) for c in range(0, f.shape[0], step)]
+        ys = self._encode_groups(items)
+        return _join({key: self._pool_freq(ys[key]) for key, _, _ in items}, len(feats))
+
+
+def _join(parts: dict[tuple[int, int], np.ndarray], n: int) -> list[np.ndarray]:
+    """Frames of chunk (i, c) for i < n, inserted in chunk order -> each input's frames."""
+    per_input: list[list[np.ndarray]] = [[] for _ in range(n)]
+    for (i, _), y in parts.items():
+        per_input[i].append(y)
+    return [np.concatenate(p) for p in per_input]
 
 
 EMBEDDERS: dict[str, type[Embedder]] = {"vit": ViTEmbedder, "beats": BEATsEmbedder}

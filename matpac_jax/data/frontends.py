@@ -159,6 +159,17 @@ def num_frames(frontend: str, num_samples: int) -> int:
     return 0 if num_samples < N_FFT else 1 + (num_samples - N_FFT) // HOP
 
 
+def pad_to_frames(wave: np.ndarray, frontend: str, frames: int) -> np.ndarray:
+    """`wave` (..., N) zero-padded at the end (digital silence) to the fewest
+    samples `num_frames` turns into `frames` frames; as it is if it has them."""
+    check_frontend(frontend)
+    need = (frames - 1) * HOP if frontend == "m2d" else N_FFT + (frames - 1) * HOP
+    need = max(need, 1)  # M2D's reflect padding needs one sample
+    if wave.shape[-1] >= need:
+        return wave
+    return np.pad(wave, [(0, 0)] * (wave.ndim - 1) + [(0, need - wave.shape[-1])])
+
+
 def normalize(feat, frontend: str, stats: tuple[float, float] | None = None) -> np.ndarray:
     """(feat - mean) / std with the docs/SPEC.md constants; `stats=(mean, std)` overrides (M2D norm_stats)."""
     mean, std = NORM[check_frontend(frontend)] if stats is None else stats
