@@ -298,3 +298,68 @@ def test_sgd_is_torch_sgd_with_momentum_and_scaled_per_parameter():
         w = w - float(lr(t)) * buf
         np.testing.assert_allclose(np.asarray(params["w"]), w, rtol=1e-6)
     assert float(params["frozen"][0]) == 3.0
+
+
+def test_audioset_shards_without_valid_carve_it_and_score_the_official_classes(tmp_path, m2d):
+    """AudioSet as prepared: train/ and test/ shards (segment CSVs, the class list
+    stored with them), no valid/. Valid is carved from train by clip id and training
+    never sees it; scores are over the official classes in their order, a class no
+    train clip has included."""
+    mids = ["/m/a", "/m/b", "/m/c", "/m/unseen"]
+    (tmp_path / "classes.csv").write_text(
+        "index,mid,display_name\n" + "\n".join(f"{i},{m},n{i}" for i, m in enumerate(mids)))
+    for split, n in (("train", 40), ("test", 8)):
+        wavs = tmp_path / f"{split}_wavs"
+        wavs.mkdir()
+        rows = []
+        for i in range(n):
+            rng = np.random.default_rng([split == "test", i])
+            sf.write(wavs / f"{split}{i:03d}.wav", toy_sounds.synthesize(
+                CLASSES[i % 3], rng, 0.5), toy_sounds.SR)
+            label = "/m/unseen" if split == "test" and i == 0 else mids[i % 3]
+            rows.append(f'{split}{i:03d}, 0.000, 10.000, "{label}"')
+        (tmp_path / f"{split}.csv").write_text("# YTID, start_seconds, end_seconds, "
+                                               "positive_labels\n" + "\n".join(rows))
+        prepare.prepare(str(wavs), str(tmp_path / "as" / split), "m2d",
+                        labels=str(tmp_path / f"{split}.csv"),
+                        classes=str(tmp_path / "classes.csv"))
+    task = finetune.task_shards(str(tmp_path / "as"), "", "m2d", write=False)
+    assert task["classes"] == mids and task["holdout"] == pytest.approx(0.1)
+    ids = loader.record_ids(loader.find_shards(task["splits"]["train"]))
+    held = set(np.asarray(ids)[loader.held_out(ids, task["holdout"])])
+    assert held  # some clips are valid, and training never sees them
+    seen = {i for b in loader.make_loader(task["splits"]["train"], frontend="m2d",
+                                          crop_frames=32, batch_size=4, seed=0, num_epochs=1,
+                                          with_ids=True, holdout=task["holdout"],
+                                          drop_remainder=False) for i in b["id"]}
+    assert seen == set(ids) - held
+    r = finetune.run(small_config(total_steps=4, checkpoint_every=2), m2d,
+                     str(tmp_path / "as"), str(tmp_path / "w"), [0])["as"]
+    assert r["num_classes"] == 4 and r["metric"] == "mAP" or r["metric"] == "accuracy"
+
+
+@pytest.mark.slow
+def test_a_preempted_finetune_writes_no_result_and_exits_75(tmp_path, m2d):
+    import signal
+    import subprocess
+    import sys
+
+    task = make_task(tmp_path / "t", multilabel=False, n_train=12, n_valid=4, n_test=4)
+    args = [f"--checkpoint={m2d}", f"--task={task}", f"--workdir={tmp_path / 'w'}",
+            f"--out={tmp_path / 'out.json'}",
+            *small_flags(total_steps=100000, checkpoint_every=100000, log_every=1)]
+    proc = subprocess.Popen([sys.executable, "-m", "matpac_jax.finetune", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # wait until training steps run
+        if line.startswith("step 2/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out[-2000:]
+    assert out.strip().splitlines()[-1].startswith("preempted: at step ")
+    assert "re-run the same command to resume" in out.strip().splitlines()[-1]
+    assert not (tmp_path / "out.json").exists()  # no result from a fraction of the run
+    args[-len(small_flags(total_steps=100000, checkpoint_every=100000, log_every=1)):] = \
+        small_flags(total_steps=8, checkpoint_every=4)
+    assert finetune.main(args) == 0  # the run finishes, then the result is written
+    assert json.loads((tmp_path / "out.json").read_text())["tasks"]["t"]["total_steps"] == 8

@@ -159,9 +159,12 @@ def test_sigterm_saves_a_checkpoint_and_exits(shards, tmp_path):
             break
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out[-2000:]
+    assert proc.returncode == 75, out[-2000:]  # errors.Preempted: not a finished run
     step, _ = checkpoint.latest_checkpoint(str(tmp_path / "wd"))
     assert 2 <= step < 100000
+    assert out.strip().splitlines()[-1] == (
+        f"preempted: at step {step} of 100000 (SIGTERM); its checkpoint is saved in "
+        f"{tmp_path / 'wd'}: re-run the same command to resume (exit status 75)")
 
 
 @pytest.mark.slow

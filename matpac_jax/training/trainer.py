@@ -223,8 +223,8 @@ def _loop(run, config, method, workdir, data, checkpointer, writer, start, bar, 
     if stop and done < config.total_steps:
         checkpointer.wait()  # the checkpoint the message names is complete
         raise errors.Preempted(
-            f"preempted at step {done} of {config.total_steps} (SIGTERM); the checkpoint of "
-            f"step {done} is saved in {workdir}: re-run the same command to resume")
+            f"at step {done} of {config.total_steps} (SIGTERM); its checkpoint is saved in "
+            f"{workdir}: re-run the same command to resume (exit status 75)")
     return last
 
 
