@@ -13,7 +13,7 @@ SPEC, one per task:
   NAME:PATH              a dataset as released, PATH its unpacked folder; NAME one of
                          esc50 us8k spcv2 vc1 cremad gtzan nsynth surge fsd50k openmic
                          mtt as20k (evaluation/datasets.py names the files each reads)
-  evar:META.csv@AUDIO    any metadata file of EVAR's form (file_name, label, split|fold)
+  evar:META.csv@AUDIO_DIR  any metadata file of EVAR's form (file_name, label, split|fold)
   DIR                    a folder with meta.csv (file,label,split; `;` between labels)
 --suite runs a paper's set from DIR (evaluation/suites.py: folder names),
 lists the absent tasks and skips them, and writes OUT.md beside OUT.json: our

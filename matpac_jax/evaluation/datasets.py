@@ -253,8 +253,8 @@ def openmic(root: str) -> Task:
 def mtt(root: str) -> Task:
     """MagnaTagATune: `annotations_final.csv` (tab-separated: clip_id, 188 tags,
     mp3_path) + the mp3 folders `0/`..`f/`. The top-50 tags and the
-    15,244/1,529/4,332 clip split of Lee et al. (splits/mtt_*: the split of
-    MARBLE and most SSL papers); multi-label, mAP."""
+    15,244/1,529/4,332 clip split of Lee et al. 2017 (splits/mtt_*; also in
+    minzwon/sota-music-tagging-models); multi-label, mAP."""
     meta = storage.join(root, "annotations_final.csv")
     rows = read_csv(meta, delimiter="\t", need=("clip_id", "mp3_path"))
     tags = _stored("mtt_top50_tags.txt")

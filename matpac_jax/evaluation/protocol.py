@@ -78,7 +78,8 @@ class Protocol:
                    if self.valid_rule == "evar" else ", after the valid holdout"),
                "probe": {"model": "Linear", **probe, "batch": f"min({self.probe.max_batch}, n)"},
                "seeds": list(self.seeds),
-               "metric": "macro mAP" if task.multilabel else "accuracy"}
+               "metric": ("macro mAP over the classes with a positive in test"
+                          if task.multilabel else "accuracy")}
         if len(self.lrs) == 1:
             out["lr"] = self.lrs[0]
         else:
@@ -106,8 +107,9 @@ class Protocol:
             f"{v:g}" for v in d["lr_grid"])
         folds = f", {d['folds']} folds" if d["folds"] else ""
         clip = "whole clips" if self.unit_sec is None else f"{self.unit_sec:g} s crops"
+        metric = "macro mAP" if task.multilabel else "accuracy"
         return (f"{self.name} protocol: {clip}{folds}, {lr}, seeds "
-                f"{','.join(map(str, self.seeds))}, {d['metric']}")
+                f"{','.join(map(str, self.seeds))}, {metric}")
 
 
 def for_task(task: Task, lrs: tuple[float, ...] | None = None,
