@@ -8,6 +8,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["matpac_jax", "matpac_jax.*"]),
+    # The evaluation split lists that no dataset release ships (evaluation/splits/README.md).
+    package_data={"matpac_jax.evaluation": ["splits/*"]},
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.4.35",

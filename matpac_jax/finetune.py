@@ -56,15 +56,15 @@ def task_shards(task_dir: str, data_dir: str, frontend: str, write: bool = True
     splits is used as it is."""
     from matpac_jax.data import prepare
     from matpac_jax.data.loader import find_shards, record_ids, record_labels
-    from matpac_jax.evaluation import linear_probe as lp
+    from matpac_jax.evaluation import protocol, tasks
 
     name = os.path.basename(os.path.normpath(task_dir.rstrip("/")))
     if storage.exists(storage.join(task_dir, "meta.csv")):
-        task = lp.load_task(task_dir)
+        task = tasks.load_folder(task_dir)
         split = task.split.copy()
         if not (split == "valid").any():
             train = np.flatnonzero(split == "train")
-            _, held = lp.holdout_valid(task.targets()[train], seed=0)
+            _, held = protocol.holdout_valid(task.targets()[train], seed=0)
             split[train[held]] = "valid"
         splits = {}
         for s in SPLITS:

@@ -91,9 +91,10 @@ plt.show()"""),
 ## A tiny linear probe
 
 Four procedural sound classes, 16 clips each (12 train, 4 test), probed as
-`python -m matpac_jax.evaluate` does (EVAR's protocol, the learning rate
-picked on valid from 3e-5 to 1e-3; the same CLI runs on any folder with a
-`meta.csv` of `file,label,split`)."""),
+`python -m matpac_jax.evaluate` probes any folder with a `meta.csv` of
+`file,label,split` (EVAR's linear probe, the learning rate picked on valid
+from 3e-5 to 1e-3). The papers' datasets as released run EVAR's protocol:
+`--task=esc50:PATH`, or `--suite=evar --data_root=DIR` (README)."""),
     new_code_cell("""\
 import csv
 import tempfile

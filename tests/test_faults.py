@@ -284,8 +284,10 @@ def test_cli_errors_are_one_line_before_any_work(tmp_path, capsys, monkeypatch):
     # A missing task folder's meta.csv and a missing .pt: one line each.
     assert cli.run(evaluate.main, ["--checkpoint=logmel-baseline", f"--task={tmp_path}/none",
                                    f"--out={out}"]) == 1
-    assert capsys.readouterr().err.strip() == (f"error: {tmp_path}/none/meta.csv: no such file "
-                                               "(a task folder holds meta.csv: file,label,split)")
+    assert capsys.readouterr().err.strip() == (
+        f"error: {tmp_path}/none/meta.csv: no such file (a task folder holds meta.csv: "
+        "file,label,split; or give NAME:PATH for a released dataset, python -m "
+        "matpac_jax.evaluate --help)")
     assert cli.run(embed.main, [f"--checkpoint={tmp_path}/none.pt", f"--out={out}",
                                 str(good)]) == 1
     assert capsys.readouterr().err.strip() == f"error: checkpoint not found: {tmp_path}/none.pt"

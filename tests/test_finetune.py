@@ -17,7 +17,7 @@ from flax import nnx
 
 from matpac_jax import finetune
 from matpac_jax.data import loader, prepare, toy_sounds
-from matpac_jax.evaluation import linear_probe as lp
+from matpac_jax.evaluation import embeddings, protocol, runner, tasks
 from matpac_jax.methods import finetune as ft_method
 from matpac_jax.objectives import finetune as ft_obj
 
@@ -85,11 +85,9 @@ def probe_score(checkpoint, task_dir) -> float:
     """The frozen linear probe (EVAR protocol, lr picked on valid) of the same encoder."""
     from matpac_jax.inference import load
 
-    task = lp.load_task(task_dir)
-    emb = load(checkpoint).clip_embeddings(task.files)
-    r = lp.probe_task(emb, task, [0], lp.ProbeConfig(lr=1e-3, epochs=200),
-                      (1e-4, 1e-3, 1e-2))
-    return r["mean"]
+    task = tasks.load_folder(task_dir)
+    emb = embeddings.Embedded.whole(load(checkpoint).clip_embeddings(task.files))
+    return runner.run(emb, task, protocol.for_task(task, (1e-4, 1e-3, 1e-2), (0,)))["mean"]
 
 
 # -- pieces ------------------------------------------------------------------
@@ -239,7 +237,7 @@ def test_sigkill_then_rerun_ends_at_the_same_weights_and_scores(tmp_path, m2d):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     from matpac_jax.inference import load  # a fine-tuned workdir embeds like any other
 
-    emb = load(seed_dir).clip_embeddings(lp.load_task(task).files[:2])
+    emb = load(seed_dir).clip_embeddings(tasks.load_folder(task).files[:2])
     assert emb.shape == (2, 5 * 192) and np.isfinite(emb).all()
 
 
