@@ -93,8 +93,8 @@ def make_embed(checkpoint: str, config, seed: int | None, batch_size: int,
         ckpt_id = f"{RANDOM_INIT}:{cfg.method}:{digest}:seed={cfg.seed if seed is None else seed}"
         loader = lambda: random_init_embedder(cfg, seed, batch_size, freq_tokens)
     else:
-        path = os.path.abspath(checkpoint)
-        if os.path.isdir(path):
+        path = storage.absolute(checkpoint)
+        if storage.isdir(path):
             from matpac_jax.training import checkpoint as ckpt
 
             try:
@@ -102,9 +102,8 @@ def make_embed(checkpoint: str, config, seed: int | None, batch_size: int,
             except ValueError as e:
                 raise SystemExit(f"error: {e}") from None
             ckpt_id = f"workdir:{found}"
-        elif os.path.isfile(path):
-            st = os.stat(path)
-            ckpt_id = f"file:{path}:{st.st_size}:{st.st_mtime_ns}"
+        elif storage.isfile(path):
+            ckpt_id = f"file:{path}:{storage.version(path)}"
         else:
             raise SystemExit(f"error: --checkpoint={checkpoint}: no such file or directory")
 

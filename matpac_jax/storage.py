@@ -153,6 +153,17 @@ def size(p: str | os.PathLike) -> int:
     return int(filesystem(p).size(p)) if is_remote(p) else os.path.getsize(p)
 
 
+def version(p: str | os.PathLike) -> str:
+    """What changes when the file is rewritten: size and mtime (locally) or
+    size and generation (gs://), for cache keys."""
+    p = check(p)
+    if is_remote(p):
+        info = filesystem(p).info(p)
+        return f"{info.get('size')}:{info.get('generation') or info.get('updated')}"
+    st = os.stat(p)
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 def find(root: str | os.PathLike, suffixes: tuple[str, ...] | None = None,
          detail: bool = False) -> list[str] | dict[str, dict]:
     """Every file under `root` (recursive, sorted), optionally only those whose

@@ -161,3 +161,22 @@ def test_two_processes_on_gs_sigkill_resume_bitwise_then_export_embed(
                                    rtol=1e-5, atol=1e-6)
         assert list(z["files"]) == [clip]
     jax.clear_caches()
+
+
+def test_evaluate_a_gs_checkpoint_on_a_gs_release_folder(gcs_bucket, fixtures_dir, tmp_path):
+    """ESC-50 as released, in the bucket; the official file too; results back there."""
+    import json
+
+    import replicas
+    from matpac_jax import evaluate
+
+    replicas.esc50(tmp_path / "ESC-50-master", per_fold=2)
+    task = _upload(str(tmp_path / "ESC-50-master"), f"{gcs_bucket}/ESC-50-master")
+    ckpt = f"{gcs_bucket}/matpac_flat.pt"
+    storage.copy_file(str(fixtures_dir / "matpac_flat.pt"), ckpt)
+    out = f"{gcs_bucket}/results/esc50.json"
+    assert evaluate.main([f"--checkpoint={ckpt}", f"--task=esc50:{task}", f"--out={out}",
+                          "--seeds=42", "--cache_dir="]) == 0
+    r = json.loads(storage.read_text(out))["tasks"]["esc50"]
+    assert [f["test_fold"] for f in r["folds"]] == [1, 2, 3, 4, 5]
+    assert r["protocol"]["unit_sec"] == 5.0
