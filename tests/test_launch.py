@@ -91,20 +91,22 @@ def test_tpu_install_copies_head_or_clones():
 
 
 def test_tpu_prepare_data_split_across_workers_then_merge():
-    lines = dry_run("tpu/prepare_data.sh", *TPU, "--input", "/mnt/gcs/as2m.csv",
-                    "--output", "/mnt/gcs/as2m_matpac", "--num-workers", "4")
+    src = "gs://b/AudioSet/data/bal_train,gs://b/AudioSet/data/unbal_train"
+    lines = dry_run("tpu/prepare_data.sh", *TPU, "--input", src, "--output", "gs://b/as2m",
+                    "--classes", "gs://b/class_labels_indices.csv", "--num-workers", "4")
     assert [line.endswith(" &") for line in lines] == [True] * 4 + [False, False]
     assert lines[4] == "wait"
     runs = [ssh(argv) for argv in commands(lines) if ssh(argv)]
-    prepare = ["python", "-m", "matpac_jax.data.prepare", "--input", "/mnt/gcs/as2m.csv",
-               "--output", "/mnt/gcs/as2m_matpac", "--frontend", "matpac"]
+    prepare = ["python", "-m", "matpac_jax.data.prepare", "--input", src,
+               "--output", "gs://b/as2m", "--frontend", "matpac", "--classes",
+               "gs://b/class_labels_indices.csv"]
     for i, (worker, remote) in enumerate(runs[:4]):
         assert worker == str(i)
         assert contains(remote, prepare)
         assert contains(remote, ["--worker_index", str(i), "--num_workers", "4"])
     assert runs[4][0] == "0" and contains(
         runs[4][1], ["python", "-m", "matpac_jax.data.prepare", "--output",
-                     "/mnt/gcs/as2m_matpac", "--merge"])
+                     "gs://b/as2m", "--merge"])
 
 
 def test_tpu_keepalive_recreates_and_reruns():
@@ -152,12 +154,7 @@ def test_tpu_worker_side(tmp_path):
     assert ["python3", "-m", "uv", "pip", "install", "--python", venv + "/bin/python", "-e",
             str(ROOT), "jax[tpu]", "tensorboard"] in setup
     run = worker_dry_run("worker_run.sh", *MAIN)
-    assert run == [
-        ["gcloud", "storage", "rsync", "--recursive", "gs://my-bucket/matpac/tensorboard",
-         "tensorboard/matpac"],
-        MAIN,
-        ["gcloud", "storage", "rsync", "--recursive", "tensorboard/matpac",
-         "gs://my-bucket/matpac/tensorboard"]]
+    assert run == [MAIN]  # TensorBoard events go to the gs:// workdir directly
 
 
 def test_tpu_worker_run_records_status(tmp_path):
@@ -173,7 +170,7 @@ def test_tpu_worker_run_records_status(tmp_path):
                               env=env, timeout=30).stdout.strip()
 
     assert worker_run("--status") == "stopped"
-    worker_run("bash", "-c", "echo 'Saved checkpoint 8 after preemption; exiting.'")
+    worker_run("bash", "-c", "echo 'preempted: at step 8 of 100 (SIGTERM)' >&2; exit 75")
     assert worker_run("--status") == "preempted"
     worker_run("bash", "-c", "exit 3")
     assert worker_run("--status") == "3"
@@ -211,9 +208,11 @@ def test_gpu_slurm_one_task_per_gpu():
     assert argv[0] == "sbatch"
     for flag in ["--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu"]:
         assert flag in argv
-    assert shlex.split(argv[-1].removeprefix("--wrap=")) == [
-        "srun", "python", "-m", "matpac_jax.main", "--config=configs/matpac_as2m.py",
-        "--workdir=/shared/w"]
+    assert "--requeue" in argv
+    wrap = shlex.split(argv[-1].removeprefix("--wrap="))
+    assert wrap[:6] == ["srun", "python", "-m", "matpac_jax.main",
+                        "--config=configs/matpac_as2m.py", "--workdir=/shared/w;"]
+    assert "if [ $rc -eq 75 ]; then scontrol requeue $SLURM_JOB_ID; fi" in argv[-1]
 
 
 def test_gpu_single_host():

@@ -5,6 +5,8 @@
 # environment, and task k of a node uses GPU k (SLURM_LOCALID), so nothing is
 # passed by hand. Output goes to runs/slurm-<job name>-<job id>.out. Re-submitting
 # the same command resumes from the latest checkpoint in --workdir (shared).
+# A preempted run (SIGTERM: the trainer saves a checkpoint and exits 75) is
+# requeued (`scontrol requeue`, sbatch --requeue) and resumes by itself.
 #
 #   launch/gpu/slurm.sh --nodes 2 --workdir /shared/runs/matpac --data /shared/as2m_matpac \
 #       [--gpus-per-node 8] [--job-name matpac] [--sbatch-flags "--partition=gpu --time=2-00:00:00"] \
@@ -20,6 +22,8 @@ need NODES WORKDIR
 main_command "$PYTHON"
 read -r -a extra <<<"$SBATCH_FLAGS"
 run mkdir -p "$ROOT/runs"
+# srun's status is the highest of its tasks': 75 when they stopped on a preemption.
+wrap="srun $(shell_quote "${MAIN[@]}"); rc=\$?; if [ \$rc -eq 75 ]; then scontrol requeue \$SLURM_JOB_ID; fi; exit \$rc"
 run sbatch "--job-name=$JOB_NAME" "--nodes=$NODES" "--ntasks-per-node=$GPUS_PER_NODE" \
-  "--gpus-per-node=$GPUS_PER_NODE" "--chdir=$ROOT" --output=runs/slurm-%x-%j.out \
-  "${extra[@]}" "--wrap=srun $(shell_quote "${MAIN[@]}")"
+  "--gpus-per-node=$GPUS_PER_NODE" "--chdir=$ROOT" --output=runs/slurm-%x-%j.out --requeue \
+  --open-mode=append "${extra[@]}" "--wrap=$wrap"

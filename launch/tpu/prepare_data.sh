@@ -3,12 +3,14 @@
 #   python -m matpac_jax.data.prepare --input INPUT --output OUTPUT --frontend FRONTEND \
 #       --workers $(nproc) --worker_index i --num_workers N
 # (all in parallel, over ssh), then worker 0 merges the manifests (--merge).
-# INPUT and OUTPUT are paths on the workers, e.g. under the bucket mounted at
-# /mnt/gcs by install.sh --bucket. Re-running resumes: finished shards are kept.
+# INPUT and OUTPUT are gs:// paths (or paths on the workers): INPUT any form
+# prepare reads (audio folder or CSV, parquet shards, WebDataset tars; several
+# comma-separated). Re-running resumes: finished shards are kept.
 #
 #   launch/tpu/prepare_data.sh --name matpac --zone us-central2-b --project MY_PROJECT \
-#       --input /mnt/gcs/audioset/as2m.csv --output /mnt/gcs/as2m_matpac \
-#       [--frontend matpac] [--num-shards S] [--num-workers N] [--dry-run]
+#       --input gs://MY_BUCKET/AudioSet/data/bal_train,gs://MY_BUCKET/AudioSet/data/unbal_train \
+#       --output gs://MY_BUCKET/as2m_matpac [--frontend matpac] [--labels CSV,CSV] \
+#       [--classes class_labels_indices.csv] [--num-shards S] [--num-workers N] [--dry-run]
 #
 # N is the slice's worker count (asked from gcloud; --dry-run needs --num-workers).
 set -euo pipefail
@@ -28,6 +30,12 @@ venv="cd matpac_jax && source ../matpac_venv/bin/activate &&"
 prepare=(python -m matpac_jax.data.prepare --input "$INPUT" --output "$OUTPUT" --frontend "$FRONTEND")
 if [[ -n $NUM_SHARDS ]]; then
   prepare+=(--num_shards "$NUM_SHARDS")
+fi
+if [[ -n $LABELS ]]; then
+  prepare+=(--labels "$LABELS")
+fi
+if [[ -n $CLASSES ]]; then
+  prepare+=(--classes "$CLASSES")
 fi
 for ((i = 0; i < n; i++)); do
   tpu_ssh --bg "$i" "$venv $(shell_quote "${prepare[@]}") --workers \$(nproc) --worker_index $i --num_workers $n"

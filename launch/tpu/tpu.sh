@@ -11,14 +11,14 @@
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 TPU_OPTIONS="name zone project accelerator runtime-version spot! repo ref bucket
-  config workdir data input output frontend num-shards num-workers worker tensorboard!
+  config workdir data input output frontend labels classes num-shards num-workers worker tensorboard!
   poll max-restarts delete-when-done!"
 # shellcheck disable=SC2034  # each script uses some of these
 {
   NAME="" ZONE="" PROJECT="" ACCELERATOR="" RUNTIME_VERSION="" SPOT=0
   REPO="" REF=main BUCKET=""
   CONFIG=configs/matpac_as2m.py WORKDIR="" DATA=""
-  INPUT="" OUTPUT="" FRONTEND=matpac NUM_SHARDS="" NUM_WORKERS=""
+  INPUT="" OUTPUT="" FRONTEND=matpac LABELS="" CLASSES="" NUM_SHARDS="" NUM_WORKERS=""
   WORKER=0 TENSORBOARD=0 POLL=300 MAX_RESTARTS=3 DELETE_WHEN_DONE=0
 }
 

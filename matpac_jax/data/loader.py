@@ -158,8 +158,9 @@ class ShardSource:
     record header does not stop the indexing (`load_index`).
 
     `read_many` fetches a batch's records at once: on gs:// one ranged GET per
-    record, `storage.READ_CONCURRENCY` in flight (a record is read exactly:
-    its neighbours belong to other batches under the global shuffle).
+    record (`storage.read_ranges`, `storage.READ_CONCURRENCY` in flight), of
+    exactly the record: its neighbours belong to other batches under the
+    global shuffle, so a larger read would fetch bytes nobody uses.
     """
 
     def __init__(self, paths: list[str], verify_crc: bool | str = "once",
@@ -236,10 +237,8 @@ class ShardSource:
                     out.append(err)
             return out
         where = [self._where(int(i)) for i in records]
-        fs = storage.filesystem(self.paths[0])
-        bufs = fs.cat_ranges([w[0] for w in where], [w[1] for w in where],
-                             [w[1] + 16 + w[2] for w in where], on_error="return",
-                             batch_size=storage.READ_CONCURRENCY)
+        bufs = storage.read_ranges([w[0] for w in where], [w[1] for w in where],
+                                   [w[1] + 16 + w[2] for w in where])
         out = []
         for i, (path, offset, length, verify), buf in zip(records, where, bufs):
             try:
