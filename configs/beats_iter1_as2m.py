@@ -1,8 +1,13 @@
 """BEATs iteration 1: masked audio modelling of a frozen random-projection tokenizer.
 
-  python -m matpac_jax.data.prepare --input AUDIOSET_DIR --output gs://BUCKET/as2m_beats --frontend beats
+  python -m matpac_jax.data.prepare --frontend=beats --output=gs://BUCKET/as2m_beats \
+      --input=gs://BUCKET/AudioSet/data/bal_train,gs://BUCKET/AudioSet/data/unbal_train
   python -m matpac_jax.main --config=configs/beats_iter1_as2m.py --workdir=gs://BUCKET/beats_iter1 \
-      --config.data.path=/mnt/gcs/as2m_beats
+      --config.data.path=gs://BUCKET/as2m_beats
+
+`--input` is AudioSet in any form it is distributed in (Hugging Face parquet
+as here, WebDataset tars, audio folders; docs/LAUNCH.md has the recipe per
+form).
 
 Then configs/beats_tokenizer_as2m.py distils the next tokenizer from this run.
 Demo (CPU, the demo corpus rendered on first use, docs/DEMO_DATA.md): --config=configs/beats_iter1_as2m.py:demo

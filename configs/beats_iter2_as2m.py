@@ -1,7 +1,7 @@
 """BEATs iteration n >= 2: masked audio modelling of a trained tokenizer's labels.
 
   python -m matpac_jax.main --config=configs/beats_iter2_as2m.py --workdir=gs://BUCKET/beats_iter2 \
-      --config.data.path=/mnt/gcs/as2m_beats --config.tokenizer_checkpoint=gs://BUCKET/beats_tok1
+      --config.data.path=gs://BUCKET/as2m_beats --config.tokenizer_checkpoint=gs://BUCKET/beats_tok1
 
 `tokenizer_checkpoint`: a workdir of configs/beats_tokenizer_as2m.py, or an
 official Tokenizer .pt. Demo: --config=configs/beats_iter2_as2m.py:demo with

@@ -1,7 +1,7 @@
 """BEATs tokenizer distillation: a VQ tokenizer learns to reconstruct a frozen SSL teacher.
 
   python -m matpac_jax.main --config=configs/beats_tokenizer_as2m.py --workdir=gs://BUCKET/beats_tok1 \
-      --config.data.path=/mnt/gcs/as2m_beats --config.teacher_checkpoint=gs://BUCKET/beats_iter1
+      --config.data.path=gs://BUCKET/as2m_beats --config.teacher_checkpoint=gs://BUCKET/beats_iter1
 
 `teacher_checkpoint`: a workdir of a beats_mam run (iteration n) or an
 official BEATs .pt. The tokenizer written here feeds iteration n + 1.

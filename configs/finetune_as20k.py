@@ -1,10 +1,19 @@
 """Fine-tuning recipe for AudioSet-20K (balanced train, 527 classes, multi-label, mAP).
 
-  python -m matpac_jax.data.prepare --input=AS20K_TRAIN_WAVS --labels=balanced_train_segments.csv \
-      --frontend=m2d --output=AS20K/train          # and AS20K/valid, AS20K/test alike
+  python -m matpac_jax.data.prepare --input=gs://BUCKET/AudioSet/data/bal_train --frontend=m2d \
+      --classes=gs://BUCKET/class_labels_indices.csv --output=gs://BUCKET/as20k_ft/train
+  python -m matpac_jax.data.prepare --input=gs://BUCKET/AudioSet/data/eval --frontend=m2d \
+      --classes=gs://BUCKET/class_labels_indices.csv --output=gs://BUCKET/as20k_ft/test
   python -m matpac_jax.finetune --config=configs/finetune_as20k.py \
-      --checkpoint=m2d_vit_base-80x608p16x16/checkpoint-300.pth --task=AS20K \
-      --workdir=gs://BUCKET/ft_as20k --out=as20k.json
+      --checkpoint=m2d_vit_base-80x608p16x16/checkpoint-300.pth --task=gs://BUCKET/as20k_ft \
+      --workdir=gs://BUCKET/ft_as20k --out=gs://BUCKET/ft_as20k/as20k.json
+
+The parquet rows carry their labels; an audio folder takes
+`--labels=balanced_train_segments.csv` (test: `eval_segments.csv`).
+AudioSet has no valid split: without `valid/` the command holds out
+min(10 %, 5,000 clips) of train by clip id (`data.loader.held_out`, seed 0)
+to pick the checkpoint. Scores are over the 527 classes of
+`class_labels_indices.csv`, in its order.
 
 `m2d` (default): M2D's EVAR fine-tuning, `util/ft-as20k.sh` + `config/m2d.yaml`
 (nttcslab/m2d, nttcslab/eval-audio-repr): SGD momentum 0.9, lr 0.5, no weight

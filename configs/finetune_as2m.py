@@ -1,10 +1,19 @@
 """Fine-tuning recipe for AudioSet-2M (527 classes, multi-label, mAP, balanced sampling).
 
-  python -m matpac_jax.data.prepare --input=AS2M_WAVS --labels=unbalanced_train_segments.csv \
-      --frontend=m2d --output=gs://BUCKET/as2m_ft/train --workers=32   # valid/, test/ alike
+  python -m matpac_jax.data.prepare --input=gs://BUCKET/as2m_wavs --frontend=m2d \
+      --labels=gs://BUCKET/balanced_train_segments.csv,gs://BUCKET/unbalanced_train_segments.csv \
+      --classes=gs://BUCKET/class_labels_indices.csv --output=gs://BUCKET/as2m_ft/train --workers=32
+  python -m matpac_jax.data.prepare --input=gs://BUCKET/eval_wavs --frontend=m2d \
+      --labels=gs://BUCKET/eval_segments.csv --classes=gs://BUCKET/class_labels_indices.csv \
+      --output=gs://BUCKET/as2m_ft/test
   python -m matpac_jax.finetune --config=configs/finetune_as2m.py \
       --checkpoint=m2d_vit_base-80x608p16x16/checkpoint-300.pth --task=gs://BUCKET/as2m_ft \
-      --workdir=gs://BUCKET/ft_as2m --out=as2m.json
+      --workdir=gs://BUCKET/ft_as2m --out=gs://BUCKET/ft_as2m/as2m.json
+
+(Parquet or WebDataset AudioSet carries its labels: `--input` as in
+docs/LAUNCH.md, no `--labels`.) No `valid/`: the command holds out
+min(10 %, 5,000 clips) of train by clip id (`data.loader.held_out`, seed 0)
+to pick the checkpoint; scores are over the 527 official classes in order.
 
 `m2d` (default): M2D's EVAR fine-tuning, `util/ft-as2m.sh` (nttcslab/m2d):
 LARS lr 2.0 with momentum 0.9 and no weight decay (timm's LARS applies no

@@ -1,7 +1,11 @@
 """M2D, ViT-B/16, AudioSet-2M, official hyper-parameters (docs/SPEC.md sections 2-5).
 
+  python -m matpac_jax.data.prepare --frontend=m2d --output=gs://BUCKET/as2m_m2d \
+      --input=gs://BUCKET/AudioSet/data/bal_train,gs://BUCKET/AudioSet/data/unbal_train
   python -m matpac_jax.main --config=configs/m2d_as2m.py --workdir=gs://BUCKET/m2d \
       --config.data.path=gs://BUCKET/as2m_m2d
+
+(AudioSet in any form it is distributed in: docs/LAUNCH.md.)
 
 Demo on a CPU with the demo corpus (rendered on first use, docs/DEMO_DATA.md):
 

@@ -1,6 +1,6 @@
 """Further pre-training of an official M2D checkpoint on your own shards (M2D-X style).
 
-  python -m matpac_jax.data.prepare --input YOUR_AUDIO_DIR --output /data/my_m2d_shards --frontend m2d
+  python -m matpac_jax.data.prepare --input=YOUR_AUDIO_DIR --output=/data/my_m2d_shards --frontend=m2d
   python -m matpac_jax.main --config=configs/m2d_x_further.py --workdir=/ckpt/m2d_x \
       --config.init_from=m2d_vit_base-80x608p16x16-221006-mr7/checkpoint-300.pth \
       --config.data.path=/data/my_m2d_shards

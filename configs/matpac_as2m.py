@@ -1,7 +1,11 @@
 """MATPAC, ViT-B/16, AudioSet-2M, official hyper-parameters (docs/SPEC.md sections 2-5).
 
+  python -m matpac_jax.data.prepare --frontend=matpac --output=gs://BUCKET/as2m_matpac \
+      --input=gs://BUCKET/AudioSet/data/bal_train,gs://BUCKET/AudioSet/data/unbal_train
   python -m matpac_jax.main --config=configs/matpac_as2m.py --workdir=gs://BUCKET/matpac \
       --config.data.path=gs://BUCKET/as2m_matpac
+
+(AudioSet in any form it is distributed in: docs/LAUNCH.md.)
 
 Demo on a CPU with the demo corpus (rendered on first use, docs/DEMO_DATA.md):
 
