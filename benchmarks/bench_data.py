@@ -33,6 +33,7 @@ from absl import flags
 
 from matpac_jax import cli, storage
 from matpac_jax.data import loader, prepare, toy_sounds
+from matpac_jax.data import shards as shard_files
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_integer("clips", 48, "10-s clips to prepare", flag_values=FLAGS)
@@ -103,7 +104,7 @@ def bench_loader(shards: str, frontend: str, crops: int, verify_crc, read_thread
     it = loader.make_loader(shards, frontend=frontend, crop_frames=608, batch_size=64, seed=0,
                             shard_index=0, shard_count=1, verify_crc=verify_crc,
                             read_threads=read_threads, worker_count=workers)
-    records = sum(len(ix) for ix in loader.load_indexes(loader.find_shards(shards)))
+    records = sum(len(ix) for ix in shard_files.load_indexes(shard_files.find_shards(shards)))
     n = 0
     while n < records + 64:  # Warm-up: numba compile, and the first epoch ('once' checks it).
         n += next(it)["x"].shape[0]

@@ -11,7 +11,7 @@
 The parquet rows carry their labels; an audio folder takes
 `--labels=balanced_train_segments.csv` (test: `eval_segments.csv`).
 AudioSet has no valid split: without `valid/` the command holds out
-min(10 %, 5,000 clips) of train by clip id (`data.loader.held_out`, seed 0)
+min(10 %, 5,000 clips) of train by clip id (`data.shards.held_out`, seed 0)
 to pick the checkpoint. Scores are over the 527 classes of
 `class_labels_indices.csv`, in its order.
 

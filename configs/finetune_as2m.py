@@ -12,7 +12,7 @@
 
 (Parquet or WebDataset AudioSet carries its labels: `--input` as in
 docs/LAUNCH.md, no `--labels`.) No `valid/`: the command holds out
-min(10 %, 5,000 clips) of train by clip id (`data.loader.held_out`, seed 0)
+min(10 %, 5,000 clips) of train by clip id (`data.shards.held_out`, seed 0)
 to pick the checkpoint; scores are over the 527 official classes in order.
 
 `m2d` (default): M2D's EVAR fine-tuning, `util/ft-as2m.sh` (nttcslab/m2d):

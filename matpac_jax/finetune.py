@@ -42,7 +42,7 @@ RECIPE = os.path.join(CONFIGS, "finetune_esc50.py")  # without --config
 PROG = "python -m matpac_jax.finetune"
 SPLITS = ("train", "valid", "test")
 # A shard task without valid/ (AudioSet): valid = min(10 %, 5000 clips) of
-# train, picked by clip id (loader.held_out, seed 0), the same on every run.
+# train, picked by clip id (data.shards.held_out, seed 0), the same on every run.
 VALID_FRACTION, VALID_CLIPS = 0.1, 5000
 
 
@@ -54,8 +54,8 @@ def task_shards(task_dir: str, data_dir: str, frontend: str, write: bool = True
     A `meta.csv` task is prepared into `data_dir/<split>` (resumable: done
     shards are kept; `write=False`: only read the task); a folder of prepared
     splits is used as it is."""
-    from matpac_jax.data import prepare
-    from matpac_jax.data.loader import find_shards, record_ids, record_labels
+    from matpac_jax.data import prepare, sources
+    from matpac_jax.data.shards import find_shards, record_ids, record_labels
     from matpac_jax.evaluation import protocol, tasks
 
     name = os.path.basename(os.path.normpath(task_dir.rstrip("/")))
@@ -68,7 +68,7 @@ def task_shards(task_dir: str, data_dir: str, frontend: str, write: bool = True
             split[train[held]] = "valid"
         splits = {}
         for s in SPLITS:
-            clips = [prepare.Clip(f, os.path.relpath(f, task_dir), ";".join(ls))
+            clips = [sources.Clip(f, os.path.relpath(f, task_dir), ";".join(ls))
                      for f, ls, sp in zip(task.files, task.labels, split) if sp == s]
             out = storage.join(data_dir, s)
             if write:
@@ -102,10 +102,10 @@ def labelled_records(folder: str, frontend: str, holdout: float = 0.0
     """(features (front-end layout, float32, not normalised), labels) of each
     record; with `holdout`, only the records the loader's holdout leaves out."""
     from matpac_jax.data import tfrecord
-    from matpac_jax.data.loader import _check_frontend, find_shards, held_out, split_labels
+    from matpac_jax.data.shards import check_frontend, find_shards, held_out, split_labels
 
     shards = find_shards(folder)
-    _check_frontend(shards, frontend)
+    check_frontend(shards, frontend)
     for path in shards:
         for data in tfrecord.read_records(path):
             ex = tfrecord.decode_example(data)
@@ -308,7 +308,7 @@ def run(config, checkpoint: str, task_dir: str, workdir: str,
     if task["holdout"]:
         print(f"{task_dir} has no valid split: scoring checkpoints on the clips whose "
               f"held_out(id, seed 0) falls in the lowest {task['holdout']:.4%} of train "
-              "(loader.held_out; training never sees them)", file=sys.stderr)
+              "(data.shards.held_out; training never sees them)", file=sys.stderr)
     config.finetune.multilabel = bool(task["multilabel"] or config.finetune.multilabel)
     config.data.path = task["splits"]["train"]
     for seed in seeds:  # before any file is written

@@ -9,7 +9,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-import soundfile as sf
 
 import replicas
 from matpac_jax import evaluate, inference

@@ -462,12 +462,13 @@ def test_cli_corrupt_newest_checkpoint_and_skipped_records_on_resume(shards, tmp
     past a damaged newest checkpoint; the count is logged and in TensorBoard.
     One record has a flipped payload byte, one a flipped length-header byte
     (its shard's index is then rebuilt from the headers)."""
-    from matpac_jax.data import loader, tfrecord
+    from matpac_jax.data import tfrecord
+    from matpac_jax.data import shards as shard_files
     from matpac_jax.training import metrics
 
     bad = tmp_path / "bad_shards"
     shutil.copytree(shards, bad)
-    shard = loader.find_shards(str(bad))[0]
+    shard = shard_files.find_shards(str(bad))[0]
     offsets = tfrecord.build_index(shard)[:, 0]
     data = bytearray(open(shard, "rb").read())
     data[offsets[1] + 40] ^= 0xFF  # payload

@@ -17,6 +17,7 @@ from flax import nnx
 
 from matpac_jax import finetune
 from matpac_jax.data import loader, prepare, toy_sounds
+from matpac_jax.data import shards as shard_files
 from matpac_jax.evaluation import embeddings, protocol, runner, tasks
 from matpac_jax.methods import finetune as ft_method
 from matpac_jax.objectives import finetune as ft_obj
@@ -150,8 +151,8 @@ def test_audioset_label_csv_and_balanced_sampling(tmp_path):
     m = prepare.prepare(str(wavs), str(tmp_path / "out"), "matpac", labels=str(tmp_path / "seg.csv"))
     assert m["num_examples"] == 3 and m["classes"] == ["/m/a", "/m/b", "/m/c"]
     assert [s["file"].endswith("nolabel.wav") for s in m["skipped"]] == [True]
-    shards = loader.find_shards(tmp_path / "out")
-    labels = loader.record_labels(shards)
+    shards = shard_files.find_shards(tmp_path / "out")
+    labels = shard_files.record_labels(shards)
     assert sorted(map(tuple, labels)) == [("/m/a",), ("/m/a", "/m/b"), ("/m/c",)]
     w = loader.balanced_weights(labels)
     order = {tuple(ls): p for ls, p in zip(labels, w)}  # rare labels weigh more
@@ -323,8 +324,8 @@ def test_audioset_shards_without_valid_carve_it_and_score_the_official_classes(t
                         classes=str(tmp_path / "classes.csv"))
     task = finetune.task_shards(str(tmp_path / "as"), "", "m2d", write=False)
     assert task["classes"] == mids and task["holdout"] == pytest.approx(0.1)
-    ids = loader.record_ids(loader.find_shards(task["splits"]["train"]))
-    held = set(np.asarray(ids)[loader.held_out(ids, task["holdout"])])
+    ids = shard_files.record_ids(shard_files.find_shards(task["splits"]["train"]))
+    held = set(np.asarray(ids)[shard_files.held_out(ids, task["holdout"])])
     assert held  # some clips are valid, and training never sees them
     seen = {i for b in loader.make_loader(task["splits"]["train"], frontend="m2d",
                                           crop_frames=32, batch_size=4, seed=0, num_epochs=1,

@@ -14,6 +14,7 @@ import pytest
 
 from matpac_jax import errors, storage
 from matpac_jax.data import demo, loader
+from matpac_jax.data import shards as shard_files
 from matpac_jax.training import checkpoint, metrics
 
 import test_training as tt
@@ -69,7 +70,7 @@ def test_prepare_gs_audio_folder_to_gs_shards_lists_a_bad_file(gcs_bucket, tmp_p
     m = prepare.prepare(src, storage.join(gcs_bucket, "shards"), "m2d")
     assert m["num_examples"] == 2 and [s["file"] for s in m["skipped"]] == [
         storage.join(src, "broken.wav")]
-    ids = loader.record_ids(loader.find_shards(storage.join(gcs_bucket, "shards")))
+    ids = shard_files.record_ids(shard_files.find_shards(storage.join(gcs_bucket, "shards")))
     assert sorted(ids) == ["a.wav", "sub/b.flac"]
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from matpac_jax.data import demo
 from matpac_jax.data import loader
+from matpac_jax.data import shards as shard_files
 from matpac_jax.data import tfrecord
 
 MEAN, STD = -7.056, 4.193
@@ -249,7 +250,7 @@ def test_damaged_record_header_names_offset_or_is_skipped(shards, tmp_path, capl
 
 def test_find_shards_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"no \\*.tfrecord shards under {tmp_path}"):
-        loader.find_shards(tmp_path)
+        shard_files.find_shards(tmp_path)
 
 
 def test_demo_shards_end_to_end(tmp_path):
@@ -286,11 +287,11 @@ def test_demo_shards_end_to_end(tmp_path):
 
 
 def test_verify_crc_once_checks_each_record_on_first_read_only(shards, tmp_path):
-    paths = loader.find_shards(shards)
+    paths = shard_files.find_shards(shards)
     n = len(LENGTHS)
     counts = {}
     for mode in ("once", True, False):
-        source = loader.ShardSource(paths, verify_crc=mode)
+        source = shard_files.ShardSource(paths, verify_crc=mode)
         for _ in range(2):
             for i in range(n):
                 source[i]
@@ -300,7 +301,7 @@ def test_verify_crc_once_checks_each_record_on_first_read_only(shards, tmp_path)
     it = _loader(shards, num_epochs=3, batch_size=1, drop_remainder=False)
     assert len(list(it)) == 3 * n
     with pytest.raises(ValueError, match="verify_crc"):
-        loader.ShardSource(paths, verify_crc="sometimes")
+        shard_files.ShardSource(paths, verify_crc="sometimes")
     # A flipped payload byte is caught on the first read of that record with 'once'.
     bad = tmp_path / "data-00000-of-00001.tfrecord"
     data = bytearray((shards / "data-00000-of-00003.tfrecord").read_bytes())
@@ -308,14 +309,14 @@ def test_verify_crc_once_checks_each_record_on_first_read_only(shards, tmp_path)
     off = int(index[1, 0])
     data[off + 12 + int(index[1, 1]) // 2] ^= 0x01  # Inside the logmel bytes.
     bad.write_bytes(bytes(data))
-    source = loader.ShardSource([str(bad)], verify_crc="once")
+    source = shard_files.ShardSource([str(bad)], verify_crc="once")
     source[0]
     with pytest.raises(tfrecord.CorruptRecordError, match=f"offset {off}.*data checksum"):
         source[1]
     with pytest.raises(tfrecord.CorruptRecordError, match=f"offset {off}"):
         source[1]  # Still not marked verified.
     assert not source._verified[1] and source._verified[0]
-    assert len(loader.ShardSource([str(bad)], verify_crc=False)[1]["logmel"])  # Unchecked.
+    assert len(shard_files.ShardSource([str(bad)], verify_crc=False)[1]["logmel"])  # Unchecked.
 
 
 @pytest.mark.parametrize("batch_size", [3, 4])

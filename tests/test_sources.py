@@ -15,7 +15,8 @@ import soundfile as sf
 import webdataset
 
 from matpac_jax import errors, storage
-from matpac_jax.data import audio, frontends, loader, prepare, tfrecord
+from matpac_jax.data import audio, frontends, prepare, tfrecord
+from matpac_jax.data import shards as shard_files
 
 CLASSES = [("/m/09x0r", "Speech"), ("/m/04rlf", "Music"), ("/m/0jbk", "Animal"),
            ("/t/dd00088", "Gush")]  # the last one no clip below has: kept anyway
@@ -86,7 +87,7 @@ def _segments_csv(path: str, rows) -> str:
 
 
 def _records(output: str) -> dict[str, dict]:
-    return {ex["id"]: ex for s in loader.find_shards(output)
+    return {ex["id"]: ex for s in shard_files.find_shards(output)
             for ex in map(tfrecord.decode_example, tfrecord.read_records(s))}
 
 
@@ -174,10 +175,10 @@ def test_adding_to_an_existing_output_and_refusals(tmp_path):
 
 def test_held_out_split_is_deterministic_and_close_to_its_fraction():
     ids = [f"clip{i:06d}" for i in range(20000)]
-    a = loader.held_out(ids, 0.1)
+    a = shard_files.held_out(ids, 0.1)
     assert abs(a.mean() - 0.1) < 0.01
-    np.testing.assert_array_equal(a, loader.held_out(list(reversed(ids)), 0.1)[::-1])
-    assert not (loader.held_out(ids, 0.05) & ~a).any()  # nested: a smaller split is inside
+    np.testing.assert_array_equal(a, shard_files.held_out(list(reversed(ids)), 0.1)[::-1])
+    assert not (shard_files.held_out(ids, 0.05) & ~a).any()  # nested: a smaller split is inside
 
 
 @pytest.mark.slow

@@ -37,7 +37,6 @@ under OUT).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -52,7 +51,6 @@ from absl import flags
 from matpac_jax import cli, errors, storage
 from matpac_jax.data import frontends, sources, tfrecord
 from matpac_jax.data.labels import Labels
-from matpac_jax.data.sources import Clip  # noqa: F401  (the public name of a file clip)
 
 log = logging.getLogger(__name__)
 

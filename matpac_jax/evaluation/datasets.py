@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import json
 import os
 import posixpath
 import re

@@ -42,7 +42,7 @@ def base(method: str, frontend: str) -> ml_collections.ConfigDict:
     c.data.short_clips = "pad"
     c.data.corrupt_records = "stop"  # or "skip": drop a corrupt record, log and count it
     c.data.norm_stats = ()  # () = the front end's standard (mean, std)
-    c.data.holdout = 0.0  # fraction of clips (by id hash, loader.held_out) training never sees
+    c.data.holdout = 0.0  # fraction of clips (by id hash, data.shards.held_out) training never sees
 
     c.opt = ml_collections.ConfigDict()
     c.opt.adam = "adamw"  # or "fairseq": eps before the bias correction (training/optim.py)

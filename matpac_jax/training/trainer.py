@@ -22,6 +22,7 @@ from flax import nnx
 
 from matpac_jax import errors, storage
 from matpac_jax.data import loader as data_loader
+from matpac_jax.data import shards
 from matpac_jax.methods.base import Method
 from matpac_jax.training import checkpoint as ckpt
 from matpac_jax.training import metrics as metrics_lib
@@ -121,7 +122,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, method: Method,
 def _train(config, workdir, method, devices, evaluate):
     storage.makedirs(workdir)
     path = data_path(config, workdir)
-    data_loader.find_shards(path)  # a clear error before any compilation
+    shards.find_shards(path)  # a clear error before any compilation
     checkpointer = ckpt.Checkpointer(
         workdir, every=config.checkpoint_every, keep=config.keep_checkpoints,
         asynchronous=config.async_checkpoints,
