@@ -45,7 +45,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from matpac_jax import cli, errors, storage
+from matpac_jax import cli, errors, restore, storage
 
 RANDOM_INIT, LOGMEL = "random-init", "logmel-baseline"
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "matpac_jax", "embeddings")
@@ -95,10 +95,9 @@ def make_embed(checkpoint: str, config, seed: int | None, batch_size: int,
     else:
         path = storage.absolute(checkpoint)
         if storage.isdir(path):
-            from matpac_jax.training import checkpoint as ckpt
 
             try:
-                found = ckpt.find_checkpoint(path)
+                found = restore.find_checkpoint(path)
             except ValueError as e:
                 raise SystemExit(f"error: {e}") from None
             ckpt_id = f"workdir:{found}"

@@ -10,12 +10,46 @@ and `matpac_jax.load(FILE)` gives the workdir's embeddings back.
 """
 from __future__ import annotations
 
+import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 
 from absl import flags
 
-from matpac_jax import cli
+from matpac_jax import cli, errors, methods, restore, storage
+from matpac_jax.conversion import torch_save
+from matpac_jax.conversion.export import official_checkpoint
+
+
+@dataclasses.dataclass
+class Exported:
+    path: str
+    format: str                 # 'm2d' | 'matpac' | 'beats' | 'beats_tokenizer'
+    step: int | None
+    notes: list[str]            # what a PyTorch user of the file must know
+
+
+def export(checkpoint: str | os.PathLike, out: str | os.PathLike,
+           step: int | None = None) -> Exported:
+    """Write the workdir `checkpoint` (newest intact step, or `step`) to
+    exactly `out` (local or gs://) in its method's official format."""
+    checkpoint = storage.check(checkpoint, "--checkpoint")
+    out = storage.check(out, "--out")
+    if not storage.exists(checkpoint):
+        raise errors.CheckpointError(f"{checkpoint}: no such training workdir")
+    if not storage.isdir(checkpoint):
+        raise errors.CheckpointError(f"{checkpoint}: not a training workdir (official files "
+                                     "are already in the official format)")
+
+    def load(folder):
+        return (int(folder.name) if folder.name.isdigit() else None,
+                *methods.load_checkpoint(folder))
+
+    found_step, method, model, config = restore.first_intact(checkpoint, load, step)
+    obj, notes = official_checkpoint(method, model, config, found_step, out)
+    torch_save.save(obj, out)
+    return Exported(out, method.export_format, found_step, notes)
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("checkpoint", None, "a training workdir (MATPAC, MATPAC++, M2D, BEATs "
@@ -29,8 +63,6 @@ flags.DEFINE_integer("step", None, "export this step (default: the newest intact
 
 def main(argv: Sequence[str] | None = None) -> int:
     cli.parse(FLAGS, argv, "python -m matpac_jax.export", __doc__)
-    from matpac_jax.conversion.export import export
-
     done = export(FLAGS.checkpoint, FLAGS.out, FLAGS.step)
     step = f"step {done.step}" if done.step is not None else "checkpoint"
     print(f"{FLAGS.checkpoint} ({step}) -> {done.path} [{done.format} format]")

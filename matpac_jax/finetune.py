@@ -26,16 +26,30 @@ the table instead).
 """
 from __future__ import annotations
 
+import copy
 import os
 import re
 import sys
 from typing import Any, Iterator
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import flags
+from flax import nnx
 from ml_collections import config_flags
 
-from matpac_jax import cli, errors, storage
+from matpac_jax import cli, errors, restore, storage
+from matpac_jax.data import frontends, prepare, sources, tfrecord
+from matpac_jax.data.shards import (check_frontend, find_shards, held_out, record_ids,
+                                    record_labels, split_labels)
+from matpac_jax.evaluate import format_table
+from matpac_jax.evaluation import linear_probe as lp
+from matpac_jax.evaluation import protocol, tasks
+from matpac_jax.inference import load
+from matpac_jax.methods import finetune as ft_method
+from matpac_jax.methods.pretrained import describe
+from matpac_jax.training import trainer
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 RECIPE = os.path.join(CONFIGS, "finetune_esc50.py")  # without --config
@@ -54,9 +68,6 @@ def task_shards(task_dir: str, data_dir: str, frontend: str, write: bool = True
     A `meta.csv` task is prepared into `data_dir/<split>` (resumable: done
     shards are kept; `write=False`: only read the task); a folder of prepared
     splits is used as it is."""
-    from matpac_jax.data import prepare, sources
-    from matpac_jax.data.shards import find_shards, record_ids, record_labels
-    from matpac_jax.evaluation import protocol, tasks
 
     name = os.path.basename(os.path.normpath(task_dir.rstrip("/")))
     if storage.exists(storage.join(task_dir, "meta.csv")):
@@ -101,8 +112,6 @@ def labelled_records(folder: str, frontend: str, holdout: float = 0.0
                      ) -> Iterator[tuple[np.ndarray, list[str]]]:
     """(features (front-end layout, float32, not normalised), labels) of each
     record; with `holdout`, only the records the loader's holdout leaves out."""
-    from matpac_jax.data import tfrecord
-    from matpac_jax.data.shards import check_frontend, find_shards, held_out, split_labels
 
     shards = find_shards(folder)
     check_frontend(shards, frontend)
@@ -121,10 +130,7 @@ class Scorer:
     per clip weighted by their valid frames."""
 
     def __init__(self, method, batch: int):
-        import jax
-        from flax import nnx
 
-        from matpac_jax.data import frontends
 
         self.method, self.batch = method, batch
         spec = method.input
@@ -159,7 +165,6 @@ class Scorer:
 
     def __call__(self, model, records) -> tuple[np.ndarray, list[list[str]]]:
         """(clips, classes) float32 logits and each clip's labels."""
-        from flax import nnx
 
         self._graphdef, state = nnx.split(model)
         sums, weights, labels, pending = [], [], [], []
@@ -196,7 +201,6 @@ class Scorer:
 def metric(logits: np.ndarray, labels: list[list[str]], classes: list[str],
            multilabel: bool) -> float:
     """mAP (multi-label) or accuracy, as the linear probe scores them."""
-    from matpac_jax.evaluation import linear_probe as lp
 
     index = {c: i for i, c in enumerate(classes)}
     y = np.zeros((len(labels), len(classes)), np.float32)
@@ -218,8 +222,6 @@ class BestKeeper:
             self.record = storage.read_json(self.path)
 
     def update(self, step: int, score: float, model) -> bool:
-        import orbax.checkpoint as ocp
-        from flax import nnx
 
         scores = self.record["scores"]
         best = old = self.record["best_step"]
@@ -239,9 +241,6 @@ class BestKeeper:
 
     def restore(self, model) -> int:
         """Load the best step's weights into `model`; returns that step."""
-        import jax
-        import orbax.checkpoint as ocp
-        from flax import nnx
 
         step = self.record["best_step"]
         if step is None:
@@ -258,12 +257,11 @@ class BestKeeper:
 def check_resumable(workdir: str, config) -> None:
     """A seed workdir holding another task's or checkpoint's run is refused
     before anything is read (its head would not fit)."""
-    from matpac_jax.training import checkpoint as ckpt
 
-    latest = ckpt.latest_checkpoint(workdir)
+    latest = restore.latest_checkpoint(workdir)
     if latest is None:
         return
-    old = ckpt.load_config(latest[1])
+    old = restore.load_config(latest[1])
     diffs = []
     for key in ("classes", "checkpoint", "pooling", "head_norm", "multilabel"):
         a, b = old.finetune.get(key), config.finetune.get(key)
@@ -281,18 +279,28 @@ def check_resumable(workdir: str, config) -> None:
                          + "; ".join(diffs) + ". Use a new --workdir.")
 
 
+def pretrained_encoder(checkpoint: str) -> tuple[dict, nnx.Module]:
+    """(architecture, encoder) of anything `matpac_jax.load` accepts; the
+    architecture (family, front end, norm stats, constructor arguments) is
+    saved with every checkpoint, so restoring needs no pretrained file."""
+    emb = load(checkpoint)
+    encoder = emb.model
+    if getattr(encoder, "predictor", None) is not None:
+        encoder.predictor = None  # a fine-tuned BEATs release: keep the encoder only
+    arch = dict(family=emb.family, frontend=emb.frontend, norm_stats=list(emb.norm_stats),
+                encoder=describe(encoder, emb.family), source=str(checkpoint))
+    return arch, encoder
+
+
 def run(config, checkpoint: str, task_dir: str, workdir: str,
         seeds: list[int]) -> dict[str, Any]:
     """Fine-tune for each seed; the task's entry of OUT.json."""
-    import copy
 
-    from matpac_jax.methods import finetune as ft_method
-    from matpac_jax.training import trainer
 
     config = copy.deepcopy(config)
     config.unlock()
     config.finetune.checkpoint = storage.absolute(checkpoint)
-    arch, pretrained = ft_method.pretrained_encoder(config.finetune.checkpoint)
+    arch, pretrained = pretrained_encoder(config.finetune.checkpoint)
     config.data.frontend = arch["frontend"]
     enc = arch["encoder"]
     if arch["family"] == "vit" and config.data.crop_frames > enc["max_frames"]:
@@ -332,7 +340,6 @@ def run(config, checkpoint: str, task_dir: str, workdir: str,
             return {"valid/" + _metric_name(cfg): score}
 
         trainer.train(cfg, wd, method, evaluate=evaluate)
-        from flax import nnx
 
         model = method.build(nnx.Rngs(0))  # the best weights go in (no optimiser)
         best = keeper.restore(model)
@@ -358,7 +365,6 @@ def _metric_name(config) -> str:
 
 def default_recipe(checkpoint: str) -> str:
     """The small-task recipe for the checkpoint's family (BEATs or ViT), as --config."""
-    from matpac_jax.inference import load
 
     return f"{RECIPE}:{'beats' if load(checkpoint).family == 'beats' else 'm2d'}"
 
@@ -396,7 +402,6 @@ def main(argv: list[str] | None = None) -> int:
            "protocol": "fine-tuned end to end; checkpoint picked on valid, test scored once",
            "tasks": results}
     storage.write_json(FLAGS.out, out, indent=2)
-    from matpac_jax.evaluate import format_table
 
     print(format_table(results))
     return 0

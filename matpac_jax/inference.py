@@ -54,9 +54,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from matpac_jax import storage
+from matpac_jax import methods, storage
 from matpac_jax.conversion import torch_pickle
-from matpac_jax.data import frontends
+from matpac_jax.conversion.beats import load_beats
+from matpac_jax.conversion.official import load_official
+from matpac_jax.data import audio, frontends
+from matpac_jax.models.codebook import BEATsTokenizer
 
 Wave = np.ndarray | str | os.PathLike
 
@@ -146,8 +149,6 @@ class Embedder:
 
     def features(self, wave: Wave, sr: int = frontends.SR) -> np.ndarray:
         """Normalised front-end features of one input (layout: frontends.FEATURE_LAYOUT)."""
-        from matpac_jax.data import audio
-
         if isinstance(wave, (str, os.PathLike)):
             w = audio.load_audio(wave, frontends.SR)
         else:
@@ -299,24 +300,17 @@ def load(path_or_obj: str | os.PathLike | dict, *, batch_size: int = 16,
     compute dtype it was trained with.
     """
     if isinstance(path_or_obj, (str, os.PathLike)) and storage.isdir(path_or_obj):
-        from matpac_jax import methods
-
         method, model, _ = methods.load_workdir(os.fspath(path_or_obj))
         return embedder_for(method, model, batch_size=batch_size, freq_tokens=freq_tokens)
     obj, name = path_or_obj, None
     if isinstance(path_or_obj, (str, os.PathLike)):
         name, obj = os.fspath(path_or_obj), torch_pickle.load(path_or_obj)
     if isinstance(obj, dict) and "cfg" in obj and "model" in obj:
-        from matpac_jax.conversion.beats import load_beats
-        from matpac_jax.models.codebook import BEATsTokenizer
-
         model = load_beats(obj, name, dtype=dtype)
         if isinstance(model, BEATsTokenizer):
             raise ValueError(f"{name}: a BEATs tokenizer, not an encoder: no embeddings")
         return BEATsEmbedder(model, "beats", "beats", frontends.NORM["beats"], batch_size,
                              freq_tokens=freq_tokens)
-    from matpac_jax.conversion.official import load_official
-
     m = load_official(obj, dtype=dtype, name=name)
     return ViTEmbedder(m.encoder, m.kind, m.frontend, m.norm_stats, batch_size, m.config,
                        freq_tokens)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import matpac_jax
-from matpac_jax import methods, tokenize
+from matpac_jax import methods, restore, tokenize
 from matpac_jax.data import demo
-from matpac_jax.training import checkpoint, metrics, trainer
+from matpac_jax.training import metrics, trainer
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -46,7 +46,7 @@ def test_iterations_chain(shards, tmp_path):
         c = config(name, **overrides)
         c.data.path = shards
         out = train(c, str(tmp_path / workdir))
-        assert checkpoint.latest_checkpoint(str(tmp_path / workdir))[0] == 2
+        assert restore.latest_checkpoint(str(tmp_path / workdir))[0] == 2
         assert np.isfinite(out["loss"])
         return out, str(tmp_path / workdir)
 

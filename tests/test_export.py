@@ -15,7 +15,8 @@ import pytest
 
 import matpac_jax
 from matpac_jax import errors
-from matpac_jax.conversion import export, torch_pickle, torch_save
+from matpac_jax import export
+from matpac_jax.conversion import torch_pickle, torch_save
 
 from helpers import config, saved_at_start
 

@@ -25,7 +25,7 @@ import pytest
 from absl import logging as absl_logging
 from flax import nnx
 
-from matpac_jax import cli, embed, errors, evaluate, methods
+from matpac_jax import cli, embed, errors, evaluate, methods, restore
 from matpac_jax.training import checkpoint as ckpt
 from matpac_jax.training import trainer, workdir_lock
 
@@ -92,7 +92,7 @@ def test_damaged_newest_checkpoint_moved_aside_and_older_one_restored(saved, tmp
     moved = glob.glob(str(wd / "checkpoints" / "8.corrupt-*"))
     assert len(moved) == 1 and moved[0] in warnings[0]
     assert sorted(p.relative_to(moved[0]) for p in pathlib.Path(moved[0]).rglob("*")) == files_8
-    assert ckpt.latest_checkpoint(str(wd))[0] == 4
+    assert restore.latest_checkpoint(str(wd))[0] == 4
     assert data.get_state() == data_state_4
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(run.state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -133,7 +133,7 @@ def test_resume_with_a_state_changing_config_is_refused_before_anything_is_built
     assert "checkpoint step 8" in message and "Use a new workdir" in message
     assert "total_steps" in message  # the keys that may change are listed
     # Keys safe on resume pass; keys that only one side has are not compared.
-    saved_config = ckpt.load_config(wd / "checkpoints" / "8").to_dict()
+    saved_config = restore.load_config(wd / "checkpoints" / "8").to_dict()
     del saved_config["data"]["corrupt_records"]
     safe = tiny_config(config.data.path, total_steps=100, log_every=1, checkpoint_every=7,
                        **{"data.workers": 2, "data.path": "/elsewhere", "model.remat": "full",
@@ -165,7 +165,7 @@ def test_failed_save_names_step_cause_and_last_checkpoint_then_resumes(tmp_path,
         f"limit) (the disk holding {tmp_path}/checkpoints). Nothing was lost: the last complete "
         f"checkpoint is step 1 ({tmp_path}/checkpoints/1); re-running the same command resumes "
         "from it.")
-    assert ckpt.finished_steps(str(tmp_path)) == [1]
+    assert restore.finished_steps(str(tmp_path)) == [1]
     assert any(".orbax-checkpoint-tmp" in p for p in os.listdir(tmp_path / "checkpoints"))
     # The next run ignores the half-written folder and saves that step again.
     c = ckpt.Checkpointer(str(tmp_path), every=1, keep=3)

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 from flax import nnx
 
-from matpac_jax import finetune
+from matpac_jax import finetune, restore
 from matpac_jax.data import loader, prepare, toy_sounds
 from matpac_jax.data import shards as shard_files
 from matpac_jax.evaluation import embeddings, protocol, runner, tasks
@@ -96,7 +96,7 @@ def test_layer_decay_scales_each_parameter_by_its_layer(m2d):
     cfg = small_config(**{"finetune.layer_decay": 0.5, "finetune.freeze_embed": True})
     cfg.finetune.classes = CLASSES
     cfg.finetune.checkpoint = m2d
-    method = ft_method.FinetuneMethod.from_config(cfg)
+    method = ft_method.FinetuneMethod(cfg, *finetune.pretrained_encoder(m2d))
     model = method.build(nnx.Rngs(0))
     depth = method.depth()
     from matpac_jax.training.optim import path_names
@@ -193,13 +193,12 @@ def test_a_head_mismatch_on_resume_is_refused(tmp_path, m2d):
 
 
 def _final_weights(seed_dir):
-    from matpac_jax.training import checkpoint as ckpt
 
-    path = ckpt.find_checkpoint(str(seed_dir))
-    method = ft_method.FinetuneMethod.from_config(ckpt.load_config(path),
-                                                  ckpt.load_architecture(path))
+    path = restore.find_checkpoint(str(seed_dir))
+    method = ft_method.FinetuneMethod.from_config(restore.load_config(path),
+                                                  restore.load_architecture(path))
     _, abstract = nnx.split(nnx.eval_shape(lambda: method.build(nnx.Rngs(0))))
-    return jax.tree.leaves(ckpt.restore_model_state(path, abstract))
+    return jax.tree.leaves(restore.restore_model_state(path, abstract))
 
 
 @pytest.mark.slow
@@ -209,7 +208,6 @@ def test_sigkill_then_rerun_ends_at_the_same_weights_and_scores(tmp_path, m2d):
     import sys
     import time
 
-    from matpac_jax.training import checkpoint as ckpt
 
     task = make_task(tmp_path / "t", multilabel=False, n_train=12, n_valid=4, n_test=4)
     over = {"total_steps": 12, "checkpoint_every": 4}
@@ -222,13 +220,13 @@ def test_sigkill_then_rerun_ends_at_the_same_weights_and_scores(tmp_path, m2d):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seed_dir = tmp_path / "killed" / "seed_0"
     deadline = time.time() + 300
-    while ckpt.latest_checkpoint(str(seed_dir)) is None:
+    while restore.latest_checkpoint(str(seed_dir)) is None:
         assert proc.poll() is None, "fine-tuning exited before its first checkpoint"
         assert time.time() < deadline
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert ckpt.latest_checkpoint(str(seed_dir))[0] < 12
+    assert restore.latest_checkpoint(str(seed_dir))[0] < 12
     assert finetune.main(args("killed")) == 0  # the same command again
     assert finetune.main(args("straight")) == 0
     killed = json.loads((tmp_path / "killed.json").read_text())["tasks"]

@@ -12,10 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from matpac_jax import errors, storage
+from matpac_jax import errors, restore, storage
 from matpac_jax.data import demo, loader
 from matpac_jax.data import shards as shard_files
-from matpac_jax.training import checkpoint, metrics
+from matpac_jax.training import metrics
 
 import test_training as tt
 
@@ -95,7 +95,7 @@ def _launch(workdir, shards, tmp_path, total_steps, kill_at=None):
         if any(p.poll() or re.search("^(error: |Traceback)", f.read_text(), re.M)
                for p, f in zip(procs, logs)):
             break
-        if kill_at is not None and kill_at in checkpoint.finished_steps(workdir):
+        if kill_at is not None and kill_at in restore.finished_steps(workdir):
             for p in procs:
                 p.send_signal(signal.SIGKILL)
             break
@@ -117,7 +117,7 @@ def test_two_processes_on_gs_sigkill_resume_bitwise_then_export_embed(
     ref, run = storage.join(gcs_bucket, "ref"), storage.join(gcs_bucket, "run")
     _launch(ref, shards, tmp_path, total_steps=6)
     _launch(run, shards, tmp_path, total_steps=6, kill_at=2)
-    killed_at = checkpoint.finished_steps(run)[0]
+    killed_at = restore.finished_steps(run)[0]
     assert killed_at < 6
     outs = _launch(run, shards, tmp_path, total_steps=6)  # the same command again
     assert all(f"Resuming from step {killed_at}" in o for o in outs)
@@ -136,7 +136,8 @@ def test_two_processes_on_gs_sigkill_resume_bitwise_then_export_embed(
     done = subprocess.run([sys.executable, "-m", "matpac_jax.export", f"--checkpoint={ref}",
                            f"--out={exported}"], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
-    from matpac_jax.conversion import export, torch_pickle
+    from matpac_jax import export
+    from matpac_jax.conversion import torch_pickle
 
     local = export.export(ref, tmp_path / "matpac.pt").path
     got, want = torch_pickle.load(exported), torch_pickle.load(local)

@@ -12,12 +12,13 @@ from flax import nnx
 
 import matpac_jax
 from matpac_jax import errors, methods
-from matpac_jax.conversion import export, torch_pickle, torch_save
+from matpac_jax import export
+from matpac_jax.conversion import torch_pickle, torch_save
 from matpac_jax.conversion.official import load_official
 from matpac_jax.data import demo
 from matpac_jax.methods import init_from
 from matpac_jax.models.vit import sincos_pos_table
-from matpac_jax.training import checkpoint as ckpt
+from matpac_jax import restore
 from matpac_jax.training import trainer
 
 from helpers import config, saved_at_start
@@ -168,7 +169,7 @@ def test_further_pretraining_resumes_without_the_file_and_exports(fixtures_dir, 
     again = _main(workdir, m2d_shards, init, steps=3)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "is not read" in again.stderr and "Resuming from step 2" in again.stderr
-    assert ckpt.latest_checkpoint(str(workdir))[0] == 3
+    assert restore.latest_checkpoint(str(workdir))[0] == 3
     # The trained workdir exported for PyTorch users gives its embeddings back.
     done = export.export(workdir, tmp_path / "out" / "checkpoint-3.pth")
     assert done.step == 3 and torch_pickle.load(done.path)["epoch"] == 3

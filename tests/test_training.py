@@ -16,9 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from matpac_jax import methods
+from matpac_jax import methods, restore
 from matpac_jax.data import demo
-from matpac_jax.training import checkpoint, metrics, trainer
+from matpac_jax.training import metrics, trainer
 
 from helpers import override
 
@@ -71,7 +71,7 @@ def _params(workdir):
     """Step and every model array (student, teacher, center) of the latest checkpoint."""
     from flax import nnx
 
-    step, _ = checkpoint.latest_checkpoint(str(workdir))
+    step, _ = restore.latest_checkpoint(str(workdir))
     _, model, _ = methods.load_workdir(str(workdir))
     return step, [np.asarray(x) for x in jax.tree.leaves(nnx.state(model))]
 
@@ -126,13 +126,13 @@ def test_sigkill_then_resume_is_bitwise_identical(shards, tmp_path):
     cmd, env = cli(run_dir, shards)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while checkpoint.latest_checkpoint(str(run_dir)) is None:
+    while restore.latest_checkpoint(str(run_dir)) is None:
         assert proc.poll() is None, "training exited before writing a checkpoint"
         assert time.time() < deadline
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = checkpoint.latest_checkpoint(str(run_dir))[0]
+    killed_at = restore.latest_checkpoint(str(run_dir))[0]
     assert killed_at < 8
     train(tiny_config(shards), str(run_dir))  # same command, same workdir
     ref_step, ref_params = _params(ref_dir)
@@ -160,7 +160,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(shards, tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 75, out[-2000:]  # errors.Preempted: not a finished run
-    step, _ = checkpoint.latest_checkpoint(str(tmp_path / "wd"))
+    step, _ = restore.latest_checkpoint(str(tmp_path / "wd"))
     assert 2 <= step < 100000
     assert out.strip().splitlines()[-1] == (
         f"preempted: at step {step} of 100000 (SIGTERM); its checkpoint is saved in "
@@ -261,14 +261,14 @@ def test_two_processes_train_save_and_resume(shards, tmp_path):
 
     outs = launch(2)
     assert "process 0 of 2, 4 local / 8 global devices" in outs[0]
-    assert checkpoint.latest_checkpoint(str(workdir))[0] == 2
+    assert restore.latest_checkpoint(str(workdir))[0] == 2
     # Both processes wrote their own data-iterator state into the checkpoint.
     data_dir = workdir / "checkpoints" / "2" / "data"
     assert {p.name for p in data_dir.glob("process_*.json")} == {
         "process_0-of-2.json", "process_1-of-2.json"}
     outs = launch(4)  # same command, longer run: both restore step 2 and go on
     assert all("Resuming from step 2" in out for out in outs)
-    assert checkpoint.latest_checkpoint(str(workdir))[0] == 4
+    assert restore.latest_checkpoint(str(workdir))[0] == 4
 
 
 @pytest.mark.slow

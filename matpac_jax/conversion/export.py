@@ -1,26 +1,30 @@
-"""Our training workdirs as the files the official PyTorch code loads.
+"""A trained model as the object the official PyTorch code loads, per format.
 
 The inverse of the importers (conversion/official.py, conversion/beats.py):
-the same key layouts, read backwards (`layout.Entry.torch_value`), written by
-conversion/torch_save.py (no torch needed; `torch.load(weights_only=True)`
-reads them). Per method (docs/SPEC.md section 9):
+the same key layouts, read backwards (`layout.Entry.torch_value`), to be
+written by conversion/torch_save.py (no torch needed;
+`torch.load(weights_only=True)` reads them). A method names its format
+(`Method.export_format`); `python -m matpac_jax.export` reads the workdir.
+Per format (docs/SPEC.md section 9):
 
 - m2d: `{'model': sd, 'epoch', 'args'}` as M2D's training saves it: encoder,
   `decoder_*` predictor, `target_*` EMA teacher, `norm_stats` and the fixed
   sin-cos tables. `epoch` holds our step count; `args` is a dict (the
   official file pickles an argparse.Namespace, which weights-only loading
   refuses and no M2D loader reads). M2D's runtime parses the geometry from
-  the parent folder's name (`m2d_vit_base-80x608p16x16`): `export` writes
-  the file in such a folder.
+  the parent folder's name (`m2d_vit_base-80x608p16x16`): a note names it
+  when the output's folder does not.
 - matpac (and MATPAC++): the flat `student_encoder.` encoder file MATPAC
   releases. `norm_stats` is added only when the run's differ from MATPAC's
   constants (the official loader ignores the key; ours reads it).
-- beats_mam: `{'cfg', 'model'}` of the encoder (no label predictor: released
+- beats (BEATs iterations): `{'cfg', 'model'}` of the encoder (no label predictor: released
   SSL checkpoints have none and BEATs loads strictly).
 - beats_tokenizer: `{'cfg', 'model'}` of the tokenizer, with the two EMA
   buffers the official quantizer registers but never updates, as zeros.
 
 Fine-tuning workdirs are not exported (no official layout for our head).
+Each writer is `(method, model, config, step, out) -> (object, notes)`:
+`notes` tell a PyTorch user of the file what its loader needs.
 """
 from __future__ import annotations
 
@@ -32,26 +36,18 @@ import re
 import numpy as np
 
 from matpac_jax import errors, storage
-from matpac_jax.conversion import torch_save
+from matpac_jax.conversion.beats import torch_layout
 from matpac_jax.conversion.layout import torch_state_dict
+from matpac_jax.conversion.official import (MATPAC_NORM, encoder_layout, predictor_layout,
+                                            stack_layout)
 from matpac_jax.models.vit import sincos_pos_table
 
-FORMATS = {"m2d": "m2d", "matpac": "matpac", "beats_mam": "beats",
-           "beats_tokenizer": "beats_tokenizer"}
 # Key groups in the order M2D's checkpoints list them.
 _M2D_ORDER = ("norm_stats", "cls_token", "pos_embed", "mask_token", "decoder_pos_embed",
               "patch_embed.", "blocks.", "norm.", "decoder_embed.", "decoder_blocks.",
               "decoder_norm.", "decoder_pred.", "target_blocks.", "target_norm.")
 _TOKENIZER_ONLY = ("quant_n", "quant_dim")
 _ENCODER_ONLY = ("finetuned_model", "predictor_dropout", "predictor_class")
-
-
-@dataclasses.dataclass
-class Exported:
-    path: str
-    format: str                 # 'm2d' | 'matpac' | 'beats' | 'beats_tokenizer'
-    step: int | None
-    notes: list[str]            # what a PyTorch user of the file must know
 
 
 def _ordered(sd: dict, order: tuple[str, ...]) -> collections.OrderedDict:
@@ -80,9 +76,7 @@ def _m2d_folder_matches(name: str, enc) -> bool:
         enc.in_freq, enc.max_frames, enc.patch, enc.patch)
 
 
-def m2d_checkpoint(method, model, config, step: int | None) -> tuple[dict, list[str]]:
-    from matpac_jax.conversion.official import encoder_layout, predictor_layout, stack_layout
-
+def m2d_checkpoint(method, model, config, step: int | None, out: str) -> tuple[dict, list[str]]:
     if method.use_mcl or method.use_head:
         raise errors.CheckpointError("an M2D run with MATPAC heads or an MCL predictor has no "
                                      "official M2D layout")
@@ -105,6 +99,9 @@ def m2d_checkpoint(method, model, config, step: int | None) -> tuple[dict, list[
                 ema_decay=float(o.ema_end), step=step, total_steps=config.total_steps,
                 exported_by="matpac_jax", matpac_jax_config=config.to_json())
     notes = []
+    if not _m2d_folder_matches(os.path.basename(storage.parent(out).rstrip("/")), enc):
+        notes.append(f"M2D's runtime reads the geometry from the folder name: put the file in "
+                     f"a folder named {m2d_folder_name(enc)}/ for it")
     if not _vit_is_base(enc):
         notes.append("M2D's portable runtime always builds a ViT-B/16 on 80 mel bins; this "
                      f"{enc.dim}-d, {enc.stack.depth}-layer encoder loads with matpac_jax.load "
@@ -115,9 +112,8 @@ def m2d_checkpoint(method, model, config, step: int | None) -> tuple[dict, list[
     return {"model": _ordered(sd, _M2D_ORDER), "epoch": int(step or 0), "args": args}, notes
 
 
-def matpac_checkpoint(method, model, config, step: int | None) -> tuple[dict, list[str]]:
-    from matpac_jax.conversion.official import MATPAC_NORM, encoder_layout
-
+def matpac_checkpoint(method, model, config, step: int | None, out: str
+                      ) -> tuple[dict, list[str]]:
     enc = model.student.encoder
     sd = torch_state_dict(encoder_layout(enc, "student_encoder.blocks.", "student_encoder.norm."))
     sd["pos_embed"] = sincos_pos_table(enc.grid_f, enc.grid_t, enc.dim)[None].astype(np.float32)
@@ -137,6 +133,9 @@ def matpac_checkpoint(method, model, config, step: int | None) -> tuple[dict, li
                      "inference computes its own (uncentred frames)")
     if method.use_mcl:
         notes.append("MATPAC++: the encoder only, as MATPAC releases it")
+    if "as" in out:
+        notes.append(f"MATPAC's get_matpac treats any path containing 'as' ({out}) as an "
+                     "AudioSet fine-tuned 992-frame model: rename it for that loader")
     order = ("cls_token", "pos_embed", "patch_embed.", "student_encoder.blocks.",
              "student_encoder.norm.", "norm_stats")
     return dict(_ordered(sd, order)), notes  # a plain dict, as MATPAC's file is
@@ -149,17 +148,15 @@ def _beats_cfg(cfg, tokenizer: bool) -> dict:
     return out
 
 
-def beats_checkpoint(method, model, config, step: int | None) -> tuple[dict, list[str]]:
-    from matpac_jax.conversion.beats import torch_layout
-
+def beats_checkpoint(method, model, config, step: int | None, out: str
+                     ) -> tuple[dict, list[str]]:
     enc = method.encoder(model)
     return {"cfg": _beats_cfg(enc.cfg, tokenizer=False),
             "model": collections.OrderedDict(torch_state_dict(torch_layout(enc)))}, []
 
 
-def tokenizer_checkpoint(method, model, config, step: int | None) -> tuple[dict, list[str]]:
-    from matpac_jax.conversion.beats import torch_layout
-
+def tokenizer_checkpoint(method, model, config, step: int | None, out: str
+                         ) -> tuple[dict, list[str]]:
     tok = method.encoder(model)
     sd = torch_state_dict(torch_layout(tok))
     n, d = tok.quantize.num_codes, tok.quantize.dim
@@ -169,49 +166,15 @@ def tokenizer_checkpoint(method, model, config, step: int | None) -> tuple[dict,
             "model": collections.OrderedDict(sd)}, []
 
 
-WRITERS = {"m2d": m2d_checkpoint, "matpac": matpac_checkpoint, "beats_mam": beats_checkpoint,
+WRITERS = {"m2d": m2d_checkpoint, "matpac": matpac_checkpoint, "beats": beats_checkpoint,
            "beats_tokenizer": tokenizer_checkpoint}
 
 
-def official_checkpoint(method, model, config, step: int | None = None) -> tuple[dict, list[str]]:
-    """(the object the official code of `config.method` loads, notes)."""
-    if config.method not in WRITERS:
+def official_checkpoint(method, model, config, step: int | None = None, out: str = ""
+                        ) -> tuple[dict, list[str]]:
+    """(the object the official code of `method.export_format` loads, notes)."""
+    if method.export_format not in WRITERS:
         raise errors.CheckpointError(
-            f"config.method={config.method!r}: no official layout to export to (exportable: "
-            f"{sorted(WRITERS)}); a fine-tuned encoder is used with matpac_jax.load")
-    return WRITERS[config.method](method, model, config, step)
-
-
-def export(checkpoint: str | os.PathLike, out: str | os.PathLike,
-           step: int | None = None) -> Exported:
-    """Write the workdir `checkpoint` (newest intact step, or `step`) to
-    exactly `out` in its method's official format. For M2D, a note names the
-    folder M2D's runtime needs when `out`'s parent does not say the geometry."""
-    from matpac_jax import methods
-    from matpac_jax.training import checkpoint as ckpt
-
-    checkpoint = storage.check(checkpoint, "--checkpoint")
-    out = storage.check(out, "--out")
-    if not storage.exists(checkpoint):
-        raise errors.CheckpointError(f"{checkpoint}: no such training workdir")
-    if not storage.isdir(checkpoint):
-        raise errors.CheckpointError(f"{checkpoint}: not a training workdir (official files "
-                                     "are already in the official format)")
-
-    def load(folder):
-        return (int(folder.name) if folder.name.isdigit() else None,
-                *methods.load_checkpoint(folder))
-
-    found_step, method, model, config = ckpt.first_intact(checkpoint, load, step)
-    obj, notes = official_checkpoint(method, model, config, found_step)
-    if config.method == "m2d":
-        enc = model.student.encoder
-        parent = os.path.basename(storage.parent(out).rstrip("/"))
-        if not _m2d_folder_matches(parent, enc):
-            notes.insert(0, f"M2D's runtime reads the geometry from the folder name: put the "
-                            f"file in a folder named {m2d_folder_name(enc)}/ for it")
-    if config.method == "matpac" and "as" in out:
-        notes.append(f"MATPAC's get_matpac treats any path containing 'as' ({out}) as an "
-                     "AudioSet fine-tuned 992-frame model: rename it for that loader")
-    torch_save.save(obj, out)
-    return Exported(out, FORMATS[config.method], found_step, notes)
+            f"config.method={config.method!r}: no official layout to export to; a fine-tuned "
+            "encoder is used with matpac_jax.load")
+    return WRITERS[method.export_format](method, model, config, step, out)

@@ -15,6 +15,13 @@ One step of the loop, inside one jitted function:
 
 `step` is the number of updates done before this one (0 for the first), a
 traced int32. Adding a method: docs/ARCHITECTURE.md, "Adding a method".
+
+Everything the rest of the code knows of a method is here, as class
+attributes and hooks, so that nothing outside a method's module names it:
+the loop (`supports_grad_accum`, `lr_scale`, the update hooks), `plan`
+(`for_planning`), `init_from` (`init_family`, `parts_for_init`), `export`
+(`export_format`) and inference (`embedding`, `encoder`). A method module
+lists its names in a `METHODS` dict; `methods/__init__.py` joins them.
 """
 from __future__ import annotations
 
@@ -90,6 +97,12 @@ class Method(abc.ABC):
     lr_scale: Callable[[tuple[str, ...]], float] | None = None
     # `config.init_from`'s parts (methods/init_from.py), copied in by `initialize`.
     pretrained: Any = None
+    # The checkpoint family `config.init_from` takes ('vit', 'beats',
+    # 'beats_tokenizer'; methods/pretrained.py); None: the method takes none.
+    init_family: str | None = None
+    # The official file format `python -m matpac_jax.export` writes a workdir
+    # of this method in (a key of conversion/export.WRITERS); None: not exported.
+    export_format: str | None = None
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict,
@@ -101,6 +114,20 @@ class Method(abc.ABC):
         the checkpoint, so only their shapes are needed, not their files.
         """
         return cls(config)
+
+    @classmethod
+    def for_planning(cls, config: ml_collections.ConfigDict) -> "Method":
+        """The method as `python -m matpac_jax.plan` compiles it: like
+        `from_config`, but a pretrained part whose file is not on this machine
+        takes its shapes from the config instead."""
+        return cls.from_config(config)
+
+    def parts_for_init(self, model: nnx.Module) -> tuple[str, dict[str, Any]]:
+        """(family, parts) a workdir of this method gives `config.init_from`:
+        the encoder, and the other parts a method of that family can take
+        (methods/init_from.py). The default: just the encoder, of its
+        embedding family."""
+        return self.embedding.family, {"encoder": self.encoder(model)}
 
     def validate_config(self, config: ml_collections.ConfigDict) -> None:
         """Raise errors.ConfigError (`require`) for a value of the method's own keys

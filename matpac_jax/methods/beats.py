@@ -22,9 +22,10 @@ import jax
 import ml_collections
 from flax import nnx
 
-from matpac_jax import errors, storage
-from matpac_jax.methods import init_from
+from matpac_jax import errors, restore, storage
+from matpac_jax.conversion.beats import load_beats
 from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method, require
+from matpac_jax.methods.pretrained import copy_parts
 from matpac_jax.models.beats import BEATsConfig, BEATsEncoder, Estimator, LabelPredictor
 from matpac_jax.models.codebook import BEATsTokenizer, RandomProjectionTokenizer, codebook_usage
 from matpac_jax.models.layers import dtype
@@ -32,24 +33,29 @@ from matpac_jax.objectives import beats_mam, beats_tokenizer
 
 
 def load_pretrained(path: str, want: str) -> nnx.Module:
-    """`want` ('encoder' | 'tokenizer') from an official .pt file or one of our workdirs."""
+    """`want` ('encoder' | 'tokenizer') from an official .pt file or a workdir
+    of a BEATs stage (beats_mam: its encoder; beats_tokenizer: its tokenizer)."""
     if storage.isdir(path):  # local or gs://
-        from matpac_jax.methods import load_workdir
-
-        method, model, _ = load_workdir(path)
-        if want == "encoder" and isinstance(method, BeatsMamMethod):
-            return method.encoder(model)
-        if want == "tokenizer" and isinstance(method, BeatsTokenizerMethod):
+        method, model = restore.first_intact(path, _stage)
+        if isinstance(method, {"encoder": BeatsMamMethod, "tokenizer": BeatsTokenizerMethod}[want]):
             return method.encoder(model)
         raise errors.CheckpointError(f"{path}: a {method.config.method!r} workdir has no BEATs {want}")
-    from matpac_jax.conversion.beats import load_beats
-
     model = load_beats(path)
     if want == "tokenizer" and not isinstance(model, BEATsTokenizer):
         raise errors.CheckpointError(f"{path}: not a BEATs tokenizer checkpoint (no quantize.* keys)")
     if want == "encoder" and isinstance(model, BEATsTokenizer):
         raise errors.CheckpointError(f"{path}: a tokenizer checkpoint, expected a BEATs SSL model")
     return model
+
+
+def _stage(folder) -> tuple["_BeatsMethod", nnx.Module]:
+    """(method, model) of one checkpoint of a BEATs stage's workdir."""
+    config = restore.load_config(folder)
+    if config.method not in METHODS:
+        raise errors.ConfigError(f"{folder}: a {config.method!r} workdir, not a BEATs stage's "
+                                 f"({sorted(METHODS)})")
+    method = METHODS[config.method].from_config(config, restore.load_architecture(folder))
+    return method, restore.restore_model(folder, method)
 
 
 class _BeatsMethod(Method):
@@ -99,6 +105,9 @@ class BeatsMamMethod(_BeatsMethod):
         self.num_classes = (self.tokenizer_cfg.quant_n if self.tokenizer_cfg is not None
                             else config.objective.num_codes)
 
+    init_family = "beats"
+    export_format = "beats"
+
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict,
                     architecture: dict | None = None) -> "BeatsMamMethod":
@@ -107,6 +116,12 @@ class BeatsMamMethod(_BeatsMethod):
             return cls(config, tokenizer_cfg=BEATsConfig.from_dict(cfg) if cfg else None)
         path = config.tokenizer_checkpoint
         return cls(config, load_pretrained(path, "tokenizer") if path else None)
+
+    @classmethod
+    def for_planning(cls, config: ml_collections.ConfigDict) -> "BeatsMamMethod":
+        if config.tokenizer_checkpoint and not storage.exists(config.tokenizer_checkpoint):
+            return cls.from_config(config, {"tokenizer": _config_cfg(config)})
+        return cls.from_config(config)
 
     def validate_config(self, config: ml_collections.ConfigDict) -> None:
         super().validate_config(config)
@@ -141,7 +156,7 @@ class BeatsMamMethod(_BeatsMethod):
         if self.pretrained_tokenizer is not None:
             nnx.update(model.tokenizer, nnx.state(self.pretrained_tokenizer))
         if self.pretrained is not None:  # config.init_from (methods/init_from.py)
-            init_from.copy_parts(self.pretrained, {
+            copy_parts(self.pretrained, {
                 "encoder": (model.student.encoder, "encoder"),
                 "label predictor": (model.student.predictor, "label_predictor")})
 
@@ -156,6 +171,10 @@ class BeatsMamMethod(_BeatsMethod):
 
     def encoder(self, model: BeatsMamModel) -> BEATsEncoder:
         return model.student.encoder
+
+    def parts_for_init(self, model: BeatsMamModel) -> tuple[str, dict]:
+        return "beats", {"encoder": model.student.encoder,
+                         "label_predictor": model.student.predictor}
 
 
 class BeatsTokenizerModel(nnx.Module):
@@ -176,6 +195,8 @@ class BeatsTokenizerMethod(_BeatsMethod):
     supports_grad_accum = False
     grad_accum_note = ("the codebook's k-means init and EMA update act on the whole batch; "
                        "use model.remat or more devices")
+    init_family = "beats_tokenizer"
+    export_format = "beats_tokenizer"
 
     def __init__(self, config: ml_collections.ConfigDict, teacher: BEATsEncoder | None = None,
                  teacher_cfg: BEATsConfig | None = None):
@@ -192,6 +213,12 @@ class BeatsTokenizerMethod(_BeatsMethod):
             raise errors.ConfigError("config.teacher_checkpoint is required: an official BEATs .pt "
                              "or a workdir of a beats_mam run")
         return cls(config, load_pretrained(config.teacher_checkpoint, "encoder"))
+
+    @classmethod
+    def for_planning(cls, config: ml_collections.ConfigDict) -> "BeatsTokenizerMethod":
+        if not (config.teacher_checkpoint and storage.exists(config.teacher_checkpoint)):
+            return cls.from_config(config, {"teacher": _config_cfg(config)})
+        return cls.from_config(config)
 
     def validate_config(self, config: ml_collections.ConfigDict) -> None:
         super().validate_config(config)
@@ -220,7 +247,7 @@ class BeatsTokenizerMethod(_BeatsMethod):
         if self.pretrained_teacher is not None:
             nnx.update(model.teacher, nnx.state(self.pretrained_teacher))
         if self.pretrained is not None:  # config.init_from (methods/init_from.py)
-            init_from.copy_parts(self.pretrained, {  # the tokenizer with its codebook
+            copy_parts(self.pretrained, {  # the tokenizer with its codebook
                 "tokenizer": (model.student.tokenizer, "tokenizer"),
                 "estimator": (model.student.estimator, "estimator")})
 
@@ -236,3 +263,16 @@ class BeatsTokenizerMethod(_BeatsMethod):
 
     def encoder(self, model: BeatsTokenizerModel) -> BEATsTokenizer:
         return model.student.tokenizer
+
+    def parts_for_init(self, model: BeatsTokenizerModel) -> tuple[str, dict]:
+        return "beats_tokenizer", {"tokenizer": model.student.tokenizer,
+                                   "estimator": model.student.estimator}
+
+
+def _config_cfg(config: ml_collections.ConfigDict) -> dict:
+    """The config's BEATs architecture, standing in for a pretrained part's
+    (`for_planning`: the planned slice need not hold the file)."""
+    return dataclasses.asdict(BEATsConfig.from_dict(config.model.to_dict()))
+
+
+METHODS = {"beats_mam": BeatsMamMethod, "beats_tokenizer": BeatsTokenizerMethod}

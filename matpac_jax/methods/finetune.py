@@ -2,7 +2,8 @@
 
 The encoder comes from anything `matpac_jax.load` accepts (`config.finetune.
 checkpoint`: our workdirs of every method, official M2D / MATPAC / BEATs
-files); a linear head over its pooled features (models/classifier.py) is
+files), loaded by the finetune command (matpac_jax/finetune.py) and handed
+in with its architecture; a linear head over its pooled features (models/classifier.py) is
 added and everything trains end to end on labelled crops (`batch['y']`,
 multi-hot over `config.finetune.classes`). Per step: random roll, frequency
 and time masking, mixup, label smoothing, optional patch dropout, then CE
@@ -21,9 +22,10 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from matpac_jax import errors
 from matpac_jax.data import frontends
 from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method, require
-from matpac_jax.models.beats import BEATsConfig, BEATsEncoder
+from matpac_jax.models.beats import RELEASED, BEATsConfig, BEATsEncoder
 from matpac_jax.models.classifier import HEAD_NORMS, POOLINGS, Classifier
 from matpac_jax.models.layers import dtype
 from matpac_jax.models.vit import ViTEncoder
@@ -34,35 +36,6 @@ from matpac_jax.objectives.masked_latent import random_masking
 # architecture comes from the pretrained checkpoint.
 BEATS_RECIPE_FIELDS = ("layer_wise_gradient_decay_ratio", "dropout", "attention_dropout",
                        "activation_dropout", "dropout_input")
-
-
-def describe(encoder: nnx.Module, family: str) -> dict:
-    """The constructor arguments of a loaded encoder (JSON-able)."""
-    if family == "vit":
-        s = encoder.stack
-        return dict(in_freq=encoder.in_freq, max_frames=encoder.max_frames, patch=encoder.patch,
-                    dim=encoder.dim, depth=s.depth, num_heads=s.num_heads,
-                    mlp_ratio=float(s.mlp_ratio))
-    cfg = dataclasses.asdict(encoder.cfg)
-    cfg["finetuned_model"] = False  # our head replaces a released classifier
-    return cfg
-
-
-def pretrained_encoder(checkpoint: str) -> tuple[dict, nnx.Module]:
-    """(architecture, encoder) of anything `matpac_jax.load` accepts; the
-    architecture (family, front end, norm stats, constructor arguments) is
-    saved with every checkpoint, so restoring needs no pretrained file."""
-    from matpac_jax.inference import load
-
-    require(bool(checkpoint), "finetune.checkpoint", checkpoint,
-            "a checkpoint (the finetune command's --checkpoint)")
-    emb = load(checkpoint)
-    encoder = emb.model
-    if getattr(encoder, "predictor", None) is not None:
-        encoder.predictor = None  # a fine-tuned BEATs release: keep the encoder only
-    arch = dict(family=emb.family, frontend=emb.frontend, norm_stats=list(emb.norm_stats),
-                encoder=describe(encoder, emb.family), source=str(checkpoint))
-    return arch, encoder
 
 
 class FinetuneModel(nnx.Module):
@@ -104,9 +77,29 @@ class FinetuneMethod(Method):
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict,
                     architecture: dict | None = None) -> "FinetuneMethod":
-        if architecture:
-            return cls(config, architecture)
-        return cls(config, *pretrained_encoder(config.finetune.checkpoint))
+        """From a checkpoint's saved architecture; a new run gets its encoder
+        from the finetune command, which reads `finetune.checkpoint`."""
+        if not architecture:
+            raise errors.ConfigError(
+                "config.method='finetune' runs through `python -m matpac_jax.finetune "
+                "--checkpoint=...`, which loads the pretrained encoder")
+        return cls(config, architecture)
+
+    @classmethod
+    def for_planning(cls, config: ml_collections.ConfigDict) -> "FinetuneMethod":
+        """The released encoder of the recipe's family (a BEATs recipe sets
+        BEATs' layer-wise gradient decay; the others are ViT-B/16 M2D's), and
+        AudioSet's 527 classes when the recipe leaves them to the task."""
+        if config.finetune.classes == ("",):
+            config.finetune.classes = tuple(f"class_{i}" for i in range(527))
+        if "layer_wise_gradient_decay_ratio" in config.model:
+            arch = dict(family="beats", frontend="beats", encoder=dataclasses.asdict(
+                BEATsConfig.from_dict(RELEASED)))
+        else:
+            arch = dict(family="vit", frontend="m2d", encoder=dict(
+                in_freq=80, max_frames=max(608, config.data.crop_frames), patch=16, dim=768,
+                depth=12, num_heads=12, mlp_ratio=4.0))
+        return cls(config, {**arch, "norm_stats": list(frontends.NORM[arch["frontend"]])})
 
     def architecture(self) -> dict:
         return self.arch
@@ -221,3 +214,6 @@ class FinetuneMethod(Method):
 
     def encoder(self, model: FinetuneModel) -> nnx.Module:
         return model.student.encoder
+
+
+METHODS = {"finetune": FinetuneMethod}

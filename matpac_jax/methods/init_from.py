@@ -30,14 +30,17 @@ import dataclasses
 import os
 from typing import Any
 
-import jax
 import ml_collections
-import numpy as np
 from absl import logging
-from flax import nnx
 
-from matpac_jax import errors, storage
+from matpac_jax import errors, methods, restore, storage
+from matpac_jax.conversion import torch_pickle
+from matpac_jax.conversion.beats import load_beats
+from matpac_jax.conversion.official import load_official
 from matpac_jax.data import frontends
+from matpac_jax.methods.pretrained import Pretrained, describe
+from matpac_jax.models.beats import BEATsConfig
+from matpac_jax.models.codebook import BEATsTokenizer
 
 INIT_TEACHER = ("file", "student")
 VIT_ENCODER = ("in_freq", "patch", "dim", "depth", "num_heads", "mlp_ratio")
@@ -47,25 +50,9 @@ VIT_HEAD = ("head_out_dim", "head_hidden_dim", "head_bottleneck_dim")
 BEATS_TRAINING = ("layer_wise_gradient_decay_ratio", "dropout", "attention_dropout",
                   "activation_dropout", "dropout_input", "encoder_layerdrop", "finetuned_model",
                   "predictor_dropout", "predictor_class")
-# What each method takes: file family -> accepted.
-TAKES = {"m2d": "vit", "matpac": "vit", "beats_mam": "beats", "beats_tokenizer": "beats_tokenizer"}
-
-
-@dataclasses.dataclass
-class Pretrained:
-    """What a file gives a new run: config fields and the parts' weights."""
-
-    source: str
-    family: str                       # 'vit' | 'beats' | 'beats_tokenizer'
-    what: str                         # e.g. 'official M2D checkpoint', 'matpac workdir'
-    fields: dict[str, Any]            # 'model.dim' -> value, ...
-    parts: dict[str, Any]             # 'encoder', 'predictor', 'teacher', 'head', ...
-    changed: list[str] = dataclasses.field(default_factory=list)  # 'key: old -> new'
 
 
 def _vit_fields(enc, frontend: str, norm_stats) -> dict[str, Any]:
-    from matpac_jax.methods.finetune import describe
-
     arch = describe(enc, "vit")  # max_frames is the crop's (data.crop_frames)
     return ({f"model.{k}": v for k, v in arch.items() if k != "max_frames"}
             | {"data.frontend": frontend, "data.norm_stats": tuple(map(float, norm_stats))})
@@ -92,13 +79,8 @@ def read(path: str, config_model: ml_collections.ConfigDict) -> Pretrained:
     path = os.fspath(path)
     if storage.isdir(path):  # local or gs://
         return _read_workdir(path, config_model)
-    from matpac_jax.conversion import torch_pickle
-
     obj = torch_pickle.load(path)
     if isinstance(obj, dict) and "cfg" in obj and "model" in obj:
-        from matpac_jax.conversion.beats import load_beats
-        from matpac_jax.models.codebook import BEATsTokenizer
-
         model = load_beats(obj, path)
         if isinstance(model, BEATsTokenizer):
             return Pretrained(path, "beats_tokenizer", "official BEATs tokenizer",
@@ -106,8 +88,6 @@ def read(path: str, config_model: ml_collections.ConfigDict) -> Pretrained:
         model.predictor = None  # a fine-tuned release's classifier is not pre-training state
         return Pretrained(path, "beats", "official BEATs checkpoint",
                           _beats_fields(model.cfg, config_model), {"encoder": model})
-    from matpac_jax.conversion.official import load_official
-
     m = load_official(obj, name=path)
     fields = _vit_fields(m.encoder, m.frontend, m.norm_stats)
     parts: dict[str, Any] = {"encoder": m.encoder}
@@ -120,32 +100,20 @@ def read(path: str, config_model: ml_collections.ConfigDict) -> Pretrained:
 
 
 def _read_workdir(path: str, config_model) -> Pretrained:
-    from matpac_jax.methods import load_workdir
-    from matpac_jax.methods.beats import BeatsMamMethod, BeatsTokenizerMethod
-    from matpac_jax.methods.masked_latent import MaskedLatentMethod
-
-    method, model, config = load_workdir(path)
-    what = f"{config.method} workdir"
-    enc, spec = method.encoder(model), method.embedding
-    if spec.family == "vit":  # m2d / matpac, or a fine-tuned ViT (its encoder only)
+    """What a workdir gives: its method's `parts_for_init`, and the config
+    fields those parts fix."""
+    method, model, config = methods.load_workdir(path)
+    family, parts = method.parts_for_init(model)
+    enc, spec = parts["encoder"], method.embedding
+    if family == "vit":
         fields = _vit_fields(enc, spec.frontend, spec.stats)
-        parts: dict[str, Any] = {"encoder": enc}
-        if isinstance(method, MaskedLatentMethod):
-            s, t = model.student, model.teacher
-            fields |= _predictor_fields(s.predictor)
-            parts |= {"predictor": s.predictor, "teacher": t.stack}
-            if s.head is not None:
-                fields |= _head_fields(s.head)
-                parts |= {"head": s.head, "teacher_head": t.head, "center": model.center[...]}
-        return Pretrained(path, "vit", what, fields, parts)
-    if isinstance(method, BeatsMamMethod):
-        return Pretrained(path, "beats", what, _beats_fields(enc.cfg, config_model),
-                          {"encoder": enc, "label_predictor": model.student.predictor})
-    if isinstance(method, BeatsTokenizerMethod):
-        return Pretrained(path, "beats_tokenizer", what, _beats_fields(enc.cfg, config_model),
-                          {"tokenizer": enc, "estimator": model.student.estimator})
-    return Pretrained(path, "beats", what, _beats_fields(enc.cfg, config_model),
-                      {"encoder": enc})  # a fine-tuned BEATs encoder
+        if "predictor" in parts:
+            fields |= _predictor_fields(parts["predictor"])
+        if "head" in parts:
+            fields |= _head_fields(parts["head"])
+    else:
+        fields = _beats_fields(enc.cfg, config_model)
+    return Pretrained(path, family, f"{config.method} workdir", fields, parts)
 
 
 def _get(config, key):
@@ -185,15 +153,13 @@ def _problems(config, family: str) -> list[str]:
 
 
 def _saved_config(workdir: str) -> dict | None:
-    from matpac_jax.training import checkpoint as ckpt
-
     try:
-        steps = ckpt.finished_steps(workdir)
+        steps = restore.finished_steps(workdir)
     except Exception:  # no workdir yet
         return None
     for step in steps:
         try:
-            return ckpt.load_config(ckpt.checkpoint_dir(workdir) / str(step)).to_dict()
+            return restore.load_config(restore.checkpoint_dir(workdir) / str(step)).to_dict()
         except Exception:  # damaged: the trainer moves it aside
             continue
     return None
@@ -207,14 +173,15 @@ def resolve(config: ml_collections.ConfigDict, workdir: str | None = None
     has checkpoints: the file is not read; replaced fields come from the
     saved config. Otherwise the file is read, checked and its fields applied.
     Raises errors.ConfigError for a file the method cannot take."""
-    path = config.get("init_from", "")
+    path = config.init_from
     if not path:
         return config, None
-    if config.method not in TAKES:
+    takes = methods.get_class(config).init_family
+    if takes is None:
         raise errors.ConfigError(
             f"config.init_from={path!r}: method {config.method!r} does not take it "
             "(fine-tuning reads its encoder from finetune.checkpoint)")
-    mode = config.get("init_teacher", "file")
+    mode = config.init_teacher
     if mode not in INIT_TEACHER:
         raise errors.ConfigError(f"config.init_teacher={mode!r}: must be one of {INIT_TEACHER}")
     effective = copy.deepcopy(config)
@@ -231,10 +198,10 @@ def resolve(config: ml_collections.ConfigDict, workdir: str | None = None
     if not storage.exists(path):
         raise errors.ConfigError(f"config.init_from={path!r}: no such file or folder")
     pretrained = read(path, config.model)
-    if pretrained.family != TAKES[config.method]:
+    if pretrained.family != takes:
         raise errors.ConfigError(
             f"config.init_from={path!r} ({pretrained.what}, {pretrained.family} family): "
-            f"method {config.method!r} takes a {TAKES[config.method]} checkpoint")
+            f"method {config.method!r} takes a {takes} checkpoint")
     changed = []
     for key, value in pretrained.fields.items():
         old = _get(effective, key)
@@ -252,11 +219,9 @@ def resolve(config: ml_collections.ConfigDict, workdir: str | None = None
 
 
 def _replaceable(config) -> list[str]:
-    if TAKES.get(config.method) == "vit":
+    if methods.get_class(config).init_family == "vit":
         return ([f"model.{k}" for k in VIT_ENCODER + VIT_PREDICTOR + VIT_HEAD]
                 + ["data.frontend", "data.norm_stats"])
-    from matpac_jax.models.beats import BEATsConfig
-
     return [f"model.{f.name}" for f in dataclasses.fields(BEATsConfig)
             if f.name in config.model and f.name not in BEATS_TRAINING]
 
@@ -265,38 +230,3 @@ def _differs(old, new) -> bool:
     if isinstance(old, (tuple, list)) or isinstance(new, (tuple, list)):
         return tuple(old) != tuple(new)
     return old != new
-
-
-def same_shapes(a: nnx.Module, b: nnx.Module) -> bool:
-    """Same module type and the same state structure and shapes."""
-    if type(a) is not type(b):
-        return False
-    sa, sb = nnx.state(a), nnx.state(b)
-    if jax.tree.structure(sa) != jax.tree.structure(sb):
-        return False
-    return all(np.shape(x) == np.shape(y) for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)))
-
-
-def copy_into(dst: nnx.Module, src: nnx.Module) -> None:
-    """`src`'s state into `dst` (same shapes: checked by the caller)."""
-    nnx.update(dst, nnx.state(src))
-
-
-def report(source: str, done: dict[str, str]) -> None:
-    """Log where each part of the new run's weights came from."""
-    logging.info("init_from %s: %s", source, "; ".join(f"{k}: {v}" for k, v in done.items()))
-
-
-def copy_parts(pretrained: Pretrained, targets: dict[str, tuple[nnx.Module, str]]) -> None:
-    """For each `label: (module, part)`, copy `pretrained.parts[part]` into
-    `module` when the file has it with the same shapes (else the module keeps
-    its fresh init); log which."""
-    done = {}
-    for label, (module, part) in targets.items():
-        src = pretrained.parts.get(part)
-        if src is not None and same_shapes(module, src):
-            copy_into(module, src)
-            done[label] = "from the file"
-        else:
-            done[label] = "not in the file (or another shape): fresh init"
-    report(pretrained.source, done)

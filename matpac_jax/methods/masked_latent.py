@@ -1,7 +1,8 @@
 """M2D and MATPAC as methods of the one training loop (docs/SPEC.md sections 2-5).
 
-Both are `MaskedLatentMethod`; the config tells them apart: MATPAC has the
-classification heads (`objective.alpha < 1`), no target standardisation,
+Both are `MaskedLatentMethod`: `MatpacMethod` has the classification heads
+(when `objective.alpha < 1`), `M2DMethod` none; the config sets the rest:
+MATPAC has no target standardisation,
 the EMA on the pre-update weights (`ema_timing='before'`) and an EMA anneal
 over `total_steps`; M2D has no heads, standardised targets, the EMA after
 the optimiser step and an anneal that ends at the last step.
@@ -19,8 +20,8 @@ import numpy as np
 from flax import nnx
 
 from matpac_jax import errors
-from matpac_jax.methods import init_from
 from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method, require
+from matpac_jax.methods.pretrained import copy_into, report, same_shapes
 from matpac_jax.models.layers import Buffer, dtype
 from matpac_jax.models.masked_latent import Student, Teacher
 from matpac_jax.objectives import masked_latent as ml
@@ -41,17 +42,20 @@ class MaskedLatentModel(nnx.Module):
 class MaskedLatentMethod(Method):
     """M2D (alpha=1, standardised target) and MATPAC (alpha=0.5, K heads)."""
 
+    classification_heads = False  # MATPAC's K-way DINO heads, teacher heads and center
+    init_family = "vit"
+
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
         self.obj = config.objective
         if self.obj.ema_timing not in EMA_TIMINGS:
             raise errors.ConfigError(f"config.objective.ema_timing={self.obj.ema_timing!r}; "
                              f"known: {EMA_TIMINGS}")
-        norm = tuple(config.data.norm_stats) if config.data.get("norm_stats") else None
+        norm = tuple(config.data.norm_stats) or None
         frontend = config.data.frontend
         self.input = InputSpec(frontend, (config.model.in_freq, config.data.crop_frames), norm)
         self.embedding = EmbeddingSpec("vit", frontend, norm)
-        self.use_head = config.method == "matpac" and self.obj.alpha < 1.0
+        self.use_head = self.classification_heads and self.obj.alpha < 1.0
         self.prediction = self.obj.get("prediction", "single")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"config.objective.prediction={self.prediction!r}; "
@@ -106,42 +110,42 @@ class MaskedLatentMethod(Method):
             return
         s, t, parts = model.student, model.teacher, p.parts
         official = "not in the file: initialised as the official code does"
-        init_from.copy_into(s.encoder, parts["encoder"])
+        copy_into(s.encoder, parts["encoder"])
         done = {"student encoder": "from the file"}
         src = parts.get("predictor")
         if src is None:
             done["predictor"] = official
         else:
-            init_from.copy_into(s.predictor.embed, src.embed)
-            init_from.copy_into(s.predictor.stack, src.stack)
+            copy_into(s.predictor.embed, src.embed)
+            copy_into(s.predictor.stack, src.stack)
             s.predictor.mask_token.set_value(src.mask_token[...])
-            if init_from.same_shapes(s.predictor.pred, src.pred):
-                init_from.copy_into(s.predictor.pred, src.pred)
+            if same_shapes(s.predictor.pred, src.pred):
+                copy_into(s.predictor.pred, src.pred)
                 done["predictor"] = "from the file"
             else:
                 done["predictor"] = ("from the file, except its output layer (the file's does "
                                      "not fit these hypothesis heads): official init")
-        teacher_mode = self.config.get("init_teacher", "file")
+        teacher_mode = self.config.init_teacher
         if teacher_mode == "student":
-            init_from.copy_into(t.stack, parts["encoder"].stack)
+            copy_into(t.stack, parts["encoder"].stack)
             done["teacher"] = "a copy of the file's student encoder (init_teacher='student')"
         elif "teacher" in parts:
-            init_from.copy_into(t.stack, parts["teacher"])
+            copy_into(t.stack, parts["teacher"])
             done["teacher"] = "from the file"
         else:
             done["teacher"] = official + " (independently of the student)"
         if self.use_head:
             if "head" in parts:
-                init_from.copy_into(s.head, parts["head"])
-                init_from.copy_into(t.head, parts["head" if teacher_mode == "student"
+                copy_into(s.head, parts["head"])
+                copy_into(t.head, parts["head" if teacher_mode == "student"
                                                    else "teacher_head"])
                 model.center.set_value(np.asarray(parts["center"]))  # resharded by build
                 done["heads and center"] = "from the file"
             else:
                 if teacher_mode == "student":
-                    init_from.copy_into(t.head, s.head)
+                    copy_into(t.head, s.head)
                 done["heads and center"] = official
-        init_from.report(p.source, done)
+        report(p.source, done)
 
     def _momenta(self, step):
         o, total = self.obj, self.config.total_steps
@@ -214,3 +218,22 @@ class MaskedLatentMethod(Method):
 
     def encoder(self, model: MaskedLatentModel):
         return model.student.encoder
+
+    def parts_for_init(self, model: MaskedLatentModel) -> tuple[str, dict]:
+        s, t = model.student, model.teacher
+        parts = {"encoder": s.encoder, "predictor": s.predictor, "teacher": t.stack}
+        if s.head is not None:
+            parts |= {"head": s.head, "teacher_head": t.head, "center": model.center[...]}
+        return "vit", parts
+
+
+class M2DMethod(MaskedLatentMethod):
+    export_format = "m2d"
+
+
+class MatpacMethod(MaskedLatentMethod):
+    classification_heads = True
+    export_format = "matpac"
+
+
+METHODS = {"m2d": M2DMethod, "matpac": MatpacMethod}

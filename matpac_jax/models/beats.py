@@ -95,6 +95,13 @@ class BEATsConfig:
         return (2 * self.encoder_layers) ** 0.25 if self.deep_norm else 1.0
 
 
+# The released BEATs_iter3 cfg, where it differs from the defaults above
+# (training/defaults.beats pre-trains this architecture).
+RELEASED = dict(deep_norm=True, relative_position_embedding=True, gru_rel_pos=True,
+                max_distance=800, layer_wise_gradient_decay_ratio=0.6, dropout=0.0,
+                attention_dropout=0.0)
+
+
 _ACTIVATIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),  # fairseq gelu = erf
     "gelu_accurate": functools.partial(jax.nn.gelu, approximate=True),

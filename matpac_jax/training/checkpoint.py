@@ -2,17 +2,18 @@
 pretrained parts' architecture (`Method.architecture`), together.
 
 Orbax writes each step to a temporary directory and renames it when every
-process has finished, so a half-written checkpoint (SIGKILL mid-save) is
+process has finished (on gs://, which has no rename: in place, then a
+`commit_success.txt`), so a half-written checkpoint (SIGKILL mid-save) is
 never listed and never restored; a leftover temporary folder (a crash or a
 full disk mid-save) is ignored by the next run and replaced when it saves
-that step again. The RNG needs no
-saving: each step's key is `fold_in(key(seed), step)`.
+that step again. The RNG needs no saving: each step's key is
+`fold_in(key(seed), step)`.
 
 A finished checkpoint that fails to restore (a truncated array file, a
 broken JSON item) is moved aside to `<step>.corrupt-<time>` (never deleted)
-and the next older one is tried: `Checkpointer.restore_latest` for training,
-`intact_steps` + `restore_model_state` for readers (embed, evaluate,
-fine-tuning), which skip it without renaming. Resuming refuses a config that
+and the next older one is tried: `Checkpointer.restore_latest` for training;
+readers (embed, evaluate, fine-tuning) skip it without renaming
+(`restore.first_intact`, matpac_jax/restore.py). Resuming refuses a config that
 differs from the checkpoint's in a key outside `SAFE_ON_RESUME`
 (`check_resume_config`), before any array is read.
 """
@@ -31,9 +32,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from matpac_jax import errors, storage
-
-CHECKPOINT_DIR = "checkpoints"
+from matpac_jax import errors
+from matpac_jax.restore import (checkpoint_dir, latest_checkpoint, load_architecture,
+                                load_config, reason)
 
 # Config keys a resumed run may change: how long it runs, what it logs and
 # saves, where the (same) data is read from and how, how the state is laid
@@ -52,10 +53,6 @@ SAFE_ON_RESUME = (
     "tokenizer_checkpoint", "teacher_checkpoint",
     "finetune.eval_batch", "finetune.seeds",  # scoring and the list of runs, not a run's state
 )
-
-
-def checkpoint_dir(workdir: str) -> epath.Path:
-    return storage.path(workdir) / CHECKPOINT_DIR
 
 
 class _IteratorSnapshot:
@@ -142,7 +139,7 @@ class Checkpointer:
             try:
                 state = self.restore(step, abstract_state, data_iter)
             except Exception as e:
-                failed.append((step, _reason(e)))
+                failed.append((step, reason(e)))
                 continue
             for bad, why in failed:
                 moved = quarantine(checkpoint_dir(self.workdir) / str(bad)) if is_primary() else None
@@ -190,26 +187,10 @@ class Checkpointer:
                 "there is no complete checkpoint yet; re-running the same command starts "
                 "from scratch")
         disk = _disk_error(err)
-        cause = f"{disk} (the disk holding {checkpoint_dir(self.workdir)})" if disk else _reason(err)
+        cause = f"{disk} (the disk holding {checkpoint_dir(self.workdir)})" if disk else reason(err)
         return errors.CheckpointError(
             f"saving checkpoint step {step} failed: {cause}. Nothing was lost: {last}"
             + (" once space is free." if disk and "file too large" not in disk else "."))
-
-
-def _reason(err: BaseException, limit: int = 400) -> str:
-    """One line: the root cause of an exception (orbax wraps tensorstore's
-    precise error in a generic one)."""
-    chain, seen = [], set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        chain.append(err)
-        err = err.__cause__ or err.__context__
-    for e in reversed(chain):
-        text = " ".join(str(e).split())
-        if text:
-            line = f"{type(e).__name__}: {text}"
-            return line if len(line) <= limit else line[:limit] + "..."
-    return type(chain[0]).__name__ if chain else "unknown error"
 
 
 _DISK_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
@@ -234,7 +215,7 @@ def _disk_error(err: BaseException | None) -> str | None:
 
 def quarantine(step_dir: epath.Path) -> epath.Path:
     """Rename a damaged step folder to `<step>.corrupt-<UTC time>` (orbax and
-    `latest_checkpoint` no longer list it; nothing is deleted)."""
+    `restore.latest_checkpoint` no longer list it; nothing is deleted)."""
     step_dir = epath.Path(step_dir)
     target = step_dir.parent / f"{step_dir.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     step_dir.rename(target)
@@ -273,113 +254,6 @@ def check_resume_config(saved: dict, config: ml_collections.ConfigDict, where: s
             f"{where} was written with another config; these keys change the saved state "
             f"or the run it continues: {'; '.join(changed)}. Use a new workdir (or the "
             f"old values). Keys safe to change on resume: {', '.join(SAFE_ON_RESUME)}")
-
-
-def latest_checkpoint(workdir: str) -> tuple[int, epath.Path] | None:
-    """(step, path) of the newest finished checkpoint under a workdir, if any."""
-    steps = finished_steps(workdir)
-    return (steps[0], checkpoint_dir(workdir) / str(steps[0])) if steps else None
-
-
-def finished_steps(workdir: str) -> list[int]:
-    """Steps of the finished checkpoints under a workdir, newest first (a
-    temporary or moved-aside folder is not one)."""
-    root = checkpoint_dir(workdir)
-    if not root.exists():
-        return []
-    return sorted((int(p.name) for p in root.iterdir() if p.name.isdigit() and _finished(p)),
-                  reverse=True)
-
-
-def _finished(step_dir: epath.Path) -> bool:
-    """A step folder orbax completed: it has the state and, on gs:// (no
-    rename there: orbax writes in place, then `commit_success.txt`), the marker."""
-    return (step_dir / "state").exists() and (
-        not storage.is_remote(step_dir) or (step_dir / "commit_success.txt").exists())
-
-
-def find_checkpoint(path: str, step: int | None = None) -> epath.Path:
-    """One step's checkpoint folder: `path` itself, or step `step` (default:
-    the latest) of the workdir `path`."""
-    return candidates(path, step)[0]
-
-
-def candidates(path: str, step: int | None = None) -> list[epath.Path]:
-    """Checkpoint folders to try, best first: `path` itself if it is one step's
-    folder, step `step` of the workdir `path`, or all its finished steps,
-    newest first (raises errors.CheckpointError if there are none)."""
-    root = storage.path(path)
-    if _finished(root):
-        return [root]
-    if step is not None:
-        found = checkpoint_dir(path) / str(step)
-        if not _finished(found):
-            raise errors.CheckpointError(f"{path}: no checkpoint of step {step}")
-        return [found]
-    steps = finished_steps(path)
-    if not steps:
-        raise errors.CheckpointError(f"no checkpoint found in {path}")
-    return [checkpoint_dir(path) / str(s) for s in steps]
-
-
-def first_intact(path: str, load, step: int | None = None):
-    """`load(checkpoint_folder)` of the newest checkpoint of `path` it succeeds
-    on (readers: embed, evaluate, fine-tuning). A damaged newer step is
-    skipped with one warning and left where it is (a reader does not rename
-    in a workdir a run may hold); `errors.ConfigError` passes through. None
-    loads: errors.CheckpointError naming each step and why."""
-    failed = []
-    for folder in candidates(path, step):
-        try:
-            return load(folder)
-        except errors.ConfigError:
-            raise
-        except Exception as e:
-            failed.append(f"{folder}: {_reason(e)}")
-            logging.warning("checkpoint %s is damaged (%s); trying an older one", folder,
-                            _reason(e))
-    raise errors.CheckpointError(f"{path}: no intact checkpoint ({'; '.join(failed)})")
-
-
-def _json_item(checkpoint_path: epath.Path, item: str) -> Any | None:
-    folder = epath.Path(checkpoint_path) / item
-    path = folder / "metadata"
-    if not path.exists():
-        candidates = ([p for p in folder.glob("*") if p.name != "commit_success.txt"]
-                      if folder.exists() else [])
-        if not candidates:
-            return None
-        path = candidates[0]
-    return json.loads(path.read_text())
-
-
-def load_config(checkpoint_path: epath.Path) -> ml_collections.ConfigDict:
-    """The config a checkpoint was written with (saved beside the state)."""
-    value = _json_item(checkpoint_path, "config")
-    if value is None:
-        raise errors.CheckpointError(f"{checkpoint_path}: no saved config")
-    return ml_collections.ConfigDict(value)
-
-
-def load_architecture(checkpoint_path: epath.Path) -> dict | None:
-    """`Method.architecture()` as saved (None: a checkpoint written before it was)."""
-    return _json_item(checkpoint_path, "architecture")
-
-
-def restore_model_state(checkpoint_path: epath.Path, abstract_model: Any) -> Any:
-    """Just the `model` part of one checkpoint's train state (inference,
-    evaluation, pretrained stages): no optimiser moments are read. Arrays land
-    on the first local device."""
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = {"model": jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-                                    abstract_model)}
-    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
-    with ocp.PyTreeCheckpointer() as ckptr:
-        restored = ckptr.restore(
-            os.fspath(epath.Path(checkpoint_path) / "state"),
-            args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
-                                        partial_restore=True))
-    return restored["model"]
 
 
 def is_primary() -> bool:

@@ -65,7 +65,7 @@ def make_data(config: ml_collections.ConfigDict, method: Method, path: str):
             norm_stats=spec.norm_stats,
             classes=spec.classes or None,
             balanced=spec.balanced,
-            corrupt_records=config.data.get("corrupt_records", "stop"),
+            corrupt_records=config.data.corrupt_records,
             holdout=config.data.holdout,
         )
     )
@@ -161,7 +161,7 @@ def _train(config, workdir, method, devices, evaluate):
 
 def _loop(run, config, method, workdir, data, checkpointer, writer, start, bar, evaluate):
     preemption = _Preemption()
-    peak = metrics_lib.peak_flops(jax.devices()[0], config.get("peak_flops"))
+    peak = metrics_lib.peak_flops(jax.devices()[0], config.peak_flops)
     flops = None
     profile_start = config.profile.start_step if config.profile.num_steps else -1
     tracing = False
