@@ -20,7 +20,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from matpac_jax import cli, methods
-from matpac_jax.training import metrics, step, trainer, xla_flags
+from matpac_jax.training import metrics, trainer, xla_flags
+from matpac_jax.training import step as step_lib
 
 FLAGS = flags.FlagValues()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
@@ -51,15 +52,15 @@ def prepare(config, per_device_batch: int, compile_only: bool = False):
     each blocked on its metrics; None with `compile_only`."""
     config.batch_size = per_device_batch * jax.device_count()
     t0 = time.perf_counter()
-    run = trainer.build(config, methods.get(config), materialize=not compile_only)
+    run = step_lib.build(config, methods.get(config), materialize=not compile_only)
     init_s = time.perf_counter() - t0
     if compile_only:  # shapes only: no state or batch is put on a device
-        x = step.abstract_batch(run)
+        x = step_lib.abstract_batch(run)
     else:
         rng = np.random.default_rng(0)
         x = trainer._to_global(run, rng.standard_normal(run.batch_shape).astype(np.float32))
     t0 = time.perf_counter()
-    compiled, flops = trainer.compile_step(run, x)
+    compiled, flops = step_lib.compile_step(run, x)
     compile_s = time.perf_counter() - t0
     result = {
         "method": config.method,

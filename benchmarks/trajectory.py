@@ -131,13 +131,14 @@ def make_inputs(method: str, workdir: str) -> dict[str, np.ndarray]:
     from matpac_jax.data import frontends
     from matpac_jax.objectives import beats_mam, masked_latent
     from matpac_jax.training import trainer
+    from matpac_jax.training import step as step_lib
 
     clips = make_clips(method)
     frontend = FRONTENDS[method]
     path = write_shards(clips, os.path.join(workdir, "shards"), frontend)
     config = config_for(method, path)
     method_obj = methods.get(config)
-    run = trainer.build(config, method_obj, jax.devices()[:1])
+    run = step_lib.build(config, method_obj, jax.devices()[:1])
     flat = nnx.to_flat_state(run.state["model"])
     out = {f"init/{'/'.join(map(str, k))}": np.asarray(v.get_value()) for k, v in flat}
     out["clips"] = clips

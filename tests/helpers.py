@@ -7,7 +7,7 @@ from flax import nnx
 from matpac_jax import methods
 from matpac_jax.methods import init_from
 from matpac_jax.training import checkpoint as ckpt
-from matpac_jax.training import trainer
+from matpac_jax.training import step as step_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def saved_at_start(c, workdir, step=0, edit=None):
     after `edit(model)` if given."""
     c, pretrained = init_from.resolve(c, str(workdir))
     method = methods.get(c, pretrained)
-    run = trainer.build(c, method)
+    run = step_lib.build(c, method)
     state = run.state
     if edit is not None:
         ts = nnx.merge(run.graphdef, state)

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from matpac_jax.models import beats, layers, vit
-from matpac_jax.training import trainer
+from matpac_jax.training import step as step_lib
 
 
 def reference_attention(q, k, v, bias=None, mask=None):
@@ -90,10 +90,10 @@ def test_cudnn_is_refused_at_validate_time_off_gpu():
     if jax.default_backend() == "gpu":
         pytest.skip("this is the non-GPU check")
     with pytest.raises(ValueError, match="attention='cudnn' needs NVIDIA GPUs.*'cpu'"):
-        trainer.validate(_config("cudnn"))
+        step_lib.validate(_config("cudnn"))
     with pytest.raises(ValueError, match="config.model.attention='flash'"):
-        trainer.validate(_config("flash"))
-    trainer.validate(_config("xla"))
+        step_lib.validate(_config("flash"))
+    step_lib.validate(_config("xla"))
     with pytest.raises(ValueError, match="bfloat16 or float16 only"):
         layers.check_attention("cudnn", "gpu", "float32")
 

@@ -10,6 +10,7 @@ import matpac_jax
 from matpac_jax import methods, restore, tokenize
 from matpac_jax.data import demo
 from matpac_jax.training import metrics, trainer
+from matpac_jax.training import step as step_lib
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -89,4 +90,4 @@ def test_tokenizer_stage_from_official_beats_file(shards, tmp_path, fixtures_dir
     assert np.isfinite(out["loss"])
     c.grad_accum_steps, c.batch_size = 2, 16  # the codebook k-means/EMA need the whole batch
     with pytest.raises(ValueError, match="grad_accum_steps=2: not supported by method"):
-        trainer.build(c, methods.get(c))
+        step_lib.build(c, methods.get(c))

@@ -27,6 +27,7 @@ from flax import nnx
 
 from matpac_jax import cli, embed, errors, evaluate, methods, restore
 from matpac_jax.training import checkpoint as ckpt
+from matpac_jax.training import step as step_lib
 from matpac_jax.training import trainer, workdir_lock
 
 from test_training import CONFIG, build, cli as train_cli, shards, tiny_config  # noqa: F401
@@ -223,7 +224,7 @@ def test_second_run_on_a_workdir_is_refused_naming_the_holder(tmp_path, shards):
 def test_config_values_are_refused_naming_key_and_range(shards, overrides, message):
     config = tiny_config(shards, **overrides)
     with pytest.raises(errors.ConfigError) as err:
-        trainer.validate(config, method=methods.get(config))
+        step_lib.validate(config, method=methods.get(config))
     assert str(err.value).startswith(message)
 
 

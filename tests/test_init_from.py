@@ -19,7 +19,7 @@ from matpac_jax.data import demo
 from matpac_jax.methods import init_from
 from matpac_jax.models.vit import sincos_pos_table
 from matpac_jax import restore
-from matpac_jax.training import trainer
+from matpac_jax.training import step as step_lib
 
 from helpers import config, saved_at_start
 
@@ -37,7 +37,7 @@ def _equal(a, b):
 def _built(c, workdir=None):
     c, pretrained = init_from.resolve(c, workdir)
     method = methods.get(c, pretrained)
-    run = trainer.build(c, method)
+    run = step_lib.build(c, method)
     return c, pretrained, method, nnx.merge(run.graphdef, run.state).model
 
 

@@ -19,6 +19,7 @@ import pytest
 from matpac_jax import methods, restore
 from matpac_jax.data import demo
 from matpac_jax.training import metrics, trainer
+from matpac_jax.training import step as step_lib
 
 from helpers import override
 
@@ -46,7 +47,7 @@ def tiny_config(shards: str, **overrides):
 
 
 def build(config, devices=None):
-    return trainer.build(config, methods.get(config), devices)
+    return step_lib.build(config, methods.get(config), devices)
 
 
 def train(config, workdir):
@@ -102,9 +103,9 @@ def test_same_loss_on_1_and_8_devices_in_several_meshes(shards):
 @pytest.mark.slow
 def test_config_errors_before_compilation(shards, tmp_path):
     with pytest.raises(ValueError, match="needs 6 devices"):
-        trainer.validate(tiny_config(shards, mesh={"data": 3, "fsdp": 2, "tensor": 1}))
+        step_lib.validate(tiny_config(shards, mesh={"data": 3, "fsdp": 2, "tensor": 1}))
     with pytest.raises(ValueError, match="batch_size=12 is not divisible"):
-        trainer.validate(tiny_config(shards, batch_size=12))
+        step_lib.validate(tiny_config(shards, batch_size=12))
     with pytest.raises((AttributeError, KeyError)):
         tiny_config(shards, **{"opt.no_such_field": 1})
     empty = tmp_path / "empty"
@@ -350,7 +351,7 @@ def test_remat_recomputes_layers_and_gives_the_same_update(shards, method):
         if remat == "full":  # the forward of every layer runs again in the backward
             assert flops_r > 1.1 * flops
     with pytest.raises(ValueError, match="model.remat='some'"):
-        trainer.validate(make("some"))
+        step_lib.validate(make("some"))
 
 
 @pytest.mark.slow
@@ -366,7 +367,7 @@ def test_grad_accumulation_is_the_mean_of_its_microbatches(shards):
     @functools.partial(jax.jit, static_argnums=3)  # op by op, this test took a minute
     def compute(state, xb, k, accum):
         model = nnx.merge(run.graphdef, state).model  # a copy
-        (loss, aux), grads = trainer.loss_and_grads(run.method, model, {"x": xb}, k, step, accum)
+        (loss, aux), grads = step_lib.loss_and_grads(run.method, model, {"x": xb}, k, step, accum)
         return loss, aux, grads, model.center[...]
 
     loss, aux, grads, center = compute(run.state, x, key, 2)
@@ -398,7 +399,7 @@ def test_grad_accumulation_is_the_mean_of_its_microbatches(shards):
     # The divisibility check, before compiling. (The training loop calls
     # `step_fn`, run above; the CLI tests cover the loop.)
     with pytest.raises(ValueError, match="grad_accum_steps=2 microbatches"):
-        trainer.validate(tiny_config(shards, batch_size=8, grad_accum_steps=2))
+        step_lib.validate(tiny_config(shards, batch_size=8, grad_accum_steps=2))
 
 
 def test_peak_flops_by_device_kind():

@@ -24,6 +24,7 @@ from flax import nnx
 from benchmarks import trajectory as traj
 from matpac_jax import methods
 from matpac_jax.training import metrics, trainer
+from matpac_jax.training import step as step_lib
 
 REGENERATE = "regenerate the fixture with benchmarks/make_trajectory_fixtures.sh"
 # metric -> relative tolerance per step (schedules are exact up to float32)
@@ -71,7 +72,7 @@ def test_inputs_are_what_our_code_draws(reference, tmp_path):
     shards = traj.write_shards(ref["clips"], str(tmp_path / "shards"), traj.FRONTENDS[name])
     config = traj.config_for(name, shards)
     method = methods.get(config)
-    init = _flat(trainer.build(config, method, jax.devices()[:1]).state["model"])
+    init = _flat(step_lib.build(config, method, jax.devices()[:1]).state["model"])
     for key, value in init.items():
         np.testing.assert_allclose(value, ref[f"init/{key}"], rtol=1e-6, atol=1e-7,
                                    err_msg=f"initial {key} changed: {REGENERATE}")

@@ -27,23 +27,11 @@ from matpac_jax.methods.base import Method
 from matpac_jax.training import checkpoint as ckpt
 from matpac_jax.training import metrics as metrics_lib
 from matpac_jax.training import sharding, workdir_lock
-# The step's construction; re-exported because callers know them as trainer.*.
-from matpac_jax.training.step import (  # noqa: F401
-    Run, TrainState, abstract_arrays, build, compile_step, loss_and_grads, validate)
+from matpac_jax.training.step import Run, abstract_arrays, build, compile_step, validate
 
 
 class NonFiniteError(errors.Error, RuntimeError):
     """The loss or gradient became NaN/Inf; the last good checkpoint is kept."""
-
-
-def data_path(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """`data.path`, or the demo corpus (rendered once, cached; shards in the workdir)."""
-    if config.data.path != "demo":
-        return config.data.path
-    from matpac_jax.data import demo
-
-    return demo.ensure_demo_shards(os.path.join(workdir, "demo_data"), config.data.frontend,
-                                   num_clips=config.data.demo_clips)
 
 
 def make_data(config: ml_collections.ConfigDict, method: Method, path: str):
@@ -121,7 +109,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, method: Method,
 
 def _train(config, workdir, method, devices, evaluate):
     storage.makedirs(workdir)
-    path = data_path(config, workdir)
+    path = config.data.path
     shards.find_shards(path)  # a clear error before any compilation
     checkpointer = ckpt.Checkpointer(
         workdir, every=config.checkpoint_every, keep=config.keep_checkpoints,

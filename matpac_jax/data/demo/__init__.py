@@ -25,10 +25,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 from absl import flags
 
-from matpac_jax import cli
+from matpac_jax import cli, storage
 from matpac_jax.data.demo.corpus import KINDS, VERSION, cache_root, cached_corpus, write_corpus
 from matpac_jax.data.demo.sources import DemoSourceError, find_sources
 from matpac_jax.data.frontends import SR
@@ -39,7 +40,7 @@ DEFAULT_NUM_CLIPS = 2000
 
 __all__ = [
     "DEFAULT_NUM_CLIPS", "DemoSourceError", "KINDS", "SR", "VERSION", "cache_root",
-    "ensure_demo_shards", "find_sources", "main", "write_demo_audio",
+    "ensure_demo_shards", "find_sources", "main", "shards_for_run", "write_demo_audio",
 ]
 
 
@@ -130,6 +131,20 @@ def ensure_demo_shards(directory: str, frontend: str, num_clips: int = DEFAULT_N
             raise RuntimeError(f"preparing the demo shards failed: {' '.join(cmd)}\n"
                                f"{proc.stderr[-2000:]}")
     return shard_dir
+
+
+def shards_for_run(workdir: str, frontend: str, num_clips: int = DEFAULT_NUM_CLIPS) -> str:
+    """The shards a `data.path='demo'` run trains on (made once, then reused):
+    WORKDIR/demo_data for a local workdir; for a gs:// one a local folder
+    beside the corpus cache (the corpus is rendered on this machine; a cloud
+    run should prepare its data into the bucket instead)."""
+    if storage.is_remote(workdir):
+        root = os.path.dirname(cache_root() or os.path.join(tempfile.gettempdir(), "matpac_jax",
+                                                            "demo_corpus"))
+        directory = os.path.join(root, "demo_data")
+    else:
+        directory = os.path.join(workdir, "demo_data")
+    return ensure_demo_shards(directory, frontend, num_clips=num_clips)
 
 
 FLAGS = flags.FlagValues()
