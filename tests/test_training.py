@@ -310,6 +310,34 @@ def test_gradient_clipping_follows_torch_clip_grad_norm():
 
 
 
+def test_a_step_updates_only_the_student(shards):
+    """With the EMA momenta at 1 the teacher, its head and nothing but the
+    student's parameters are left as they were by a real training step: the
+    optimiser holds state for the student's parameters alone, and its update
+    reaches every one of them."""
+    from flax import nnx
+
+    config = tiny_config(shards, **{"objective.ema_start": 1.0, "objective.ema_end": 1.0,
+                                    "objective.head_ema_start": 1.0,
+                                    "objective.head_ema_end": 1.0})
+    run = build(config, jax.devices()[:1])
+    model = nnx.merge(run.graphdef, run.state).model
+    before = {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    student = {k for k in before if k[0] == "student"}
+    assert student and {k for k in before if k[0] == "teacher"}
+    x = np.random.default_rng(0).standard_normal((8, 80, 64)).astype(np.float32)
+    state = run.state
+    for i in range(2):  # the warm-up's lr is 0 at step 0
+        state, _ = run.step_fn(state, trainer._to_global(run, x), jax.random.key(i))
+    after = {k: np.asarray(v) for k, v in
+             nnx.to_flat_state(nnx.state(nnx.merge(run.graphdef, state).model, nnx.Param))}
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert changed and changed <= student
+    assert len(changed) >= len(student) - 2  # all but parameters the loss does not reach
+    moments = {tuple(str(p) for p in k) for k, _ in nnx.to_flat_state(state["optimizer"])}
+    assert any("student" in k for k in moments) and not any("teacher" in k for k in moments)
+
+
 def _one_step(config, x):
     """Loss and updated model arrays of one step on 1 device, and the FLOPs and
     rematerialisation barriers of the step as lowered (before XLA optimises)."""
