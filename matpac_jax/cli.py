@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from absl import flags
+from absl import flags, logging
 
 from matpac_jax import errors, storage
 
@@ -224,8 +224,6 @@ def _from_orbax(record: py_logging.LogRecord) -> bool:
 def quiet_third_party_logs() -> None:
     """Third-party INFO lines (orbax's dozens per checkpoint) off; ours, and every
     warning, stay. Giving --verbosity (any value) shows them all again."""
-    from absl import logging
-
     if flags.FLAGS["verbosity"].present:
         return
     handler = logging.get_absl_handler()

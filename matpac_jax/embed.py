@@ -11,6 +11,8 @@ import numpy as np
 from absl import flags
 
 from matpac_jax import cli, storage
+from matpac_jax.data.audio import check_files
+from matpac_jax.inference import load
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("checkpoint", None, "official M2D/MATPAC/BEATs .pt/.pth file or a "
@@ -29,9 +31,6 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no audio files given (python -m matpac_jax.embed --help)", file=sys.stderr)
         return 2
     cli.output_folder(FLAGS.out)
-    from matpac_jax.data.audio import check_files
-    from matpac_jax.inference import load  # after parsing: --help stays fast
-
     check_files(audio, "embed")  # before the model loads
 
     embedder = load(FLAGS.checkpoint, batch_size=FLAGS.batch_size, freq_tokens=FLAGS.freq_tokens)

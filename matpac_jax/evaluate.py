@@ -43,9 +43,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 from absl import flags
+from flax import nnx
 from ml_collections import config_flags
 
-from matpac_jax import cli, errors, restore, storage
+from matpac_jax import cli, errors, methods, restore, storage
+from matpac_jax.data import audio, frontends
+from matpac_jax.data.audio import check_files
+from matpac_jax.evaluation import datasets, embeddings, protocol, runner, suites
+from matpac_jax.inference import embedder_for, load
 
 RANDOM_INIT, LOGMEL = "random-init", "logmel-baseline"
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "matpac_jax", "embeddings")
@@ -54,11 +59,6 @@ DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "matpac_jax", "e
 def random_init_embedder(config, seed: int | None = None, batch_size: int = 16,
                          freq_tokens: str | None = None):
     """Embedder over the freshly initialised encoder of `config`'s method."""
-    from flax import nnx
-
-    from matpac_jax import methods
-    from matpac_jax.inference import embedder_for
-
     method = methods.get(config)
     model = method.build(nnx.Rngs(config.seed if seed is None else seed))
     return embedder_for(method, model, batch_size=batch_size, freq_tokens=freq_tokens)
@@ -67,8 +67,6 @@ def random_init_embedder(config, seed: int | None = None, batch_size: int = 16,
 def logmel_stats(waves: Sequence[np.ndarray | str]) -> np.ndarray:
     """(N, 160): mean and std over time of each clip's 80-bin MATPAC log-mel
     (16 kHz waveforms, or files)."""
-    from matpac_jax.data import audio, frontends
-
     out = []
     for w in waves:
         w = audio.load_audio(w, frontends.SR) if isinstance(w, (str, os.PathLike)) else w
@@ -107,8 +105,6 @@ def make_embed(checkpoint: str, config, seed: int | None, batch_size: int,
             raise SystemExit(f"error: --checkpoint={checkpoint}: no such file or directory")
 
         def loader():
-            from matpac_jax.inference import load
-
             return load(path, batch_size=batch_size, freq_tokens=freq_tokens)
 
     if freq_tokens:
@@ -184,10 +180,6 @@ def main(argv: list[str] | None = None) -> int:
     lrs = tuple(cli.floats(FLAGS, "lr")) if FLAGS.lr else None
     seeds = tuple(int(v) for v in cli.floats(FLAGS, "seeds")) if FLAGS.seeds else None
     cli.output_folder(FLAGS.out)
-
-    from matpac_jax.data.audio import check_files
-    from matpac_jax.evaluation import embeddings, protocol, runner, suites, tasks
-
     specs, absent = list(FLAGS.task), []
     if FLAGS.suite:
         found, absent = suites.resolve(FLAGS.suite, FLAGS.data_root)
@@ -197,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         if not specs:
             raise errors.TaskFileError(f"--suite={FLAGS.suite}: none of its tasks is under "
                                        f"{storage.display(FLAGS.data_root)}")
-    todo = [tasks.parse(spec) for spec in specs]  # every metadata file, before any embedding
+    todo = [datasets.parse(spec) for spec in specs]  # every metadata file, before any embedding
     if dup := sorted({t.name for t in todo if [u.name for u in todo].count(t.name) > 1}):
         raise errors.TaskFileError(f"--task: two tasks named {dup} (their results would "
                                    "overwrite each other)")

@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 
 from matpac_jax import torch_shell  # first: JAX's GPU memory settings (module docstring)
+from matpac_jax import inference
+from matpac_jax.data import audio as audio_lib
 from matpac_jax.data import frontends
 
 SAMPLE_RATES = (16000, 22050, 32000, 44100, 48000)
@@ -82,8 +84,6 @@ class HearModel:
     def features(self, audio: np.ndarray) -> np.ndarray:
         """(N, n_samples) at sample_rate -> (N, ...) normalised front-end features."""
         audio = _check_audio(audio, self.sample_rate)
-        from matpac_jax.data import audio as audio_lib
-
         if self.sample_rate != frontends.SR:  # soxr resamples the (samples, channels) block
             audio = np.ascontiguousarray(
                 audio_lib.resample(np.ascontiguousarray(audio.T), self.sample_rate,
@@ -164,7 +164,7 @@ def _check_audio(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 # -- torch shell (the `hear` extra) -------------------------------------------
 @functools.cache
 def _torch_module_class():
-    import torch
+    import torch  # the optional `hear` extra: only HEAR's torch harness needs it
 
     class HearTorchModule(torch.nn.Module):
         """What HEAR requires: a torch.nn.Module with the model's attributes.
@@ -210,8 +210,6 @@ def load_model(model_file_path: str | os.PathLike = "", *, sample_rate: int = 16
         raise ValueError(f"sample_rate={sample_rate!r} not supported; supported: {SAMPLE_RATES}")
     if not os.path.exists(model_file_path):
         raise ValueError(f"{model_file_path}: no such checkpoint file or workdir")
-    from matpac_jax import inference
-
     embedder = inference.load(model_file_path, batch_size=batch_size, freq_tokens=freq_tokens)
     core = HearModel(embedder, sample_rate, frame_hop_ms)
     if torch_module is None:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob as glob_lib
+import io
 import json
 import os
 import posixpath
@@ -33,6 +35,8 @@ import shutil
 import tempfile
 from typing import IO, Any, Iterator
 
+import fsspec
+import numpy as np
 from etils import epath as _epath
 
 from matpac_jax import errors
@@ -81,8 +85,6 @@ def check(path: str | os.PathLike, what: str = "path") -> str:
 def configure() -> None:
     """Points every Cloud Storage client at `STORAGE_EMULATOR_HOST` when it is
     set (before gcsfs and tensorstore first read their settings); once."""
-    import fsspec
-
     os.environ.setdefault("EPATH_USE_TF", "false")  # one layer: gcsfs, not tf.io.gfile
     # No cached listings in any gcsfs client (orbax's through epath too): other
     # processes and hosts write the same folders (checkpoint steps, shards).
@@ -95,7 +97,7 @@ def configure() -> None:
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", url)
     os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")
-    import gcsfs.core
+    import gcsfs.core  # here: gcsfs reads GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT when imported
 
     for name in ("gs", "gcs"):
         fsspec.config.conf[name]["token"] = "anon"
@@ -105,8 +107,6 @@ def configure() -> None:
 
 def filesystem(path: str | os.PathLike):
     """The fsspec file system of `path` (gcsfs for gs://, else the local one)."""
-    import fsspec
-
     if is_remote(check(path)):
         return fsspec.filesystem("gs")
     return fsspec.filesystem("file")
@@ -198,8 +198,6 @@ def glob(pattern: str) -> list[str]:
     pattern = check(pattern)
     if is_remote(pattern):
         return sorted(f"gs://{p}" for p in filesystem(pattern).glob(pattern))
-    import glob as glob_lib
-
     return sorted(glob_lib.glob(pattern))
 
 
@@ -325,10 +323,6 @@ def write_json(p: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
 
 def write_npz(p: str | os.PathLike, **arrays) -> None:
     """np.savez to a local or gs:// path (whole, atomically)."""
-    import io
-
-    import numpy as np
-
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     write_bytes(p, buf.getvalue())

@@ -18,6 +18,7 @@ from absl import flags
 from flax import nnx
 
 from matpac_jax import cli, storage
+from matpac_jax.data.audio import check_files
 from matpac_jax.data.audio import load_audio
 from matpac_jax.data.frontends import beats_fbank, normalize
 from matpac_jax.methods.beats import load_pretrained
@@ -57,8 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: no audio files given", file=sys.stderr)
         return 2
     cli.output_folder(FLAGS.out)
-    from matpac_jax.data.audio import check_files
-
     check_files(audio, "tokenize")  # before the model loads
     try:
         model = load_pretrained(FLAGS.checkpoint, "tokenizer")

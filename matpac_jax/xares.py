@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from matpac_jax import torch_shell  # first: JAX's GPU memory settings
-from matpac_jax import cli, errors, storage
+from matpac_jax import cli, errors, hear, inference, storage
 
 SAMPLE_RATE = 16000  # the front ends' rate; X-ARES resamples each task to it
 BEATS_CHUNK_FRAMES = 992  # the 62 patch rows BEATs sees of a 10 s pre-training clip
@@ -42,8 +42,6 @@ BEATS_CHUNK_FRAMES = 992  # the 62 patch rows BEATs sees of a 10 s pre-training 
 def load_core(checkpoint: str, frame_hop_ms: int = 160, batch_size: int = 16,
               freq_tokens: str | None = None):
     """The `hear.HearModel` an encoder file runs (numpy in and out)."""
-    from matpac_jax import hear, inference
-
     embedder = inference.load(checkpoint, batch_size=batch_size, freq_tokens=freq_tokens)
     if isinstance(embedder, inference.BEATsEmbedder):
         embedder.chunk_frames = BEATS_CHUNK_FRAMES
@@ -54,7 +52,7 @@ def load_core(checkpoint: str, frame_hop_ms: int = 160, batch_size: int = 16,
 def torch_encoder() -> type:
     """Base class of the generated encoders (needs torch); subclasses set
     `checkpoint` and optionally `frame_hop_ms`, `batch_size`, `freq_tokens`."""
-    import torch
+    import torch  # optional: X-ARES's own environment has it, the package does not need it
 
     class XaresShell(torch.nn.Module):
         """A torch.nn.Module without torch weights: `load_core`'s model does the work."""
@@ -128,8 +126,6 @@ flags.DEFINE_enum("freq_tokens", None, ["concat", "mean"], "frequency patches pe
 
 def main(argv: Sequence[str] | None = None) -> int:
     cli.parse(FLAGS, argv, "python -m matpac_jax.xares", __doc__)
-    from matpac_jax import hear
-
     out = FLAGS.out
     stem, ext = os.path.splitext(os.path.basename(out))
     if ext != ".py" or not stem.isidentifier():

@@ -11,7 +11,7 @@ import soundfile as sf
 import replicas
 from matpac_jax import errors
 from matpac_jax.data import audio
-from matpac_jax.evaluation import datasets, embeddings, protocol, tasks
+from matpac_jax.evaluation import datasets, embeddings, protocol
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def data(tmp_path_factory):
 
 
 def read(name, root):
-    task = tasks.parse(f"{name}:{root}")
+    task = datasets.parse(f"{name}:{root}")
     assert task.name == task.kind == name
     return task
 
@@ -182,12 +182,12 @@ def test_evar_metadata_files(tmp_path):
         ",file_name,label,split\n" + "".join(f"{i},wav/a.wav,{'xy'[i % 2]},"
                                              f"{['train', 'valid', 'test'][i % 3]}\n"
                                              for i in range(6)))
-    task = tasks.parse(f"evar:{tmp_path / 'voxforge.csv'}@{tmp_path}")
+    task = datasets.parse(f"evar:{tmp_path / 'voxforge.csv'}@{tmp_path}")
     assert task.name == "voxforge" and task.classes == ["x", "y"] and not task.multilabel
     assert protocol.for_task(task).unit_sec == 5.8
     (tmp_path / "mine.csv").write_text(
         "file_name,label,fold\n" + "".join(f"wav/a.wav,\"p,q\",{1 + i % 2}\n" for i in range(4)))
-    task = tasks.parse(f"evar:{tmp_path / 'mine.csv'}@{tmp_path}")
+    task = datasets.parse(f"evar:{tmp_path / 'mine.csv'}@{tmp_path}")
     assert task.multilabel and task.folds() == [1, 2] and task.labels[0] == ["p", "q"]
     plan = protocol.for_task(task)
     assert plan.unit_sec is None and "no duration" in plan.describe(task)["note"]
@@ -195,23 +195,23 @@ def test_evar_metadata_files(tmp_path):
 
 def test_bad_releases_get_one_line_naming_the_file(tmp_path):
     with pytest.raises(errors.TaskFileError, match=r"ESC-50/meta/esc50\.csv: no such file"):
-        tasks.parse(f"esc50:{tmp_path / 'ESC-50'}")
+        datasets.parse(f"esc50:{tmp_path / 'ESC-50'}")
     (tmp_path / "us8k" / "metadata").mkdir(parents=True)
     (tmp_path / "us8k" / "metadata" / "UrbanSound8K.csv").write_text("slice_file_name,fold\n"
                                                                      "a.wav,1\n")
     with pytest.raises(errors.TaskFileError, match=r"UrbanSound8K\.csv: needs columns .* "
                                                    r"\(missing \['class'\]\)"):
-        tasks.parse(f"us8k:{tmp_path / 'us8k'}")
+        datasets.parse(f"us8k:{tmp_path / 'us8k'}")
     with pytest.raises(errors.TaskFileError, match="unknown dataset 'esc-50'.*known: esc50"):
-        tasks.parse(f"esc-50:{tmp_path}")
+        datasets.parse(f"esc-50:{tmp_path}")
     with pytest.raises(errors.TaskFileError, match="expected evar:META.csv@AUDIO_DIR"):
-        tasks.parse(f"evar:{tmp_path / 'x.csv'}")
+        datasets.parse(f"evar:{tmp_path / 'x.csv'}")
     (tmp_path / "surge" / "not-a-surge-tone").mkdir(parents=True)
     replicas.write(tmp_path / "surge" / "not-a-surge-tone" / "60.ogg", 0, 0.1,
                    subtype="VORBIS")
     with pytest.raises(errors.TaskFileError, match="tones not in EVAR's Surge split.*"
                                                    "not-a-surge-tone"):
-        tasks.parse(f"surge:{tmp_path / 'surge'}")
+        datasets.parse(f"surge:{tmp_path / 'surge'}")
 
 
 def test_split_lists_name_their_sources():

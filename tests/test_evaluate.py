@@ -12,7 +12,7 @@ import pytest
 
 import replicas
 from matpac_jax import evaluate, inference
-from matpac_jax.evaluation import embeddings, protocol, runner, tasks
+from matpac_jax.evaluation import datasets, embeddings, protocol, runner, tasks
 from matpac_jax.evaluation import linear_probe as lp
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -258,7 +258,7 @@ def test_one_embedding_pass_cuts_evars_crops(crop_task):
 
 def test_split_tasks_cut_train_at_random_and_test_from_the_start(tmp_path):
     made = replicas.cremad(tmp_path / "cremad", seconds=3.0)
-    task = tasks.parse(f"cremad:{tmp_path / 'cremad'}")
+    task = datasets.parse(f"cremad:{tmp_path / 'cremad'}")
     seen = []
     emb = embeddings.embed_task(lambda w: seen.extend(w) or np.zeros((len(w), 1)), task,
                                 protocol.for_task(task), threads=1)

@@ -16,6 +16,7 @@ import pickle
 import zipfile
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from matpac_jax import errors, storage
@@ -56,8 +57,6 @@ class _TorchDtype:
 
 def _np_dtype(dtype):
     if isinstance(dtype, str) and dtype == "bfloat16":
-        import ml_dtypes
-
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(dtype)
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 import os
 import re
+import tempfile
 import warnings
 
+import librosa
 import numpy as np
 import soundfile as sf
+import soxr
 
 from matpac_jax import errors, storage
 
@@ -27,8 +30,6 @@ def _read_soundfile(source) -> tuple[np.ndarray, int]:
 
 
 def _read_librosa(path: str) -> tuple[np.ndarray, int]:
-    import librosa  # slow import, rare path
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "PySoundFile failed. Trying audioread instead."
         wave, sr = librosa.load(path, sr=None, mono=True, dtype=np.float32)
@@ -39,8 +40,6 @@ def resample(wave: np.ndarray, orig_sr: int, sr: int) -> np.ndarray:
     """Same as librosa.resample(res_type='soxr_hq')."""
     if orig_sr == sr:
         return wave
-    import soxr
-
     return soxr.resample(wave, orig_sr, sr, quality="HQ").astype(np.float32)
 
 
@@ -120,8 +119,6 @@ def decode(data: bytes, name: str, sr: int = 16000) -> np.ndarray:
     try:
         wave, orig_sr = _read_soundfile(io.BytesIO(data))
     except Exception as sf_err:
-        import tempfile
-
         suffix = os.path.splitext(name.split("#")[0])[1] or ".bin"
         try:
             with tempfile.NamedTemporaryFile(suffix=suffix) as f:  # audioread needs a file

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
+import librosa
 import numpy as np
 import scipy.fft
 import scipy.sparse
@@ -28,8 +29,6 @@ NUM_BINS = {"matpac": 80, "m2d": 80, "beats": 128}
 
 @functools.lru_cache(maxsize=None)
 def _slaney_mel() -> np.ndarray:
-    import librosa
-
     return librosa.filters.mel(
         sr=SR, n_fft=N_FFT, n_mels=80, fmin=50.0, fmax=8000.0, htk=False, norm="slaney"
     ).astype(np.float32)

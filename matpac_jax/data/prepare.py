@@ -47,6 +47,7 @@ import time
 
 import numpy as np
 from absl import flags
+from tqdm import tqdm
 
 from matpac_jax import cli, errors, storage
 from matpac_jax.data import frontends, sources, tfrecord
@@ -146,8 +147,6 @@ def _write_shard_task(args):
 def _progress_bar(total: int | None, unit: str):
     if not sys.stderr.isatty():
         return None
-    from tqdm import tqdm
-
     return tqdm(total=total, unit=unit, desc="prepare", smoothing=0.1)
 
 

@@ -28,6 +28,7 @@ import tarfile
 from typing import Iterator
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from matpac_jax import errors, storage
 from matpac_jax.data import audio, frontends
@@ -188,8 +189,6 @@ _LABEL_COLUMNS = ("labels", "label")
 
 
 def _parquet_items(path: str, labels: Labels) -> Iterator[Item]:
-    import pyarrow.parquet as pq
-
     with storage.open_file(path, "rb") as f:
         pf = pq.ParquetFile(f)
         names = pf.schema_arrow.names

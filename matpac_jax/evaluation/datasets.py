@@ -277,3 +277,20 @@ def mtt(root: str) -> Task:
 READERS: dict[str, Callable[[str], Task]] = {
     f.__name__: f for f in (esc50, us8k, spcv2, vc1, cremad, gtzan, nsynth, surge, fsd50k,
                             openmic, mtt, as20k)}
+
+
+def parse(spec: str) -> Task:
+    """One `--task` value: `NAME:PATH`, `evar:META.csv@AUDIO_DIR` or a meta.csv folder."""
+    head, sep, rest = spec.partition(":")
+    if sep and head == "evar":
+        meta, at, audio_dir = rest.rpartition("@")
+        if not at or not meta or not audio_dir:
+            raise errors.TaskFileError(f"--task={spec}: expected evar:META.csv@AUDIO_DIR")
+        return tasks.load_evar(storage.absolute(meta), storage.absolute(audio_dir))
+    if sep and head in READERS:
+        return READERS[head](storage.absolute(rest))
+    if sep and not storage.is_remote(spec) and not os.path.exists(spec):
+        raise errors.TaskFileError(
+            f"--task={spec}: unknown dataset {head!r} (known: {', '.join(READERS)}, "
+            "evar:META.csv@AUDIO_DIR, or a folder with meta.csv)")
+    return tasks.load_folder(spec)

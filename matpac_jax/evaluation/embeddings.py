@@ -27,6 +27,7 @@ import sys
 from typing import Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from matpac_jax import storage
 from matpac_jax.data import audio
@@ -107,8 +108,6 @@ def embed_task(embed: Callable[[list[np.ndarray]], np.ndarray], task: Task,
 
 
 def _progress(name: str, total: int):
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=f"{name}: embedding", unit="clip", file=sys.stderr,
                 mininterval=10, disable=total < 2 * CHUNK)
 

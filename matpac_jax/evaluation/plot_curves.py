@@ -16,6 +16,7 @@ import sys
 from absl import flags
 
 from matpac_jax import cli
+from matpac_jax.training import metrics
 
 SKIP = {"lr", "ema_momentum", "head_ema_momentum", "teacher_temp", "step_time_s",
         "samples_per_s", "mfu"}
@@ -24,8 +25,6 @@ FIRST = ("loss", "loss_pred", "loss_cls", "center_entropy", "teacher_perplexity"
 
 def load_runs(workdirs: list[str]) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """{run name: {tag: [(step, value)]}} for `NAME=PATH` or `PATH` entries."""
-    from matpac_jax.training import metrics
-
     runs = {}
     for spec in workdirs:
         name, _, path = spec.rpartition("=")
@@ -39,7 +38,7 @@ def load_runs(workdirs: list[str]) -> dict[str, dict[str, list[tuple[int, float]
 
 def plot(runs: dict, out: str) -> list[str]:
     """Writes the figure to `out`; returns the tags plotted."""
-    import matplotlib
+    import matplotlib  # optional: the `plot` extra
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,6 +1,6 @@
 """An evaluation task (clips, labels, splits or folds) and the two generic metadata forms.
 
-`--task` takes three spellings (`parse`): `NAME:PATH` for a dataset as its
+`--task` takes three spellings (`datasets.parse`): `NAME:PATH` for a dataset as its
 publisher releases it (`datasets.READERS`), `evar:META.csv@AUDIO_DIR` for any
 metadata file of EVAR's form, and a folder holding `meta.csv`
 (`file,label,split`, this project's own form). Every metadata file is read
@@ -132,22 +132,3 @@ def load_evar(meta_csv: str, audio_dir: str) -> Task:
     return make(name, [storage.join(audio_dir, r["file_name"]) for r in rows], labels,
                 split=[r["split"] for r in rows] if has_split else None, fold=fold,
                 source=meta_csv, kind=name, multilabel=any(len(ls) > 1 for ls in labels))
-
-
-def parse(spec: str) -> Task:
-    """One `--task` value: `NAME:PATH`, `evar:META.csv@AUDIO_DIR` or a meta.csv folder."""
-    from matpac_jax.evaluation import datasets
-
-    head, sep, rest = spec.partition(":")
-    if sep and head == "evar":
-        meta, at, audio_dir = rest.rpartition("@")
-        if not at or not meta or not audio_dir:
-            raise errors.TaskFileError(f"--task={spec}: expected evar:META.csv@AUDIO_DIR")
-        return load_evar(storage.absolute(meta), storage.absolute(audio_dir))
-    if sep and head in datasets.READERS:
-        return datasets.READERS[head](storage.absolute(rest))
-    if sep and not storage.is_remote(spec) and not os.path.exists(spec):
-        raise errors.TaskFileError(
-            f"--task={spec}: unknown dataset {head!r} (known: {', '.join(datasets.READERS)}, "
-            "evar:META.csv@AUDIO_DIR, or a folder with meta.csv)")
-    return load_folder(spec)

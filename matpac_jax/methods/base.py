@@ -34,6 +34,7 @@ import ml_collections
 from flax import nnx
 
 from matpac_jax import errors
+from matpac_jax.data import frontends
 
 
 TRAINABLE = nnx.All(nnx.Param, nnx.PathContains("student"))
@@ -44,8 +45,6 @@ class _Normalised:
     def stats(self) -> tuple[float, float]:
         """(mean, std) the features are normalised with: `norm_stats`, or the
         front end's standard."""
-        from matpac_jax.data import frontends
-
         return tuple(self.norm_stats or frontends.NORM[self.frontend])
 
 

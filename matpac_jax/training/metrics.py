@@ -13,8 +13,11 @@ import time
 from typing import Mapping
 
 import jax
+from tensorboardX import SummaryWriter, record_writer
+from tensorboardX.proto import event_pb2
 
 from matpac_jax import storage
+from matpac_jax.data.tfrecord import read_records
 
 # Dense bf16 peak FLOP/s per device, for MFU. Override with config.peak_flops.
 PEAK_FLOPS = {
@@ -82,8 +85,6 @@ class EventWriter:
         self._writer = None
         if jax.process_index() != 0:
             return
-        from tensorboardX import SummaryWriter, record_writer
-
         for scheme in storage.SCHEMES:  # ours, not tensorboardX's google-cloud-storage one
             record_writer.register_writer_factory(scheme, _ObjectEventFiles())
         self._writer = SummaryWriter(storage.check(logdir, "TensorBoard folder"),
@@ -104,10 +105,6 @@ class EventWriter:
 
 def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
     """All scalars of the event files in `logdir` (local or gs://): {tag: [(step, value), ...]}."""
-    from tensorboardX.proto import event_pb2
-
-    from matpac_jax.data.tfrecord import read_records
-
     out: dict[str, list[tuple[int, float]]] = {}
     for path in storage.listdir(logdir):
         if not os.path.basename(path).startswith("events.out.tfevents."):

@@ -8,17 +8,21 @@ fork it.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
+import tempfile
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from matpac_jax import errors, storage
 from matpac_jax.data import loader as data_loader
@@ -83,8 +87,6 @@ class _Preemption:
 
     def reached(self, step: int) -> bool:
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             try:
                 return self.requested or multihost_utils.reached_preemption_sync_point(step)
             except RuntimeError:
@@ -135,8 +137,8 @@ def _train(config, workdir, method, devices, evaluate):
 
         writer = metrics_lib.EventWriter(storage.join(workdir, "tensorboard"))
         bar = _progress_bar(start, config.total_steps)
-        last = _loop(run, config, method, workdir, data, checkpointer, writer, start, bar,
-                     evaluate)
+        last = _loop(Session(run, config, method, workdir, data, checkpointer, writer, bar,
+                             evaluate), start)
         finished = True
     finally:  # a failure prints its own error and nothing of orbax's threads
         checkpointer.close(quiet=not finished)
@@ -147,7 +149,24 @@ def _train(config, workdir, method, devices, evaluate):
     return last
 
 
-def _loop(run, config, method, workdir, data, checkpointer, writer, start, bar, evaluate):
+@dataclasses.dataclass
+class Session:
+    """What one training run's loop works with, built by `_train`."""
+    run: Run
+    config: ml_collections.ConfigDict
+    method: Method
+    workdir: str
+    data: Any                              # the checkpointable grain iterator
+    checkpointer: ckpt.Checkpointer
+    writer: metrics_lib.EventWriter
+    bar: Any                               # tqdm on a terminal, else None
+    evaluate: Callable[[int, nnx.Module], dict[str, float]] | None
+
+
+def _loop(session: Session, start: int) -> dict[str, float]:
+    run, config, method, data = session.run, session.config, session.method, session.data
+    workdir, checkpointer, writer, bar = (session.workdir, session.checkpointer,
+                                          session.writer, session.bar)
     preemption = _Preemption()
     peak = metrics_lib.peak_flops(jax.devices()[0], config.peak_flops)
     flops = None
@@ -199,8 +218,8 @@ def _loop(run, config, method, workdir, data, checkpointer, writer, start, bar, 
         stop = preemption.reached(done)
         if done % config.checkpoint_every == 0 or done == config.total_steps or stop:
             _check_finite(run, config)
-            if evaluate is not None and not stop:
-                scores = evaluate(done, nnx.merge(run.graphdef, run.state).model)
+            if session.evaluate is not None and not stop:
+                scores = session.evaluate(done, nnx.merge(run.graphdef, run.state).model)
                 writer.scalars(done, scores)
                 last.update(scores)
             checkpointer.save(done, run.state, data, config,
@@ -221,8 +240,6 @@ def _trace_dir(workdir: str) -> str:
     """jax.profiler writes local files: a gs:// workdir's trace goes to a
     temporary folder first and is copied to WORKDIR/profile when it stops."""
     if storage.is_remote(workdir):
-        import tempfile
-
         return tempfile.mkdtemp(prefix="matpac_jax_profile_")
     return os.path.join(workdir, "profile")
 
@@ -252,6 +269,4 @@ def _check_finite(run: Run, config: ml_collections.ConfigDict) -> None:
 def _progress_bar(start: int, total: int):
     if not sys.stdout.isatty() or jax.process_index() != 0:
         return None
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)

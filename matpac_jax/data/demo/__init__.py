@@ -30,6 +30,7 @@ import tempfile
 from absl import flags
 
 from matpac_jax import cli, storage
+from matpac_jax.data import prepare
 from matpac_jax.data.demo.corpus import KINDS, VERSION, cache_root, cached_corpus, write_corpus
 from matpac_jax.data.demo.sources import DemoSourceError, find_sources
 from matpac_jax.data.frontends import SR
@@ -92,8 +93,6 @@ def ensure_demo_shards(directory: str, frontend: str, num_clips: int = DEFAULT_N
     there on first use, ~3 min for the default corpus on 2 cores) unless
     MATPAC_JAX_CACHE=off, when it is rendered into `directory`.
     """
-    from matpac_jax.data import prepare  # pylint: disable=g-import-not-at-top
-
     shard_dir = os.path.join(directory, f"shards_{frontend}")
     manifest = os.path.join(shard_dir, "manifest.json")
     tag = {"num_clips": num_clips, "seed": seed, "version": VERSION}

@@ -13,9 +13,11 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import csv
+import fcntl
 import json
 import logging
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -24,6 +26,7 @@ import time
 
 import numpy as np
 import soundfile as sf
+from tqdm import tqdm
 
 from matpac_jax.data.demo import music
 from matpac_jax.data.demo import noise
@@ -298,8 +301,6 @@ def _noise_job(indices):
 def _cpu_seconds(thread: bool = False) -> float:
     """CPU time of this process (or only this thread) plus its finished
     children (with two workers, a job's count also has the other's children)."""
-    import resource  # pylint: disable=g-import-not-at-top
-
     own = resource.RUSAGE_THREAD if thread else resource.RUSAGE_SELF
     return sum(r.ru_utime + r.ru_stime
                for r in (resource.getrusage(own), resource.getrusage(resource.RUSAGE_CHILDREN)))
@@ -308,8 +309,6 @@ def _cpu_seconds(thread: bool = False) -> float:
 def _progress_bar(total: int):
     if not sys.stderr.isatty():
         return None
-    from tqdm import tqdm
-
     return tqdm(total=total, unit="clip", desc="demo corpus", smoothing=0.1)
 
 
@@ -415,8 +414,6 @@ def _complete(path: str) -> bool:
 
 @contextlib.contextmanager
 def _locked(path: str):
-    import fcntl  # pylint: disable=g-import-not-at-top
-
     with open(path, "a+b") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
