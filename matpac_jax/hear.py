@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from matpac_jax import torch_shell  # first: JAX's GPU memory settings (module docstring)
-from matpac_jax import inference
+from matpac_jax import inference, storage
 from matpac_jax.data import audio as audio_lib
 from matpac_jax.data import frontends
 
@@ -208,7 +208,7 @@ def load_model(model_file_path: str | os.PathLike = "", *, sample_rate: int = 16
                          "M2D/MATPAC/BEATs .pt/.pth file or a training workdir")
     if sample_rate not in SAMPLE_RATES:  # before loading weights
         raise ValueError(f"sample_rate={sample_rate!r} not supported; supported: {SAMPLE_RATES}")
-    if not os.path.exists(model_file_path):
+    if not storage.exists(model_file_path):
         raise ValueError(f"{model_file_path}: no such checkpoint file or workdir")
     embedder = inference.load(model_file_path, batch_size=batch_size, freq_tokens=freq_tokens)
     core = HearModel(embedder, sample_rate, frame_hop_ms)

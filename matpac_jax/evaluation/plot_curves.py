@@ -9,13 +9,14 @@ out. Needs matplotlib (`pip install matpac_jax[plot]`).
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import sys
 
 from absl import flags
 
-from matpac_jax import cli
+from matpac_jax import cli, storage
 from matpac_jax.training import metrics
 
 SKIP = {"lr", "ema_momentum", "head_ema_momentum", "teacher_temp", "step_time_s",
@@ -28,9 +29,9 @@ def load_runs(workdirs: list[str]) -> dict[str, dict[str, list[tuple[int, float]
     runs = {}
     for spec in workdirs:
         name, _, path = spec.rpartition("=")
-        name = name or os.path.basename(os.path.normpath(path))
-        logdir = os.path.join(path, "tensorboard")
-        if not os.path.isdir(logdir):
+        name = name or os.path.basename(os.path.normpath(path.rstrip("/")))
+        logdir = storage.join(path, "tensorboard")
+        if not storage.isdir(logdir):
             raise SystemExit(f"{path}: no tensorboard/ folder (not a training workdir?)")
         runs[name] = metrics.read_scalars(logdir)
     return runs
@@ -62,9 +63,10 @@ def plot(runs: dict, out: str) -> list[str]:
     handles = [plt.Line2D([], [], color=c) for c in color.values()]
     fig.legend(handles, list(color), loc="lower center", ncol=min(4, len(color)), fontsize=9)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=110)
+    image = io.BytesIO()
+    fig.savefig(image, format=os.path.splitext(out)[1][1:] or "png", dpi=110)
     plt.close(fig)
+    storage.write_bytes(out, image.getvalue())
     return tags
 
 
