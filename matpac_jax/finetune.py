@@ -46,9 +46,8 @@ from matpac_jax.data.shards import (check_frontend, find_shards, held_out, recor
 from matpac_jax.evaluate import format_table
 from matpac_jax.evaluation import linear_probe as lp
 from matpac_jax.evaluation import protocol, tasks
-from matpac_jax.inference import load
+from matpac_jax.inference import encoder_with_architecture, load
 from matpac_jax.methods import finetune as ft_method
-from matpac_jax.methods.pretrained import describe
 from matpac_jax.training import trainer
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -279,19 +278,6 @@ def check_resumable(workdir: str, config) -> None:
                          + "; ".join(diffs) + ". Use a new --workdir.")
 
 
-def pretrained_encoder(checkpoint: str) -> tuple[dict, nnx.Module]:
-    """(architecture, encoder) of anything `matpac_jax.load` accepts; the
-    architecture (family, front end, norm stats, constructor arguments) is
-    saved with every checkpoint, so restoring needs no pretrained file."""
-    emb = load(checkpoint)
-    encoder = emb.model
-    if getattr(encoder, "predictor", None) is not None:
-        encoder.predictor = None  # a fine-tuned BEATs release: keep the encoder only
-    arch = dict(family=emb.family, frontend=emb.frontend, norm_stats=list(emb.norm_stats),
-                encoder=describe(encoder, emb.family), source=str(checkpoint))
-    return arch, encoder
-
-
 def run(config, checkpoint: str, task_dir: str, workdir: str,
         seeds: list[int]) -> dict[str, Any]:
     """Fine-tune for each seed; the task's entry of OUT.json."""
@@ -300,7 +286,7 @@ def run(config, checkpoint: str, task_dir: str, workdir: str,
     config = copy.deepcopy(config)
     config.unlock()
     config.finetune.checkpoint = storage.absolute(checkpoint)
-    arch, pretrained = pretrained_encoder(config.finetune.checkpoint)
+    arch, pretrained = encoder_with_architecture(config.finetune.checkpoint)
     config.data.frontend = arch["frontend"]
     enc = arch["encoder"]
     if arch["family"] == "vit" and config.data.crop_frames > enc["max_frames"]:

@@ -59,6 +59,7 @@ from matpac_jax.conversion import torch_pickle
 from matpac_jax.conversion.beats import load_beats
 from matpac_jax.conversion.official import load_official
 from matpac_jax.data import audio, frontends
+from matpac_jax.methods.pretrained import describe
 from matpac_jax.models.codebook import BEATsTokenizer
 
 Wave = np.ndarray | str | os.PathLike
@@ -290,6 +291,20 @@ def embedder_for(method, model: nnx.Module, *, batch_size: int = 16,
         method.encoder(model), method.config.method, spec.frontend,
         spec.stats, batch_size,
         config if config is not None else method.config.to_dict(), freq_tokens)
+
+
+def encoder_with_architecture(checkpoint: str) -> tuple[dict, nnx.Module]:
+    """(architecture, encoder) of anything `load` accepts, for a model built
+    around it (fine-tuning): family, front end, norm stats and the encoder's
+    constructor arguments, saved with every checkpoint of such a model so
+    that restoring it needs no pretrained file."""
+    emb = load(checkpoint)
+    encoder = emb.model
+    if getattr(encoder, "predictor", None) is not None:
+        encoder.predictor = None  # a fine-tuned BEATs release: keep the encoder only
+    arch = dict(family=emb.family, frontend=emb.frontend, norm_stats=list(emb.norm_stats),
+                encoder=describe(encoder, emb.family), source=str(checkpoint))
+    return arch, encoder
 
 
 def load(path_or_obj: str | os.PathLike | dict, *, batch_size: int = 16,

@@ -52,7 +52,7 @@ import time  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from matpac_jax import cli, errors, storage  # noqa: E402
+from matpac_jax import cli, errors  # noqa: E402
 from matpac_jax.training import hlo_stats, targets, xla_flags  # noqa: E402
 
 xla_flags.apply_defaults()
@@ -63,46 +63,12 @@ REMAT_COST = {"none": 1.0, "dots": 1.15, "full": 1.33}  # rough step-time factor
 
 # -- the method, without reading pretrained files ------------------------------
 def plan_method(config):
-    """The config's method for planning. A pretrained part named by a local
-    file or workdir (BEATs teacher or tokenizer, a fine-tuning encoder) is
-    read as training reads it; one that is not here (a gs:// path, the
-    config's placeholder) takes the architecture the config describes."""
-    from matpac_jax import methods
-    from matpac_jax.models.beats import BEATsConfig
+    """The config's method for planning (`Method.for_planning`): a pretrained
+    part on this machine is read as training reads it; one that is not (a
+    gs:// path, the config's placeholder) takes the shapes the config says."""
+    from matpac_jax import inference, methods
 
-    cls = methods.METHODS.get(config.method)
-    if cls is None:
-        raise errors.ConfigError(f"config.method={config.method!r}; known: "
-                                 f"{sorted(methods.METHODS)}")
-    if config.method == "finetune" and config.finetune.classes == ("",):
-        config.finetune.classes = tuple(f"class_{i}" for i in range(527))  # AudioSet's
-    here = lambda key: bool(config.get(key)) and storage.exists(config[key])
-    beats_cfg = lambda: dataclasses.asdict(BEATsConfig.from_dict(config.model.to_dict()))
-    if config.method == "beats_mam" and not here("tokenizer_checkpoint"):
-        arch = {"tokenizer": beats_cfg()} if config.tokenizer_checkpoint else {}
-    elif config.method == "beats_tokenizer" and not here("teacher_checkpoint"):
-        arch = {"teacher": beats_cfg()}
-    elif config.method == "finetune" and not storage.exists(config.finetune.checkpoint):
-        arch = _finetune_architecture(config)
-    else:
-        arch = None
-    return cls.from_config(config, arch)
-
-
-def _finetune_architecture(config) -> dict:
-    """The official encoder of the recipe's family: ViT-B/16 (M2D) or BEATs."""
-    from matpac_jax.data import frontends
-    from matpac_jax.models.beats import BEATsConfig
-    from matpac_jax.training import defaults
-
-    if "layer_wise_gradient_decay_ratio" in config.model:
-        ref = defaults.base("beats_mam", "beats")
-        defaults.beats(ref)
-        return dict(family="beats", frontend="beats", norm_stats=list(frontends.NORM["beats"]),
-                    encoder=dataclasses.asdict(BEATsConfig.from_dict(ref.model.to_dict())))
-    return dict(family="vit", frontend="m2d", norm_stats=list(frontends.NORM["m2d"]),
-                encoder=dict(in_freq=80, max_frames=max(608, config.data.crop_frames), patch=16,
-                             dim=768, depth=12, num_heads=12, mlp_ratio=4.0))
+    return methods.get_class(config).for_planning(config, inference.encoder_with_architecture)
 
 
 # -- one compiled plan -----------------------------------------------------------
@@ -295,9 +261,12 @@ def fit(config, target, devices, headroom: float, report=print) -> tuple[dict | 
     A candidate is compiled only if the compiled plans predict it can fit
     (temporaries scale with the microbatch)."""
     tried = []
+    from matpac_jax import methods
+
+    splits = methods.get_class(config).supports_grad_accum  # a whole-batch update does not
     for remat, accum, fsdp in candidates(config, len(devices)):
-        if config.method in ("beats_tokenizer",) and accum > 1:
-            continue  # the k-means codebook update does not split into microbatches
+        if accum > 1 and not splits:
+            continue
         if _predicted_over(tried, remat, accum, fsdp, target, headroom):
             continue
         report(f"  compiling remat={remat} grad_accum_steps={accum} fsdp={fsdp} ...")

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 from flax import nnx
 
-from matpac_jax import finetune, restore
+from matpac_jax import finetune, inference, restore
 from matpac_jax.data import loader, prepare, toy_sounds
 from matpac_jax.data import shards as shard_files
 from matpac_jax.evaluation import embeddings, protocol, runner, tasks
@@ -96,7 +96,7 @@ def test_layer_decay_scales_each_parameter_by_its_layer(m2d):
     cfg = small_config(**{"finetune.layer_decay": 0.5, "finetune.freeze_embed": True})
     cfg.finetune.classes = CLASSES
     cfg.finetune.checkpoint = m2d
-    method = ft_method.FinetuneMethod(cfg, *finetune.pretrained_encoder(m2d))
+    method = ft_method.FinetuneMethod(cfg, *inference.encoder_with_architecture(m2d))
     model = method.build(nnx.Rngs(0))
     depth = method.depth()
     from matpac_jax.training.optim import path_names

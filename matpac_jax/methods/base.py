@@ -115,10 +115,14 @@ class Method(abc.ABC):
         return cls(config)
 
     @classmethod
-    def for_planning(cls, config: ml_collections.ConfigDict) -> "Method":
+    def for_planning(cls, config: ml_collections.ConfigDict,
+                     load_encoder: Callable[[str], tuple[dict, Any]] | None = None
+                     ) -> "Method":
         """The method as `python -m matpac_jax.plan` compiles it: like
         `from_config`, but a pretrained part whose file is not on this machine
-        takes its shapes from the config instead."""
+        (a gs:// path, a placeholder) takes its shapes from the config.
+        `load_encoder(path) -> (architecture, encoder)` reads any checkpoint's
+        encoder (inference.encoder_with_architecture), for methods that take one."""
         return cls.from_config(config)
 
     def parts_for_init(self, model: nnx.Module) -> tuple[str, dict[str, Any]]:

@@ -118,8 +118,9 @@ class BeatsMamMethod(_BeatsMethod):
         return cls(config, load_pretrained(path, "tokenizer") if path else None)
 
     @classmethod
-    def for_planning(cls, config: ml_collections.ConfigDict) -> "BeatsMamMethod":
-        if config.tokenizer_checkpoint and not storage.exists(config.tokenizer_checkpoint):
+    def for_planning(cls, config: ml_collections.ConfigDict,
+                     load_encoder=None) -> "BeatsMamMethod":
+        if config.tokenizer_checkpoint and not _on_this_machine(config.tokenizer_checkpoint):
             return cls.from_config(config, {"tokenizer": _config_cfg(config)})
         return cls.from_config(config)
 
@@ -215,8 +216,9 @@ class BeatsTokenizerMethod(_BeatsMethod):
         return cls(config, load_pretrained(config.teacher_checkpoint, "encoder"))
 
     @classmethod
-    def for_planning(cls, config: ml_collections.ConfigDict) -> "BeatsTokenizerMethod":
-        if not (config.teacher_checkpoint and storage.exists(config.teacher_checkpoint)):
+    def for_planning(cls, config: ml_collections.ConfigDict,
+                     load_encoder=None) -> "BeatsTokenizerMethod":
+        if not _on_this_machine(config.teacher_checkpoint):
             return cls.from_config(config, {"teacher": _config_cfg(config)})
         return cls.from_config(config)
 
@@ -267,6 +269,12 @@ class BeatsTokenizerMethod(_BeatsMethod):
     def parts_for_init(self, model: BeatsTokenizerModel) -> tuple[str, dict]:
         return "beats_tokenizer", {"tokenizer": model.student.tokenizer,
                                    "estimator": model.student.estimator}
+
+
+def _on_this_machine(path: str) -> bool:
+    """A pretrained file `for_planning` reads: a local one (a plan fetches no
+    gs:// file; the config's shapes stand in)."""
+    return bool(path) and not storage.is_remote(path) and storage.exists(path)
 
 
 def _config_cfg(config: ml_collections.ConfigDict) -> dict:

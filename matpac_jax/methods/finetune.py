@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from matpac_jax import errors
+from matpac_jax import errors, storage
 from matpac_jax.data import frontends
 from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method, require
 from matpac_jax.models.beats import RELEASED, BEATsConfig, BEATsEncoder
@@ -86,12 +86,18 @@ class FinetuneMethod(Method):
         return cls(config, architecture)
 
     @classmethod
-    def for_planning(cls, config: ml_collections.ConfigDict) -> "FinetuneMethod":
-        """The released encoder of the recipe's family (a BEATs recipe sets
-        BEATs' layer-wise gradient decay; the others are ViT-B/16 M2D's), and
-        AudioSet's 527 classes when the recipe leaves them to the task."""
+    def for_planning(cls, config: ml_collections.ConfigDict,
+                     load_encoder=None) -> "FinetuneMethod":
+        """`finetune.checkpoint`'s encoder when it is on this machine, else the
+        released one of the recipe's family (a BEATs recipe sets BEATs'
+        layer-wise gradient decay; the others are ViT-B/16 M2D's); AudioSet's
+        527 classes when the recipe leaves them to the task."""
         if config.finetune.classes == ("",):
             config.finetune.classes = tuple(f"class_{i}" for i in range(527))
+        path = config.finetune.checkpoint
+        if load_encoder is not None and path and not storage.is_remote(path) \
+                and storage.exists(path):
+            return cls(config, *load_encoder(path))
         if "layer_wise_gradient_decay_ratio" in config.model:
             arch = dict(family="beats", frontend="beats", encoder=dataclasses.asdict(
                 BEATsConfig.from_dict(RELEASED)))
