@@ -81,21 +81,25 @@ def check(path: str | os.PathLike, what: str = "path") -> str:
     return text
 
 
-@functools.lru_cache(maxsize=None)
 def configure() -> None:
     """Points every Cloud Storage client at `STORAGE_EMULATOR_HOST` when it is
-    set (before gcsfs and tensorstore first read their settings); once."""
+    set (before gcsfs and tensorstore first read their settings); once per
+    value of the variable."""
+    _configure(os.environ.get(EMULATOR_ENV, ""))
+
+
+@functools.lru_cache(maxsize=None)
+def _configure(host: str) -> None:
     os.environ.setdefault("EPATH_USE_TF", "false")  # one layer: gcsfs, not tf.io.gfile
     # No cached listings in any gcsfs client (orbax's through epath too): other
     # processes and hosts write the same folders (checkpoint steps, shards).
     for name in ("gs", "gcs"):
         fsspec.config.conf.setdefault(name, {})["use_listings_cache"] = False
-    host = os.environ.get(EMULATOR_ENV, "")
     if host in ("", "default"):
         return
     url = host if host.startswith(("http://", "https://")) else f"http://{host}"
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-    os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", url)
+    os.environ["TENSORSTORE_GCS_HTTP_URL"] = url  # follows the variable
     os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")
     import gcsfs.core  # here: gcsfs reads GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT when imported
 
