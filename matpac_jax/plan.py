@@ -53,7 +53,7 @@ from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from matpac_jax import cli, errors  # noqa: E402
-from matpac_jax.training import hlo_stats, targets, xla_flags  # noqa: E402
+from matpac_jax.training import hlo_bytes, hlo_stats, targets, xla_flags  # noqa: E402
 
 xla_flags.apply_defaults()
 
@@ -142,8 +142,11 @@ def analyse(config, target: targets.Target, devices, headroom: float = 0.1,
     xla_flops = float(cost["flops"]) * n if cost.get("flops") else None
     if run.flops_step_fn is not run.step_fn:
         xla_flops = None  # a loop body counts once: per microbatch, not per step
-    hbm_bytes = float(cost.get("bytes accessed", 0.0)) or None
     hlo = compiled.as_text() if compiled is not None else ""
+    traffic = hlo_bytes.traffic(hlo) if hlo else None
+    xla_bytes = float(cost.get("bytes accessed", 0.0)) or None
+    # XLA's count where the backend gives one (TPU), else the same rule recounted (GPU)
+    hbm_bytes = xla_bytes or (traffic["bytes"] if traffic else None)
     colls = hlo_stats.collectives(hlo, n)
     if hlo_path and hlo:
         with open(hlo_path, "w", encoding="utf-8") as f:
@@ -152,6 +155,7 @@ def analyse(config, target: targets.Target, devices, headroom: float = 0.1,
     chip = target.chip
     compute_s = flops / (n * chip.peak_flops)
     memory_s = hbm_bytes / chip.hbm_bandwidth if hbm_bytes else None
+    resident_s = traffic["hbm_bytes"] / chip.hbm_bandwidth if traffic else None
     comm_s = 0.0
     for kind, c in colls.items():
         bw = chip.link_bandwidth
@@ -194,8 +198,11 @@ def analyse(config, target: targets.Target, devices, headroom: float = 0.1,
         "flops_per_sample": flops / config.batch_size,
         "xla_flops_per_step": xla_flops,
         "hbm_bytes_accessed_per_device": hbm_bytes,
+        "hbm_bytes_source": "xla" if xla_bytes else "hlo_bytes" if hbm_bytes else None,
+        "traffic": traffic,
         "collectives": colls,
-        "roofline": {"compute_s": compute_s, "hbm_s": memory_s, "collectives_s": comm_s,
+        "roofline": {"compute_s": compute_s, "hbm_s": memory_s, "hbm_resident_s": resident_s,
+                     "collectives_s": comm_s,
                      "peak_flops_per_chip": chip.peak_flops,
                      "hbm_bandwidth": chip.hbm_bandwidth,
                      "link_bandwidth": chip.link_bandwidth, "source": chip.source},
@@ -376,7 +383,13 @@ def format_plan(p: dict) -> str:
         lines.append(f"  {kind:<19} x{c['count']:<4} {c['bytes'] / 2**20:10.1f} MiB "
                      f"(group {c['group']}, ring {c['ring_bytes'] / 2**20:.1f} MiB sent, "
                      f"{c['seconds'] * 1e3:.2f} ms)")
+    if p.get("traffic"):
+        lines += hlo_bytes.format_traffic(
+            p["traffic"], p["hbm_bytes_accessed_per_device"] if p["hbm_bytes_source"] == "xla"
+            else None, p["microbatch_per_device"], p["flops_per_step"] / p["devices"])
     hbm = f"{r['hbm_s'] * 1e3:.1f} ms" if r["hbm_s"] is not None else "n/a (no byte count)"
+    if r.get("hbm_resident_s"):
+        hbm += f" ({r['hbm_resident_s'] * 1e3:.1f} ms for the arrays in HBM)"
     lines += [
         f"roofline: compute {r['compute_s'] * 1e3:.1f} ms, HBM {hbm}, collectives "
         f"{r['collectives_s'] * 1e3:.1f} ms -> step >= {p['roofline_step_s'] * 1e3:.1f} ms, "

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from matpac_jax.models import layers
+from matpac_jax.models import attention_kernel, layers
 from matpac_jax.models.layers import Init, partitioned
 
 LN_EPS = 1e-5
@@ -277,7 +277,9 @@ class ConvPositionalEmbedding(nnx.Module):
 
 class MultiheadAttention(nnx.Module):
     """Self-attention with (optionally gated) relative position bias; `attention`
-    ('xla' | 'cudnn', `layers.set_attention`) picks who computes it."""
+    ('xla' | 'cudnn' | 'pallas', `layers.set_attention`) picks who computes it
+    ('pallas': one q | k | v projection, the bias's gate and table applied
+    inside the kernel)."""
 
     def __init__(self, cfg: BEATsConfig, *, has_bias_table: bool, dtype, rngs: nnx.Rngs):
         d, h = cfg.encoder_embed_dim, cfg.encoder_attention_heads
@@ -311,16 +313,35 @@ class MultiheadAttention(nnx.Module):
         table = self.relative_attention_bias[...]
         return jnp.moveaxis(table[buckets], -1, 1)
 
+    def _gate(self, q: jax.Array) -> jax.Array:
+        """(B, n, H, d) projected queries -> (B, H, n) gate of the position bias."""
+        b, n = q.shape[:2]
+        g = self.grep_linear(q).astype(jnp.float32).reshape(b, n, self.num_heads, 2, 4)
+        g = jax.nn.sigmoid(g.sum(-1))
+        return jnp.swapaxes(g[..., 0] * (g[..., 1] * self.grep_a[...] - 1.0) + 2.0, 1, 2)
+
+    def _kernel(self, x: jax.Array, pos_bias: jax.Array | None) -> jax.Array:
+        h = self.num_heads
+        group = lambda a: attention_kernel.group_qkv(a, h)
+        joined = lambda part: jnp.concatenate(
+            [getattr(p, part)[...] for p in (self.q_proj, self.k_proj, self.v_proj)], -1)
+        qkv = layers.project(x, group(joined("kernel")), group(joined("bias")),
+                             self.q_proj.dtype)
+        gate = None
+        if pos_bias is not None:
+            gate = (self._gate(attention_kernel.grouped_query(qkv, h)) if self.gated
+                    else jnp.ones((x.shape[0], h, x.shape[1]), jnp.float32))
+        return self.out_proj(attention_kernel.attention(qkv, h, gate, pos_bias))
+
     def __call__(self, x: jax.Array, pos_bias: jax.Array | None) -> jax.Array:
+        if self.attention == "pallas":
+            return self._kernel(x, pos_bias)
         b, n, d = x.shape
         split = lambda y: y.reshape(b, n, self.num_heads, self.head_dim)
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
         bias = pos_bias
         if pos_bias is not None and self.gated:
-            g = self.grep_linear(q).astype(jnp.float32).reshape(b, n, self.num_heads, 2, 4)
-            g = jax.nn.sigmoid(g.sum(-1))
-            gate = g[..., 0] * (g[..., 1] * self.grep_a[...] - 1.0) + 2.0  # (B, n, H)
-            bias = jnp.swapaxes(gate, 1, 2)[..., None] * pos_bias
+            bias = self._gate(q)[..., None] * pos_bias
         if bias is not None:
             bias = bias.astype(q.dtype)
         # XLA path computes logits and softmax in float32 for bf16 inputs.

@@ -102,8 +102,10 @@ materialize_grad.defvjp(_materialize_grad_fwd, _materialize_grad_bwd)
 # Who computes softmax(q.k / sqrt(d) + bias) v (`config.model.attention`):
 # 'xla' the plain einsum-softmax-einsum graph (every backend; logits and
 # softmax in float32), 'cudnn' cuDNN's fused flash attention (NVIDIA GPUs,
-# bfloat16 / float16 only). Same maths; tests compare them where both run.
-ATTENTION = ("xla", "cudnn")
+# bfloat16 / float16 only), 'pallas' our TPU kernels whose scores stay in
+# VMEM (models/attention_kernel.py; Pallas' interpreter on CPU, for tests).
+# Same maths; tests compare them where both run.
+ATTENTION = ("xla", "cudnn", "pallas")
 
 
 def check_attention(implementation: str, platform: str | None = None,
@@ -111,9 +113,12 @@ def check_attention(implementation: str, platform: str | None = None,
     """Reject an attention implementation the devices or the dtype cannot run."""
     if implementation not in ATTENTION:
         raise ValueError(f"config.model.attention={implementation!r}; known: {ATTENTION}")
+    platform = platform or jax.default_backend()
+    if implementation == "pallas" and platform not in ("tpu", "cpu"):
+        raise ValueError(f"config.model.attention='pallas' runs on TPUs (and interpreted on "
+                         f"CPUs); the mesh's devices are {platform!r}: use 'xla' or 'cudnn'")
     if implementation != "cudnn":
         return
-    platform = platform or jax.default_backend()
     if platform not in ("gpu", "cuda"):
         raise ValueError(
             f"config.model.attention='cudnn' needs NVIDIA GPUs (cuDNN flash attention); "
@@ -162,6 +167,13 @@ def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias=None, mas
         query_seq_lengths=jnp.full((batch,), n, jnp.int32),
         key_value_seq_lengths=jnp.full((batch,), s, jnp.int32))
     return out[:, :n]
+
+
+def project(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, dtype) -> jax.Array:
+    """`x @ kernel + bias` in `dtype`, as `nnx.Linear` computes it (for a
+    kernel assembled from Linear parameters, e.g. `attention_kernel.group_qkv`)."""
+    y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
+    return y if bias is None else y + bias.astype(dtype)
 
 
 def set_attention(model: nnx.Module, implementation: str) -> None:

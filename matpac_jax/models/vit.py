@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from matpac_jax.models import attention_kernel
 from matpac_jax.models.layers import (
-    call_layer, dot_product_attention, layer_norm, materialize_grad, partitioned,
+    call_layer, dot_product_attention, layer_norm, materialize_grad, partitioned, project,
     xavier_linear)
 
 
@@ -55,7 +56,9 @@ def _layer_norm(dim: int, *, eps: float = 1e-6, rngs: nnx.Rngs) -> nnx.LayerNorm
 class Attention(nnx.Module):
     """Fused-qkv multi-head self-attention (rows [q | k | v], head-major).
 
-    `attention` ('xla' | 'cudnn', `layers.set_attention`) picks who computes it.
+    `attention` ('xla' | 'cudnn' | 'pallas', `layers.set_attention`) picks who
+    computes it; 'pallas' takes the projection with its columns grouped per
+    head group (`attention_kernel.group_qkv`), same parameters.
     """
 
     def __init__(self, dim: int, num_heads: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
@@ -67,8 +70,14 @@ class Attention(nnx.Module):
         self.attention = "xla"
 
     def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
-        """key_mask (B, n) bool: False keys are ignored (padding)."""
+        """key_mask (B, n) bool: False keys are ignored (padding; the 'pallas'
+        kernels take none, so those calls run the XLA path)."""
         b, n, d = x.shape
+        if self.attention == "pallas" and key_mask is None:
+            group = lambda a: attention_kernel.group_qkv(a, self.num_heads)
+            qkv = project(x, group(self.qkv.kernel[...]), group(self.qkv.bias[...]),
+                          self.qkv.dtype)
+            return self.proj(attention_kernel.attention(qkv, self.num_heads))
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
         mask = None if key_mask is None else key_mask[:, None, None, :]
         # XLA path computes logits and softmax in float32 for bf16 inputs.

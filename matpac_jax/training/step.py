@@ -207,6 +207,12 @@ def build(config: ml_collections.ConfigDict, method: Method, devices=None, *,
     skip_nonfinite = config.nonfinite == "skip"
 
     def train_step(state, batch, rng, accum=accum):
+        # The mesh in scope while tracing: kernels XLA cannot partition
+        # (attention='pallas') run per device on its share of the batch.
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return _train_step(state, batch, rng, accum)
+
+    def _train_step(state, batch, rng, accum):
         # merge() reuses the Variables of `state`, which the update mutates:
         # keep a snapshot of the old values for the skip-update path.
         old = jax.tree.map(lambda a: a, state) if skip_nonfinite else None
