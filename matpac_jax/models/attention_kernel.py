@@ -44,9 +44,12 @@ LANES = 128
 
 
 def heads_per_group(heads: int, head_dim: int) -> int:
-    """Heads whose q (or k, v) columns fill whole 128-lane tiles together."""
+    """Heads whose q (or k, v) columns fill whole 128-lane tiles together (all
+    of them when they are narrower together)."""
     if head_dim % LANES == 0:
         return 1
+    if heads * head_dim <= LANES:
+        return heads
     if LANES % head_dim or heads % (LANES // head_dim):
         raise ValueError(f"{heads} heads of width {head_dim} do not fill 128-lane groups")
     return LANES // head_dim
@@ -89,10 +92,10 @@ def _heads(qkv, group: int):
 
 
 def _forward_kernel(*refs, group: int, scale: float, biased: bool):
-    qkv_ref, *rest = refs
+    qkv_ref, b_ref, *rest = refs
     gate_ref, pos_ref, o_ref = rest if biased else (None, None, rest[0])
     outs = []
-    for h, (q, k, v) in enumerate(_heads(qkv_ref[0], group)):
+    for h, (q, k, v) in enumerate(_heads(qkv_ref[0] + b_ref[...], group)):
         bias = gate_ref[0, 0, h][:, None] * pos_ref[0, 0, h] if biased else None
         p = _scores(q, k, scale, bias)
         outs.append(jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32))
@@ -101,18 +104,18 @@ def _forward_kernel(*refs, group: int, scale: float, biased: bool):
 
 def _backward_kernel(*refs, group: int, scale: float, biased: bool, shared_pos: bool):
     if biased:
-        qkv_ref, gate_ref, pos_ref, do_ref, dqkv_ref, dgate_ref, dpos_ref = refs
+        qkv_ref, b_ref, gate_ref, pos_ref, do_ref, dqkv_ref, db_ref, dgate_ref, dpos_ref = refs
         if shared_pos:  # one (group, n, n) gradient per head group, summed over the batch
             @pl.when(pl.program_id(1) == 0)
             def _():
                 dpos_ref[...] = jnp.zeros_like(dpos_ref)
     else:
-        qkv_ref, do_ref, dqkv_ref = refs
+        qkv_ref, b_ref, do_ref, dqkv_ref, db_ref = refs
     do = do_ref[0]
     d = do.shape[-1] // group
     grads = [], [], []
     dgate = []
-    for h, (q, k, v) in enumerate(_heads(qkv_ref[0], group)):
+    for h, (q, k, v) in enumerate(_heads(qkv_ref[0] + b_ref[...], group)):
         gate = gate_ref[0, 0, h][:, None] if biased else None
         p = _scores(q, k, scale, gate * pos_ref[0, 0, h] if biased else None)
         g = do[:, h * d:(h + 1) * d]
@@ -132,8 +135,9 @@ def _backward_kernel(*refs, group: int, scale: float, biased: bool, shared_pos: 
                 dpos_ref[0, 0, h] += gate * ds
             else:
                 dpos_ref[0, 0, h] = (gate * ds).astype(dpos_ref.dtype)
-    dqkv_ref[0] = jnp.concatenate(grads[0] + grads[1] + grads[2], axis=-1).astype(
-        dqkv_ref.dtype)
+    dqkv = jnp.concatenate(grads[0] + grads[1] + grads[2], axis=-1)
+    dqkv_ref[0] = dqkv.astype(dqkv_ref.dtype)
+    db_ref[0] = jnp.sum(dqkv, axis=0, keepdims=True)  # this example's share of d(bias)
     if biased:
         dgate_ref[0, 0] = jnp.concatenate(dgate, axis=0)
 
@@ -180,6 +184,12 @@ class _Layout:
     def rows(self, width):
         return pl.BlockSpec((1, self.n, width), lambda g, i: (i, 0, g))
 
+    def qkv_bias(self):  # the projection's bias (1, 3 H d)
+        return pl.BlockSpec((1, 3 * self.width), lambda g, i: (0, g))
+
+    def bias_grad(self):  # per example (B, 1, 3 H d)
+        return pl.BlockSpec((1, 1, 3 * self.width), lambda g, i: (i, 0, g))
+
     def bias(self):  # gate (B, groups, group, n), pos (B|1, groups, group, n, n)
         return [pl.BlockSpec((1, 1, self.group, self.n), lambda g, i: (i, g, 0, 0)),
                 pl.BlockSpec((1, 1, self.group, self.n, self.n),
@@ -191,38 +201,41 @@ class _Layout:
                                bytes_accessed=arrays * self.b * self.n * self.hd * itemsize)
 
 
-def _forward_call(heads, interpret, qkv, gate=None, pos=None):
+def _forward_call(heads, interpret, qkv, b, gate=None, pos=None):
     lay, biased = _Layout(qkv, heads, pos), gate is not None
     kernel = functools.partial(_forward_kernel, group=lay.group, scale=lay.scale,
                                biased=biased)
     return [pl.pallas_call(
-        kernel, grid=lay.grid, in_specs=[lay.rows(3 * lay.width)] + (lay.bias() if biased else []),
+        kernel, grid=lay.grid,
+        in_specs=[lay.rows(3 * lay.width), lay.qkv_bias()] + (lay.bias() if biased else []),
         out_specs=lay.rows(lay.width),
         out_shape=jax.ShapeDtypeStruct((lay.b, lay.n, lay.hd), qkv.dtype),
         name="attention_fwd", cost_estimate=lay.cost(qkv.dtype.itemsize, 4, 4),
-        metadata={"kind": KIND}, interpret=interpret)(qkv, *((gate, pos) if biased else ()))]
+        metadata={"kind": KIND}, interpret=interpret)(qkv, b, *((gate, pos) if biased else ()))]
 
 
-def _backward_call(heads, interpret, qkv, *rest):
+def _backward_call(heads, interpret, qkv, b, *rest):
     from jax.experimental.pallas import tpu as pltpu
 
     gate, pos, do = rest if len(rest) == 3 else (None, None, rest[0])
     lay, biased = _Layout(qkv, heads, pos), gate is not None
     kernel = functools.partial(_backward_kernel, group=lay.group, scale=lay.scale,
                                biased=biased, shared_pos=lay.shared_pos)
-    out_shape = [jax.ShapeDtypeStruct(qkv.shape, qkv.dtype)]
+    out_shape = [jax.ShapeDtypeStruct(qkv.shape, qkv.dtype),
+                 jax.ShapeDtypeStruct((lay.b, 1, 3 * lay.hd), jnp.float32)]
     if biased:
         out_shape += [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in (gate, pos)]
     # A position bias shared by the batch sums its gradient over the batch axis.
     semantics = ("parallel", "arbitrary" if lay.shared_pos else "parallel")
     bias = lay.bias() if biased else []
     return pl.pallas_call(
-        kernel, grid=lay.grid, in_specs=[lay.rows(3 * lay.width)] + bias
-        + [lay.rows(lay.width)], out_specs=[lay.rows(3 * lay.width)] + bias,
+        kernel, grid=lay.grid,
+        in_specs=[lay.rows(3 * lay.width), lay.qkv_bias()] + bias + [lay.rows(lay.width)],
+        out_specs=[lay.rows(3 * lay.width), lay.bias_grad()] + bias,
         out_shape=out_shape, name="attention_bwd",
         cost_estimate=lay.cost(qkv.dtype.itemsize, 8, 8),
         compiler_params=pltpu.CompilerParams(dimension_semantics=semantics),
-        metadata={"kind": KIND}, interpret=interpret)(qkv, *rest)
+        metadata={"kind": KIND}, interpret=interpret)(qkv, b, *rest)
 
 
 def _grouped_bias(qkv, heads, gate, pos):
@@ -232,53 +245,62 @@ def _grouped_bias(qkv, heads, gate, pos):
             pos.reshape(pos.shape[0], lay.groups, lay.group, lay.n, lay.n))
 
 
-def _forward(qkv, gate, pos, heads: int):
+def _forward(qkv, b, gate, pos, heads: int):
+    b = b.reshape(1, -1).astype(qkv.dtype)
     if gate is None:
-        return _on_tpu(functools.partial(_forward_call, heads), (qkv,), (True, True))[0]
+        return _on_tpu(functools.partial(_forward_call, heads), (qkv, b),
+                       (True, False, True))[0]
     g, p = _grouped_bias(qkv, heads, gate, pos)
-    return _on_tpu(functools.partial(_forward_call, heads), (qkv, g, p),
-                   (True, True, pos.shape[0] > 1, True))[0]
+    return _on_tpu(functools.partial(_forward_call, heads), (qkv, b, g, p),
+                   (True, False, True, pos.shape[0] > 1, True))[0]
 
 
-def _backward(qkv, gate, pos, do, heads: int):
+def _backward(qkv, b, gate, pos, do, heads: int):
     call = functools.partial(_backward_call, heads)
+    b = b.reshape(1, -1).astype(qkv.dtype)
     if gate is None:
-        return _on_tpu(call, (qkv, do), (True, True, True))[0], None, None
+        dqkv, db = _on_tpu(call, (qkv, b, do), (True, False, True, True, True))
+        return dqkv, db.sum((0, 1)), None, None
     g, p = _grouped_bias(qkv, heads, gate, pos)
     per = pos.shape[0] > 1
-    dqkv, dg, dp = _on_tpu(call, (qkv, g, p, do), (True, True, per, True, True, True, per),
-                           summed=() if per else (2,))
-    return dqkv, dg.reshape(gate.shape), dp.reshape(pos.shape)
+    dqkv, db, dg, dp = _on_tpu(call, (qkv, b, g, p, do),
+                               (True, False, True, per, True, True, True, True, per),
+                               summed=() if per else (3,))
+    return dqkv, db.sum((0, 1)), dg.reshape(gate.shape), dp.reshape(pos.shape)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _attention(qkv, gate, pos, heads):
-    return _forward(qkv, gate, pos, heads)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attention(qkv, b, gate, pos, heads):
+    return _forward(qkv, b, gate, pos, heads)
 
 
-def _attention_fwd(qkv, gate, pos, heads):
-    return _forward(qkv, gate, pos, heads), (qkv, gate, pos)
+def _attention_fwd(qkv, b, gate, pos, heads):
+    return _forward(qkv, b, gate, pos, heads), (qkv, b, gate, pos)
 
 
 def _attention_bwd(heads, res, do):
-    qkv, gate, pos = res
-    dqkv, dgate, dpos = _backward(qkv, gate, pos, do.astype(qkv.dtype), heads)
+    qkv, b, gate, pos = res
+    dqkv, db, dgate, dpos = _backward(qkv, b, gate, pos, do.astype(qkv.dtype), heads)
     if gate is None:
-        return dqkv, None, None
-    return dqkv, dgate.astype(gate.dtype), dpos.astype(pos.dtype)
+        return dqkv, db.astype(b.dtype), None, None
+    return dqkv, db.astype(b.dtype), dgate.astype(gate.dtype), dpos.astype(pos.dtype)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def attention(qkv: jax.Array, heads: int, gate: jax.Array | None = None,
-              pos: jax.Array | None = None) -> jax.Array:
+def attention(qkv: jax.Array, heads: int, bias: jax.Array | None = None,
+              gate: jax.Array | None = None, pos: jax.Array | None = None) -> jax.Array:
     """softmax(q.k / sqrt(d) + bias) v for every head: (B, n, 3 H d) q | k | v
-    in `group_qkv` order -> (B, n, H d), heads in order. `gate` (B, H, n)
-    and `pos` (B|1, H, n, n) give the bias `gate[b, h, i] * pos[b, h, i, j]`
-    (BEATs' gated relative position bias)."""
+    in `group_qkv` order, plus the projection's `bias` (3 H d,) in the same
+    order (added in the kernel, which also returns its gradient: no pass of
+    its own over the rows) -> (B, n, H d), heads in order. `gate` (B, H, n)
+    and `pos` (B|1, H, n, n) give the attention bias
+    `gate[b, h, i] * pos[b, h, i, j]` (BEATs' gated relative position bias)."""
     if (gate is None) != (pos is None):
-        raise ValueError("the bias needs both gate and pos")
+        raise ValueError("the attention bias needs both gate and pos")
     if qkv.shape[-1] % (3 * heads):
         raise ValueError(f"q|k|v width {qkv.shape[-1]} is not 3 x {heads} heads")
-    return _attention(qkv, gate, pos, heads)
+    if bias is None:
+        bias = jnp.zeros(qkv.shape[-1:], qkv.dtype)
+    return _attention(qkv, bias, gate, pos, heads)

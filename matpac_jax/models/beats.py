@@ -321,17 +321,16 @@ class MultiheadAttention(nnx.Module):
         return jnp.swapaxes(g[..., 0] * (g[..., 1] * self.grep_a[...] - 1.0) + 2.0, 1, 2)
 
     def _kernel(self, x: jax.Array, pos_bias: jax.Array | None) -> jax.Array:
-        h = self.num_heads
-        group = lambda a: attention_kernel.group_qkv(a, h)
-        joined = lambda part: jnp.concatenate(
-            [getattr(p, part)[...] for p in (self.q_proj, self.k_proj, self.v_proj)], -1)
-        qkv = layers.project(x, group(joined("kernel")), group(joined("bias")),
-                             self.q_proj.dtype)
+        h, dt = self.num_heads, self.q_proj.dtype
+        group = lambda part: attention_kernel.group_qkv(jnp.concatenate(
+            [getattr(p, part)[...].astype(dt) for p in (self.q_proj, self.k_proj, self.v_proj)],
+            -1), h)
+        qkv, bias = layers.project(x, group("kernel"), None, dt), group("bias")
         gate = None
         if pos_bias is not None:
-            gate = (self._gate(attention_kernel.grouped_query(qkv, h)) if self.gated
+            gate = (self._gate(attention_kernel.grouped_query(qkv + bias, h)) if self.gated
                     else jnp.ones((x.shape[0], h, x.shape[1]), jnp.float32))
-        return self.out_proj(attention_kernel.attention(qkv, h, gate, pos_bias))
+        return self.out_proj(attention_kernel.attention(qkv, h, bias, gate, pos_bias))
 
     def __call__(self, x: jax.Array, pos_bias: jax.Array | None) -> jax.Array:
         if self.attention == "pallas":
@@ -357,6 +356,8 @@ class TransformerLayer(nnx.Module):
         self.layer_norm_first = cfg.layer_norm_first
         self.alpha = cfg.deep_norm_alpha
         self.act = _activation(cfg.activation_fn)
+        self.act_name = cfg.activation_fn
+        self.activations = "float32"  # layers.set_activations
         self.self_attn = MultiheadAttention(cfg, has_bias_table=has_bias_table, dtype=dtype, rngs=rngs)
         self.self_attn_layer_norm = layer_norm(d, rngs=rngs)
         init = (xavier_normal((8 * cfg.encoder_layers) ** -0.25) if cfg.deep_norm
@@ -369,15 +370,16 @@ class TransformerLayer(nnx.Module):
         self.dropout3 = _dropout(cfg.dropout, rngs)
 
     def _ffn(self, x: jax.Array) -> jax.Array:
-        h = _drop(self.dropout2, self.act(self.fc1(x)))
-        return _drop(self.dropout3, self.fc2(h)).astype(jnp.float32)
+        h = self.fc1(x)
+        h = layers.gelu(h, self.activations) if self.act_name == "gelu" else self.act(h)
+        return _drop(self.dropout3, self.fc2(_drop(self.dropout2, h))).astype(x.dtype)
 
     def __call__(self, x: jax.Array, pos_bias: jax.Array | None) -> jax.Array:
         if self.layer_norm_first:
             x = x + _drop(self.dropout1, self.self_attn(self.self_attn_layer_norm(x), pos_bias)
-                          ).astype(jnp.float32)
+                          ).astype(x.dtype)
             return x + self._ffn(self.final_layer_norm(x))
-        a = _drop(self.dropout1, self.self_attn(x, pos_bias)).astype(jnp.float32)
+        a = _drop(self.dropout1, self.self_attn(x, pos_bias)).astype(x.dtype)
         x = self.self_attn_layer_norm(x * self.alpha + a)
         return self.final_layer_norm(x * self.alpha + self._ffn(x))
 
@@ -397,21 +399,22 @@ class TransformerEncoder(nnx.Module):
             TransformerLayer(cfg, has_bias_table=self.relative and i == 0, dtype=dtype, rngs=rngs)
             for i in range(cfg.encoder_layers)])
         self.remat = "none"  # layers.REMAT_POLICIES, set from config by layers.set_remat
+        self.activations = "float32"  # the residual stream's dtype (layers.set_activations)
 
     def __call__(self, x: jax.Array, positions: jax.Array | None = None,
                  num_patches: int | None = None) -> jax.Array:
         """(B, n, D) -> (B, n, D); see `BEATsEncoder.__call__` for `positions`."""
-        x = x.astype(jnp.float32)
+        x = x.astype(layers.dtype(self.activations))
         b, n, d = x.shape
         if positions is None:
-            x = x + self.pos_conv(x)
+            x = x + self.pos_conv(x).astype(x.dtype)
             positions = jnp.arange(n)[None]
         else:
             if num_patches is None:
                 raise ValueError("num_patches (full grid length) is needed with positions")
             positions = positions.astype(jnp.int32)
             full = scatter_rows(jnp.zeros((b, num_patches, d), jnp.float32), positions, x)
-            x = x + gather_rows(self.pos_conv(full), positions)
+            x = x + gather_rows(self.pos_conv(full), positions).astype(x.dtype)
         if not self.layer_norm_first:
             x = self.layer_norm(x)
         x = _drop(self.dropout, x)

@@ -107,6 +107,9 @@ def validate(config: ml_collections.ConfigDict, devices=None,
             f"config.grad_accum_steps={accum} microbatches, each divisible by the "
             f"data-parallel size {dp}"
         )
+    act = config.model.get("activation_dtype", "float32")
+    require(act in layers.ACTIVATION_DTYPES, "model.activation_dtype", act,
+            " or ".join(map(repr, layers.ACTIVATION_DTYPES)))
     try:
         layers.check_remat(config.model.get("remat", "none"))
         layers.check_attention(config.model.get("attention", "xla"),
@@ -183,6 +186,7 @@ def build(config: ml_collections.ConfigDict, method: Method, devices=None, *,
         model = method.build(nnx.Rngs(config.seed))
         layers.set_remat(model, config.model.get("remat", "none"))
         layers.set_attention(model, config.model.get("attention", "xla"))
+        layers.set_activations(model, config.model.get("activation_dtype", "float32"))
         layers.set_cpu_workarounds(model, workarounds)
         return TrainState(model, tx, method.trainable)
 
