@@ -85,10 +85,10 @@ class LayerNorm(nnx.LayerNorm):
         super().__init__(*args, **kwargs)
         self.activations = "float32"
 
-    def __call__(self, x: jax.Array, mask=None) -> jax.Array:
+    def __call__(self, x: jax.Array, *, mask=None) -> jax.Array:
         with jax.named_scope("layer_norm"):
             if self.activations == "float32":
-                return super().__call__(x, mask)
+                return super().__call__(x, mask=mask)
             return fused_layer_norm(x, self.scale[...], self.bias[...], self.epsilon,
                                     dtype(self.activations))
 
