@@ -37,7 +37,8 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.sharding import PartitionSpec as P
+
+from matpac_jax.models import layers
 
 KIND = "matpac_attention"  # the kernels' `metadata` tag
 LANES = 128
@@ -145,26 +146,11 @@ def _backward_kernel(*refs, group: int, scale: float, biased: bool, shared_pos: 
 def _on_tpu(call, args, batched, summed=()):
     """`call(interpret, *args)`: the Mosaic kernel where the program is
     lowered for TPUs (compile-only devices included), Pallas' interpreter
-    elsewhere (CPU tests). Under a mesh (the training step sets one) each
-    device runs it on its share of the batch (XLA cannot partition a kernel):
-    `batched` says which arguments, then which results, have a batch axis;
-    results in `summed` are sums over the batch."""
+    elsewhere (CPU tests); each device runs it on its share of the batch
+    (`layers.batch_parallel`: XLA cannot partition a kernel)."""
     run = lambda *a: jax.lax.platform_dependent(
         *a, tpu=functools.partial(call, False), default=functools.partial(call, True))
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1:
-        return run(*args)
-    from matpac_jax.training.sharding import BATCH_AXES
-
-    axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
-    spec = lambda b: P(axes) if b else P()
-
-    def local(*a):
-        return [jax.lax.psum(o, axes) if i in summed else o for i, o in enumerate(run(*a))]
-
-    return jax.shard_map(local, mesh=mesh, in_specs=tuple(spec(b) for b in batched[:len(args)]),
-                         out_specs=[spec(b) for b in batched[len(args):]],
-                         check_vma=False)(*args)
+    return layers.batch_parallel(run, args, batched, summed)
 
 
 class _Layout:
