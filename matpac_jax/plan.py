@@ -145,25 +145,17 @@ def analyse(config, target: targets.Target, devices, headroom: float = 0.1,
     hlo = compiled.as_text() if compiled is not None else ""
     traffic = hlo_bytes.traffic(hlo) if hlo else None
     xla_bytes = float(cost.get("bytes accessed", 0.0)) or None
-    # XLA's count where the backend gives one (TPU), else the same rule recounted (GPU)
-    hbm_bytes = xla_bytes or (traffic["bytes"] if traffic else None)
+    # XLA's count (TPU; a loop body once), else the same rule recounted (GPU, loops)
+    looped = run.flops_step_fn is not run.step_fn
+    hbm_bytes = (traffic["bytes"] if traffic else None) if looped or not xla_bytes else xla_bytes
     colls = hlo_stats.collectives(hlo, n)
     if hlo_path and hlo:
         with open(hlo_path, "w", encoding="utf-8") as f:
             f.write(hlo)
-
     chip = target.chip
-    compute_s = flops / (n * chip.peak_flops)
-    memory_s = hbm_bytes / chip.hbm_bandwidth if hbm_bytes else None
-    resident_s = traffic["hbm_bytes"] / chip.hbm_bandwidth if traffic else None
-    comm_s = 0.0
-    for kind, c in colls.items():
-        bw = chip.link_bandwidth
-        if chip.platform == "gpu" and target.hosts > 1 and c["group"] > target.per_host:
-            bw = chip.dcn_bandwidth  # the ring crosses hosts: InfiniBand per GPU
-        c["ring_bytes"] = hlo_stats.ring_bytes(kind, c["bytes"], c["group"])
-        c["seconds"] = c["ring_bytes"] / bw
-        comm_s += c["seconds"]
+    roof = targets.roofline(target, flops / n, hbm_bytes,
+                            traffic["hbm_bytes"] if traffic else None, colls)
+    compute_s, memory_s, comm_s = roof["compute_s"], roof["hbm_s"], roof["collectives_s"]
     bound = max(compute_s, memory_s or 0.0, comm_s)
     accum = config.get("grad_accum_steps", 1)
     fits = peak <= (1 - headroom) * budget
@@ -198,14 +190,10 @@ def analyse(config, target: targets.Target, devices, headroom: float = 0.1,
         "flops_per_sample": flops / config.batch_size,
         "xla_flops_per_step": xla_flops,
         "hbm_bytes_accessed_per_device": hbm_bytes,
-        "hbm_bytes_source": "xla" if xla_bytes else "hlo_bytes" if hbm_bytes else None,
+        "hbm_bytes_source": "xla" if hbm_bytes == xla_bytes else "hlo_bytes",
         "traffic": traffic,
         "collectives": colls,
-        "roofline": {"compute_s": compute_s, "hbm_s": memory_s, "hbm_resident_s": resident_s,
-                     "collectives_s": comm_s,
-                     "peak_flops_per_chip": chip.peak_flops,
-                     "hbm_bandwidth": chip.hbm_bandwidth,
-                     "link_bandwidth": chip.link_bandwidth, "source": chip.source},
+        "roofline": roof,
         "roofline_step_s": bound,
         "roofline_mfu": compute_s / bound if bound else None,  # the MFU the bound allows
         "roofline_samples_per_s": config.batch_size / bound if bound else None,

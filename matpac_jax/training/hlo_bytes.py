@@ -159,8 +159,9 @@ def _by_scope(op_name: str) -> str | None:
 def traffic(compiled_hlo: str) -> dict:
     """Bytes read and written per step by the compiled module's operations:
     {'bytes', 'hbm_bytes', 'categories': {category: {'bytes', 'hbm_bytes',
-    'ops'}}, 'custom_calls': [{'name', 'target', 'bytes'}]} (per device; a
-    loop body counts once, as in XLA's cost analysis)."""
+    'ops'}}, 'custom_calls': [{'name', 'target', 'bytes'}]} per device; a
+    loop body counts as often as it runs, where the HLO says (XLA's cost
+    analysis counts it once)."""
     comps, entry = _computations(compiled_hlo)
     stacks = _stacks(compiled_hlo)
     parsed: dict[str, tuple] = {}
@@ -239,7 +240,7 @@ def traffic(compiled_hlo: str) -> dict:
 
     totals = {c: {"bytes": 0, "hbm_bytes": 0, "ops": 0} for c in CATEGORIES}
     custom = []
-    for name in _reachable(comps, entry, parsed):
+    for name, times in _reachable(comps, entry):
         _, result, op, rest = parsed[name]
         if op in _FREE:
             continue
@@ -250,12 +251,13 @@ def traffic(compiled_hlo: str) -> dict:
             xla += _sizes(result, False) - size[name][0]
         hbm = 0 if done else size[name][1] + sum(size.get(o, (0, 0))[1] for o in operands)
         c = totals[category(name)]
-        c["bytes"] += xla
-        c["hbm_bytes"] += hbm
+        c["bytes"] += xla * times
+        c["hbm_bytes"] += hbm * times
         c["ops"] += 1
         if op == "custom-call":
             target = re.search(r'custom_call_target="([^"]*)"', rest)
-            custom.append({"name": name, "target": target[1] if target else "", "bytes": xla})
+            custom.append({"name": name, "target": target[1] if target else "",
+                           "bytes": xla * times})
     return {"bytes": sum(c["bytes"] for c in totals.values()),
             "hbm_bytes": sum(c["hbm_bytes"] for c in totals.values()),
             "categories": {k: v for k, v in totals.items() if v["ops"]},
@@ -287,12 +289,14 @@ def _calls_matmul(rest: str, comps: dict) -> bool:
     return any(re.search(r"\s(convolution|dot)\(", line) for line in body)
 
 
-def _reachable(comps: dict, entry: str | None, parsed: dict) -> list[str]:
-    """Instructions a run executes: the entry's, and those of the loops,
-    conditionals and calls it makes (each body once), not fusion bodies."""
-    out, seen, todo = [], set(), [entry] if entry else []
+def _reachable(comps: dict, entry: str | None) -> list[tuple[str, int]]:
+    """(instruction, times it runs) for what a run executes: the entry's
+    instructions, and those of the loops (times their known trip count),
+    conditionals and calls it makes, not fusion bodies."""
+    out, todo = [], [(entry, 1)] if entry else []
+    seen = set()
     while todo:
-        name = todo.pop()
+        name, times = todo.pop()
         if name in seen or name not in comps:
             continue
         seen.add(name)
@@ -300,11 +304,27 @@ def _reachable(comps: dict, entry: str | None, parsed: dict) -> list[str]:
             m = _INSTR.match(line)
             if not m:
                 continue
-            out.append(m[1])
+            out.append((m[1], times))
             if m[3] in ("while", "conditional", "call", "async-start"):
-                todo += re.findall(r"(?:body|branch_computations|to_apply|calls)="
-                                   r"\{?%?([\w.\-]+)", m[4])
+                inner = times * (_trips(m[4], comps) if m[3] == "while" else 1)
+                todo += [(c, inner) for c in re.findall(
+                    r"(?:body|branch_computations|to_apply|calls)=\{?%?([\w.\-]+)", m[4])]
     return out
+
+
+def _trips(rest: str, comps: dict) -> int:
+    """A loop's trip count: XLA's `known_trip_count`, else the bound its
+    condition compares a counter with (`lax.scan`: i < N); 1 if neither."""
+    known = re.search(r'"known_trip_count":\{"n":"(\d+)"', rest)
+    if known:
+        return int(known[1])
+    cond = re.search(r"condition=%?([\w.\-]+)", rest)
+    lines = comps.get(cond[1], ()) if cond else ()
+    if any("direction=LT" in line for line in lines):
+        bounds = [int(c) for line in lines for c in re.findall(r"s32\[\][^=]*constant\((\d+)\)", line)]
+        if len(bounds) == 1:
+            return bounds[0]
+    return 1
 
 
 def format_traffic(t: dict, xla_bytes: float | None, samples: int, flops: float) -> list[str]:

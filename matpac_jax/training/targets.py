@@ -132,6 +132,31 @@ class Target:
         return self.chip.hbm_bytes
 
 
+def roofline(target: Target, flops: float, hbm_bytes: float | None,
+             resident_bytes: float | None, collectives: dict) -> dict:
+    """Lower bounds of one device's step time: `flops` at the chip's peak,
+    `hbm_bytes` at its HBM bandwidth (`resident_bytes`: the part in HBM,
+    hlo_bytes.traffic), and each collective's ring traffic at the link (GPU
+    rings across hosts: the InfiniBand NIC per GPU). Adds 'ring_bytes' and
+    'seconds' to each entry of `collectives`."""
+    from matpac_jax.training.hlo_stats import ring_bytes
+
+    chip = target.chip
+    comm_s = 0.0
+    for kind, c in collectives.items():
+        bw = chip.link_bandwidth
+        if chip.platform == "gpu" and target.hosts > 1 and c["group"] > target.per_host:
+            bw = chip.dcn_bandwidth
+        c["ring_bytes"] = ring_bytes(kind, c["bytes"], c["group"])
+        c["seconds"] = c["ring_bytes"] / bw
+        comm_s += c["seconds"]
+    per_second = lambda b: b / chip.hbm_bandwidth if b else None
+    return {"compute_s": flops / chip.peak_flops, "hbm_s": per_second(hbm_bytes),
+            "hbm_resident_s": per_second(resident_bytes), "collectives_s": comm_s,
+            "peak_flops_per_chip": chip.peak_flops, "hbm_bandwidth": chip.hbm_bandwidth,
+            "link_bandwidth": chip.link_bandwidth, "source": chip.source}
+
+
 class UnknownTarget(ValueError):
     pass
 
