@@ -297,3 +297,27 @@ def test_a_step_with_the_attention_kernel_counts_its_bytes_and_flops(tmp_path):
     assert kernel["hbm_bytes_accessed_per_device"] >= kernel["traffic"]["bytes"] * 0.9
     assert kernel["traffic"]["categories"]["attention"]["bytes"] < xla["traffic"][
         "categories"]["attention"]["bytes"]
+
+
+def test_suite_table_puts_the_measured_step_beside_the_plan(tmp_path):
+    """benchmarks/suite_table.py (the end of gpu_suite.sh / tpu_suite.sh): a
+    run's measured step and MFU beside its plan's roofline; the machine's
+    devices named as plan's targets."""
+    from benchmarks import suite_table
+
+    name = "matpac_as2m_bfloat16_pallas_remat_none_act_bfloat16"
+    (tmp_path / f"{name}.json").write_text(json.dumps(
+        {"device": "TPU v5", "devices": 8, "global_batch": 2048, "step_s": 0.064, "mfu": 0.8,
+         "measured_peak_bytes": 20 * 2**30}))
+    (tmp_path / f"plan_{name}.json").write_text(json.dumps(
+        {"roofline": {"compute_s": 0.0512, "hbm_s": 0.044, "collectives_s": 0.0007},
+         "roofline_step_s": 0.0512, "roofline_mfu": 1.0, "flops_per_step": 188e12,
+         "devices": 8, "hbm_bytes_accessed_per_device": 121e9,
+         "peak_bytes_per_device": 22 * 2**30}))
+    row = suite_table.rows(tmp_path)[-1]
+    assert row.startswith(f"| {name} | TPU v5 x8 | 2048 | 0.0640 / 0.0512 | 80.0% / 100% | "
+                          "compute | 194 | 20.0 / 22.0 |"), row
+    assert targets.name_of("TPU v5 lite", 16) == "v5e-16"
+    assert targets.name_of("TPU v5", 8) == "v5p-16"  # v5p slices count TensorCores
+    assert targets.name_of("NVIDIA H100 80GB HBM3", 16, 2) == "h100x8x2"
+    assert targets.name_of("cpu", 1) is None

@@ -212,6 +212,21 @@ def parse(name: str) -> Target:
         f"h100xGxH (H hosts); e.g. {', '.join(EXAMPLES)}")
 
 
+def name_of(device_kind: str, count: int, hosts: int = 1) -> str | None:
+    """The target name of `count` devices of `device_kind` (jax's name for
+    them) on `hosts` hosts, as `parse` reads it; None for other kinds. TPU v4
+    and v5p devices are chips of two TensorCores, which name their slices."""
+    kind = device_kind.lower()
+    for key, gen in (("v6 lite", "v6e"), ("v6e", "v6e"), ("v5 lite", "v5e"), ("v5e", "v5e"),
+                     ("v5", "v5p"), ("v4", "v4")):
+        if "tpu" in kind and key in kind:
+            return f"{gen}-{2 * count if gen in ('v4', 'v5p') else count}"
+    for gpu in ("h200", "h100", "a100"):
+        if gpu in kind:
+            return f"{gpu}x{count // hosts}" + (f"x{hosts}" if hosts > 1 else "")
+    return None
+
+
 def devices(target: Target) -> list:
     """Compile-only devices of `target` (no hardware needed).
 
