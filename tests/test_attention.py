@@ -205,3 +205,38 @@ def test_grouped_qkv_layout():
     assert ak.heads_per_group(2, 32) == 2 and ak.heads_per_group(2, 128) == 1
     with pytest.raises(ValueError, match="128-lane"):
         ak.heads_per_group(3, 64)
+
+
+def test_kernels_run_per_device_on_their_batch_share_under_a_mesh():
+    """In the training step (a mesh and its batch axes in scope) the Pallas
+    kernels and cuDNN calls run under shard_map, each device on its rows: XLA
+    cannot partition a kernel, and jax's rule for the cuDNN call gathered
+    BEATs' per-example bias. Same values and gradients as unsharded, the
+    shared bias's gradient summed over devices."""
+    from matpac_jax.models import attention_kernel as ak
+    from matpac_jax.training import sharding
+
+    mesh = sharding.make_mesh({"data": 4, "fsdp": 2, "tensor": 1})
+    b, n, heads = 8, 7, 2
+    keys = jax.random.split(jax.random.key(0), 4)
+    qkv = jax.random.normal(keys[0], (b, n, 3 * heads * 32))
+    gate = jax.random.uniform(keys[1], (b, heads, n)) + 0.5
+    pos = jax.random.normal(keys[2], (1, heads, n, n))
+    w = jax.random.normal(keys[3], (b, n, heads * 32))
+
+    def loss(qkv, gate, pos):
+        return jnp.sum(ak.attention(qkv, heads, None, gate, pos) * w)
+
+    def sharded(qkv, gate, pos):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), \
+                layers.batch_axes(sharding.BATCH_AXES):
+            return loss(qkv, gate, pos)
+
+    grad = lambda f: jax.jit(jax.value_and_grad(f, (0, 1, 2)), in_shardings=(
+        sharding.batch_sharding(mesh, 3), sharding.batch_sharding(mesh, 3),
+        sharding.replicated(mesh)))
+    assert "manual_computation" in grad(sharded).lower(qkv, gate, pos).as_text()
+    (la, ga), (lb, gb) = grad(loss)(qkv, gate, pos), grad(sharded)(qkv, gate, pos)
+    np.testing.assert_allclose(lb, la, rtol=1e-5)
+    for x, y in zip(gb, ga):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)

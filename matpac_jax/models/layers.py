@@ -4,6 +4,8 @@ variable kind, attention (XLA or cuDNN), per-layer rematerialisation and the
 XLA:CPU workaround switch."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 from typing import Sequence
@@ -237,20 +239,33 @@ def check_attention(implementation: str, platform: str | None = None,
             f"config.model.dtype={compute_dtype!r}: use 'xla' or a half-precision dtype")
 
 
+_BATCH_AXES: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "batch_axes", default=())
+
+
+@contextlib.contextmanager
+def batch_axes(axes: Sequence[str]):
+    """While tracing under a mesh: the mesh axes that split the batch
+    (training/step.py sets them), for `batch_parallel`."""
+    token = _BATCH_AXES.set(tuple(axes))
+    try:
+        yield
+    finally:
+        _BATCH_AXES.reset(token)
+
+
 def batch_parallel(fn, args, batched, summed=()):
     """`fn(*args)` (a list of results), run by each device on its share of
-    the batch when the caller traces under a mesh (the training step sets
-    one): for kernels XLA's partitioner cannot split by itself (Pallas
-    calls, cuDNN attention with a per-example bias). `batched` says which
-    arguments, then which results, have the batch as their first axis (the
-    others are whole on every device); results in `summed` are sums over the
-    batch."""
+    the batch when the caller traces under a mesh and `batch_axes` (the
+    training step sets both): for kernels XLA's partitioner cannot split by
+    itself (Pallas calls, cuDNN attention with a per-example bias). `batched`
+    says which arguments, then which results, have the batch as their first
+    axis (the others are whole on every device); results in `summed` are
+    sums over the batch."""
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1:
+    axes = tuple(a for a in _BATCH_AXES.get() if not mesh.empty and a in mesh.axis_names)
+    if not axes or mesh.size == 1:
         return fn(*args)
-    from matpac_jax.training.sharding import BATCH_AXES
-
-    axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
     spec = lambda b: jax.sharding.PartitionSpec(axes) if b else jax.sharding.PartitionSpec()
 
     def local(*a):

@@ -213,7 +213,8 @@ def build(config: ml_collections.ConfigDict, method: Method, devices=None, *,
     def train_step(state, batch, rng, accum=accum):
         # The mesh in scope while tracing: kernels XLA cannot partition
         # (attention='pallas') run per device on its share of the batch.
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), \
+                layers.batch_axes(sharding.BATCH_AXES):
             return _train_step(state, batch, rng, accum)
 
     def _train_step(state, batch, rng, accum):
