@@ -66,14 +66,6 @@ def group_qkv(x: jax.Array, heads: int) -> jax.Array:
     return jnp.swapaxes(y, -3, -2).reshape(x.shape)
 
 
-def grouped_query(qkv: jax.Array, heads: int) -> jax.Array:
-    """q of `group_qkv`-ordered (..., n, 3 H d) rows as (..., n, H, d)."""
-    hd = qkv.shape[-1] // 3
-    groups = heads // heads_per_group(heads, hd // heads)
-    q = qkv.reshape(*qkv.shape[:-1], groups, 3, hd // groups)[..., 0, :]
-    return q.reshape(*qkv.shape[:-1], heads, hd // heads)
-
-
 def _scores(q, k, scale, bias):
     s = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())),
                             preferred_element_type=jnp.float32) * scale

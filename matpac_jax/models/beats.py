@@ -313,12 +313,24 @@ class MultiheadAttention(nnx.Module):
         table = self.relative_attention_bias[...]
         return jnp.moveaxis(table[buckets], -1, 1)
 
-    def _gate(self, q: jax.Array) -> jax.Array:
-        """(B, n, H, d) projected queries -> (B, H, n) gate of the position bias."""
-        b, n = q.shape[:2]
-        g = self.grep_linear(q).astype(jnp.float32).reshape(b, n, self.num_heads, 2, 4)
+    def _gate(self, logits: jax.Array) -> jax.Array:
+        """(B, n, H, 8) `grep_linear` outputs -> (B, H, n) gate of the position bias."""
+        b, n = logits.shape[:2]
+        g = logits.astype(jnp.float32).reshape(b, n, self.num_heads, 2, 4)
         g = jax.nn.sigmoid(g.sum(-1))
         return jnp.swapaxes(g[..., 0] * (g[..., 1] * self.grep_a[...] - 1.0) + 2.0, 1, 2)
+
+    def _gate_logits(self, x: jax.Array) -> jax.Array:
+        """`grep_linear(q_proj(x))` as one projection of x: both are linear, so
+        `q_proj`'s kernel and bias go through `grep_linear` first (the queries
+        are never sliced out of the kernels' fused q | k | v rows)."""
+        h, d = self.num_heads, self.head_dim
+        wg, bg = self.grep_linear.kernel[...], self.grep_linear.bias[...]
+        w = jnp.einsum("Dhd,de->Dhe", self.q_proj.kernel[...].reshape(-1, h, d), wg)
+        b = self.q_proj.bias[...].reshape(h, d) @ wg + bg
+        dt = self.q_proj.dtype
+        return jnp.einsum("bnD,Dhe->bnhe", x.astype(dt), w.astype(dt),
+                          preferred_element_type=jnp.float32) + b
 
     def _kernel(self, x: jax.Array, pos_bias: jax.Array | None) -> jax.Array:
         h, dt = self.num_heads, self.q_proj.dtype
@@ -328,7 +340,7 @@ class MultiheadAttention(nnx.Module):
         qkv, bias = layers.project(x, group("kernel"), None, dt), group("bias")
         gate = None
         if pos_bias is not None:
-            gate = (self._gate(attention_kernel.grouped_query(qkv + bias, h)) if self.gated
+            gate = (self._gate(self._gate_logits(x)) if self.gated
                     else jnp.ones((x.shape[0], h, x.shape[1]), jnp.float32))
         return self.out_proj(attention_kernel.attention(qkv, h, bias, gate, pos_bias))
 
@@ -340,7 +352,7 @@ class MultiheadAttention(nnx.Module):
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
         bias = pos_bias
         if pos_bias is not None and self.gated:
-            bias = self._gate(q)[..., None] * pos_bias
+            bias = self._gate(self.grep_linear(q))[..., None] * pos_bias
         if bias is not None:
             bias = bias.astype(q.dtype)
         # XLA path computes logits and softmax in float32 for bf16 inputs.
