@@ -170,8 +170,7 @@ def traffic(compiled_hlo: str) -> dict:
             m = _INSTR.match(line)
             if m:
                 parsed[m[1]] = m.groups()
-    size = {n: (_sizes(r if op != "copy-start" else _first(r), False),
-                _sizes(r if op != "copy-start" else _first(r), True))
+    size = {n: (_sizes(_moved(op, r), False), _sizes(_moved(op, r), True))
             for n, (_, r, op, _) in parsed.items()}
     users: dict[str, list[str]] = defaultdict(list)
     for n, (_, _, _, rest) in parsed.items():
@@ -242,14 +241,18 @@ def traffic(compiled_hlo: str) -> dict:
     custom = []
     for name, times in _reachable(comps, entry):
         _, result, op, rest = parsed[name]
-        if op in _FREE:
-            continue
+        if op in _FREE or (op == "custom-call" and 'custom_call_target="ConcatBitcast"' in rest):
+            continue  # (ConcatBitcast: slices already in VMEM seen as one array)
         done = op.endswith("-done")  # the result only: its operand is the start's tuple
         operands = [] if done else _operands(rest)
         xla = size[name][0] + sum(size.get(o, (0, 0))[0] for o in operands)
+        hbm = 0 if done else size[name][1] + sum(size.get(o, (0, 0))[1] for o in operands)
         if op == "copy-start":  # XLA counts the whole (destination, source, flag) tuple
             xla += _sizes(result, False) - size[name][0]
-        hbm = 0 if done else size[name][1] + sum(size.get(o, (0, 0))[1] for o in operands)
+        if op in ("slice", "slice-start", "dynamic-slice") and operands:  # reads its slice
+            source_in_hbm = size.get(operands[0], (0, 0))[1] > 0
+            xla = 2 * size[name][0]
+            hbm = size[name][1] + (size[name][0] if source_in_hbm else 0)
         c = totals[category(name)]
         c["bytes"] += xla * times
         c["hbm_bytes"] += hbm * times
@@ -270,6 +273,17 @@ _ELEMENTWISE = {"add", "subtract", "multiply", "divide", "maximum", "minimum", "
                 "is-finite", "clamp", "floor", "ceil", "round-nearest-even", "sign",
                 "logistic", "exponential-minus-one", "log-plus-one", "shift-left",
                 "shift-right-logical", "shift-right-arithmetic", "reduce-precision"}
+
+
+def _moved(op: str, result: str) -> str:
+    """The array an operation writes: a prefetch's destination (the first of
+    its tuple), an asynchronous slice's slice (the second), else its result."""
+    if op == "copy-start":
+        return _first(result)
+    if op == "slice-start":
+        shapes = _SHAPE.findall(result)
+        return "{}[{}]{{{}:{}}}".format(*shapes[1]) if len(shapes) > 1 else result
+    return result
 
 
 def _first(tuple_text: str) -> str:
