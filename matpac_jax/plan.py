@@ -190,7 +190,7 @@ def analyse(config, target: targets.Target, devices, headroom: float = 0.1,
         "flops_per_sample": flops / config.batch_size,
         "xla_flops_per_step": xla_flops,
         "hbm_bytes_accessed_per_device": hbm_bytes,
-        "hbm_bytes_source": "xla" if hbm_bytes == xla_bytes else "hlo_bytes",
+        "hbm_bytes_source": "xla" if xla_bytes and hbm_bytes == xla_bytes else "hlo_bytes",
         "traffic": traffic,
         "collectives": colls,
         "roofline": roof,
@@ -377,7 +377,8 @@ def format_plan(p: dict) -> str:
             else None, p["microbatch_per_device"], p["flops_per_step"] / p["devices"])
     hbm = f"{r['hbm_s'] * 1e3:.1f} ms" if r["hbm_s"] is not None else "n/a (no byte count)"
     if r.get("hbm_resident_s"):
-        hbm += f" ({r['hbm_resident_s'] * 1e3:.1f} ms for the arrays in HBM)"
+        hbm += (f" ({r['hbm_resident_s'] * 1e3:.1f} ms for the arrays in HBM: MFU <= "
+                f"{100 * r['resident_mfu']:.0f} %)")
     lines += [
         f"roofline: compute {r['compute_s'] * 1e3:.1f} ms, HBM {hbm}, collectives "
         f"{r['collectives_s'] * 1e3:.1f} ms -> step >= {p['roofline_step_s'] * 1e3:.1f} ms, "

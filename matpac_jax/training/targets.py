@@ -151,8 +151,12 @@ def roofline(target: Target, flops: float, hbm_bytes: float | None,
         c["seconds"] = c["ring_bytes"] / bw
         comm_s += c["seconds"]
     per_second = lambda b: b / chip.hbm_bandwidth if b else None
-    return {"compute_s": flops / chip.peak_flops, "hbm_s": per_second(hbm_bytes),
+    compute_s = flops / chip.peak_flops
+    # the step bound and the MFU it allows, also with the HBM-resident bytes only
+    resident = max(compute_s, per_second(resident_bytes) or 0.0, comm_s)
+    return {"compute_s": compute_s, "hbm_s": per_second(hbm_bytes),
             "hbm_resident_s": per_second(resident_bytes), "collectives_s": comm_s,
+            "resident_step_s": resident, "resident_mfu": compute_s / resident if resident else None,
             "peak_flops_per_chip": chip.peak_flops, "hbm_bandwidth": chip.hbm_bandwidth,
             "link_bandwidth": chip.link_bandwidth, "source": chip.source}
 
