@@ -64,15 +64,15 @@ def chip_hours(plan: dict, total_steps: int, mfu: float) -> float:
 
 def traffic_table(files: list[str]) -> list[str]:
     """Memory traffic per sample by category (plan's `traffic`), the model
-    FLOPs per byte by XLA's count and for the arrays in HBM, and the roofline
-    MFU cap, one row per plan."""
+    FLOPs per byte and the roofline MFU cap by XLA's count and for the
+    arrays in HBM, one row per plan."""
     from matpac_jax.training.hlo_bytes import CATEGORIES
 
     plans = {f: json.load(open(f, encoding="utf-8")) for f in files}
     cats = [c for c in CATEGORIES if any(c in (p.get("traffic") or {}).get("categories", {})
                                          for p in plans.values())]
     lines = ["| plan | " + " | ".join(cats) + " | total MB/sample (XLA) | FLOP/byte XLA, HBM "
-             "| MFU cap | peak GiB |", "|---|" + "---|" * (len(cats) + 4)]
+             "| MFU cap XLA, HBM | peak GiB |", "|---|" + "---|" * (len(cats) + 4)]
     for f, p in plans.items():
         t, per = p.get("traffic"), p["microbatch_per_device"]
         if not t:
@@ -80,9 +80,12 @@ def traffic_table(files: list[str]) -> list[str]:
         flops = p["flops_per_step"] / p["devices"]
         cells = [f"{t['categories'].get(c, {}).get('bytes', 0) / per / 1e6:.0f}" for c in cats]
         xla = p["hbm_bytes_accessed_per_device"]
+        r = p["roofline"]
+        resident = max(r["compute_s"], t["hbm_bytes"] / r["hbm_bandwidth"], r["collectives_s"])
         lines.append(f"| {f} | " + " | ".join(cells) + f" | {xla / per / 1e6:.0f} | "
                      f"{flops / xla:.0f}, {flops / t['hbm_bytes']:.0f} | "
-                     f"{100 * p['roofline_mfu']:.0f} % | {p['peak_bytes_per_device'] / GiB:.1f} |")
+                     f"{100 * p['roofline_mfu']:.0f} %, {100 * r['compute_s'] / resident:.0f} % | "
+                     f"{p['peak_bytes_per_device'] / GiB:.1f} |")
     return lines
 
 
