@@ -269,7 +269,11 @@ class ConvPositionalEmbedding(nnx.Module):
         v = self.weight_v[...]
         w = v * (self.weight_g[...] / jnp.sqrt(jnp.sum(v * v, axis=(1, 2))))[:, None, None]
         conv = grouped_conv1d if self.cpu_workaround else _conv1d
-        y = conv(x.astype(jnp.float32), w, self.groups, self.kernel // 2)
+        # Per device on its batch share under the training mesh: XLA's GPU
+        # partitioner all-gathered the batch for this grouped convolution
+        # (4 x 3.2 GB per step on 8 H100s, docs/SCALING.md).
+        y = layers.batch_parallel(lambda x, w: [conv(x, w, self.groups, self.kernel // 2)],
+                                  (x.astype(jnp.float32), w), (True, False, True))[0]
         if self.kernel % 2 == 0:
             y = y[:, :-1]
         return jax.nn.gelu(y + self.bias[...], approximate=False)

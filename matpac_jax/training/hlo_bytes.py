@@ -78,6 +78,7 @@ _SCOPES = (
     ("optimizer_ema", re.compile(r"\b(optimizer|ema)\b")),
 )
 _ATTENTION_KERNEL = re.compile(r"flash|splash|fmha|attention|mha", re.I)
+_LIBRARY_MATMUL = re.compile(r"gemm|matmul|\$conv", re.I)
 
 
 def array_bytes(dtype: str, dims: str, minor_to_major: str = "", attrs: str = "") -> int:
@@ -213,9 +214,11 @@ def traffic(compiled_hlo: str) -> dict:
             return "layout"
         if op == "custom-call":
             target = re.search(r'custom_call_target="([^"]*)"', rest)
-            if _ATTENTION_KERNEL.search(name) or _ATTENTION_KERNEL.search(
-                    target[1] if target else ""):
+            target = target[1] if target else ""
+            if _ATTENTION_KERNEL.search(name) or _ATTENTION_KERNEL.search(target):
                 return "attention"
+            if _LIBRARY_MATMUL.search(target):  # cuBLAS / cuDNN on GPUs
+                return "matmuls"
         op_name = re.search(r'op_name="([^"]*)"', rest)
         frame = re.search(r"stack_frame_id=(\d+)", rest)
         stack = stacks.get(int(frame[1]), ()) if frame else ()
