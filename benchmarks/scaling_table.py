@@ -1,6 +1,7 @@
 """docs/SCALING.md's tables from `python -m matpac_jax.plan --json` outputs.
 
   python benchmarks/scaling_table.py PLAN.json [PLAN.json ...]
+  python benchmarks/scaling_table.py --traffic PLAN.json ...   # memory traffic by category
 
 For each plan (one method compiled for one target at its official global
 batch): its memory, FLOPs, collectives and roofline, the projected
@@ -61,14 +62,46 @@ def chip_hours(plan: dict, total_steps: int, mfu: float) -> float:
     return total_steps * plan["flops_per_step"] / (mfu * chip.peak_flops) / 3600
 
 
+def traffic_table(files: list[str]) -> list[str]:
+    """Memory traffic per sample by category (plan's `traffic`), the model
+    FLOPs per byte and the roofline MFU cap by XLA's count and for the
+    arrays in HBM, one row per plan."""
+    from matpac_jax.training.hlo_bytes import CATEGORIES
+
+    plans = {f: json.load(open(f, encoding="utf-8")) for f in files}
+    cats = [c for c in CATEGORIES if any(c in (p.get("traffic") or {}).get("categories", {})
+                                         for p in plans.values())]
+    lines = ["| plan | " + " | ".join(cats) + " | total MB/sample (XLA) | FLOP/byte XLA, HBM "
+             "| MFU cap XLA, HBM | peak GiB |", "|---|" + "---|" * (len(cats) + 4)]
+    for f, p in plans.items():
+        t, per = p.get("traffic"), p["microbatch_per_device"]
+        if not t:
+            continue
+        flops = p["flops_per_step"] / p["devices"]
+        cells = [f"{t['categories'].get(c, {}).get('bytes', 0) / per / 1e6:.0f}" for c in cats]
+        xla = p["hbm_bytes_accessed_per_device"]
+        r = p["roofline"]
+        resident = max(r["compute_s"], t["hbm_bytes"] / r["hbm_bandwidth"], r["collectives_s"])
+        lines.append(f"| {f} | " + " | ".join(cells) + f" | {xla / per / 1e6:.0f} | "
+                     f"{flops / xla:.0f}, {flops / t['hbm_bytes']:.0f} | "
+                     f"{100 * p['roofline_mfu']:.0f} %, {100 * r['compute_s'] / resident:.0f} % | "
+                     f"{p['peak_bytes_per_device'] / GiB:.1f} |")
+    return lines
+
+
 FLAGS = flags.FlagValues()
 flags.DEFINE_integer("total_steps", 0, "steps of the schedule (0: the plan's config's "
                      "total_steps)", flag_values=FLAGS)
+flags.DEFINE_bool("traffic", False, "print the memory-traffic table instead (MB per sample "
+                  "by category, FLOP per byte, MFU cap)", flag_values=FLAGS)
 
 
 def main(argv=None) -> int:
     files = cli.parse(FLAGS, argv, "python benchmarks/scaling_table.py", __doc__,
                       positional="plan JSON files")
+    if FLAGS.traffic:
+        print("\n".join(traffic_table(files)))
+        return 0
     print("| plan | chips | per chip | peak GiB / HBM | GFLOP/sample | collectives MiB/step "
           "| roofline samples/s | chip-h @40 % | chip-h @60 % | smallest fitting (predicted) |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -53,7 +53,7 @@ from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from matpac_jax import cli, errors  # noqa: E402
-from matpac_jax.training import hlo_stats, targets, xla_flags  # noqa: E402
+from matpac_jax.training import hlo_bytes, hlo_stats, targets, xla_flags  # noqa: E402
 
 xla_flags.apply_defaults()
 
@@ -108,24 +108,20 @@ def analyse(config, target: targets.Target, devices, headroom: float = 0.1,
     xla_flops = float(cost["flops"]) * n if cost.get("flops") else None
     if run.flops_step_fn is not run.step_fn:
         xla_flops = None  # a loop body counts once: per microbatch, not per step
-    hbm_bytes = float(cost.get("bytes accessed", 0.0)) or None
     hlo = compiled.as_text() if compiled is not None else ""
+    traffic = hlo_bytes.traffic(hlo) if hlo else None
+    xla_bytes = float(cost.get("bytes accessed", 0.0)) or None
+    # XLA's count (TPU; a loop body once), else the same rule recounted (GPU, loops)
+    looped = run.flops_step_fn is not run.step_fn
+    hbm_bytes = (traffic["bytes"] if traffic else None) if looped or not xla_bytes else xla_bytes
     colls = hlo_stats.collectives(hlo, n)
     if hlo_path and hlo:
         with open(hlo_path, "w", encoding="utf-8") as f:
             f.write(hlo)
-
     chip = target.chip
-    compute_s = flops / (n * chip.peak_flops)
-    memory_s = hbm_bytes / chip.hbm_bandwidth if hbm_bytes else None
-    comm_s = 0.0
-    for kind, c in colls.items():
-        bw = chip.link_bandwidth
-        if chip.platform == "gpu" and target.hosts > 1 and c["group"] > target.per_host:
-            bw = chip.dcn_bandwidth  # the ring crosses hosts: InfiniBand per GPU
-        c["ring_bytes"] = hlo_stats.ring_bytes(kind, c["bytes"], c["group"])
-        c["seconds"] = c["ring_bytes"] / bw
-        comm_s += c["seconds"]
+    roof = targets.roofline(target, flops / n, hbm_bytes,
+                            traffic["hbm_bytes"] if traffic else None, colls)
+    compute_s, memory_s, comm_s = roof["compute_s"], roof["hbm_s"], roof["collectives_s"]
     bound = max(compute_s, memory_s or 0.0, comm_s)
     accum = config.get("grad_accum_steps", 1)
     fits = peak <= (1 - headroom) * budget
@@ -160,11 +156,10 @@ def analyse(config, target: targets.Target, devices, headroom: float = 0.1,
         "flops_per_sample": flops / config.batch_size,
         "xla_flops_per_step": xla_flops,
         "hbm_bytes_accessed_per_device": hbm_bytes,
+        "hbm_bytes_source": "xla" if xla_bytes and hbm_bytes == xla_bytes else "hlo_bytes",
+        "traffic": traffic,
         "collectives": colls,
-        "roofline": {"compute_s": compute_s, "hbm_s": memory_s, "collectives_s": comm_s,
-                     "peak_flops_per_chip": chip.peak_flops,
-                     "hbm_bandwidth": chip.hbm_bandwidth,
-                     "link_bandwidth": chip.link_bandwidth, "source": chip.source},
+        "roofline": roof,
         "roofline_step_s": bound,
         "roofline_mfu": compute_s / bound if bound else None,  # the MFU the bound allows
         "roofline_samples_per_s": config.batch_size / bound if bound else None,
@@ -345,7 +340,14 @@ def format_plan(p: dict) -> str:
         lines.append(f"  {kind:<19} x{c['count']:<4} {c['bytes'] / 2**20:10.1f} MiB "
                      f"(group {c['group']}, ring {c['ring_bytes'] / 2**20:.1f} MiB sent, "
                      f"{c['seconds'] * 1e3:.2f} ms)")
+    if p.get("traffic"):
+        lines += hlo_bytes.format_traffic(
+            p["traffic"], p["hbm_bytes_accessed_per_device"] if p["hbm_bytes_source"] == "xla"
+            else None, p["microbatch_per_device"], p["flops_per_step"] / p["devices"])
     hbm = f"{r['hbm_s'] * 1e3:.1f} ms" if r["hbm_s"] is not None else "n/a (no byte count)"
+    if r.get("hbm_resident_s"):
+        hbm += (f" ({r['hbm_resident_s'] * 1e3:.1f} ms for the arrays in HBM: MFU <= "
+                f"{100 * r['resident_mfu']:.0f} %)")
     lines += [
         f"roofline: compute {r['compute_s'] * 1e3:.1f} ms, HBM {hbm}, collectives "
         f"{r['collectives_s'] * 1e3:.1f} ms -> step >= {p['roofline_step_s'] * 1e3:.1f} ms, "

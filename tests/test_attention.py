@@ -140,3 +140,102 @@ def test_padded_attention_is_exact(with_bias, with_mask):
     np.testing.assert_allclose(yb, ya, rtol=1e-5, atol=1e-6)
     for a, b in zip(ga, gb):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_pallas_kernels_match_the_xla_path(dtype):
+    """'pallas' (Pallas' interpreter on CPU, the TPU kernels' code) against
+    'xla': the ViT attention (4 heads of 32, one 128-lane group) and BEATs'
+    with its gated bias, per example (encoder) and shared (label predictor).
+    In float32 they agree to rounding. In bfloat16 both are compared with
+    the float32 computation: the kernels' outputs and gradients are no
+    further from it than the XLA path's (the kernels keep d(logits) in
+    float32 where the XLA path rounds it). The key bias's gradient is zero in
+    exact arithmetic (a constant per softmax row) and float noise in all
+    three, so it is left out."""
+    rel = lambda a, b: float(np.linalg.norm(np.asarray(a, np.float32) - np.asarray(b, np.float32))
+                             / max(np.linalg.norm(np.asarray(b, np.float32)), 1e-30))
+
+    def run(make, impl, x, *args):
+        module = make(dtype if impl else jnp.float32)
+        module.attention = impl or "xla"
+        y, grads, gx = _outputs_and_grads(module, x, *args)
+        names = ["/".join(map(str, k)) for k, _ in nnx.to_flat_state(nnx.state(module,
+                                                                              nnx.Param))]
+        return [y, gx] + [g for n, g in zip(names, grads) if n != "k_proj/bias"]
+
+    def check(make, x, *args):
+        truth = run(make, None, x, *args)
+        xla, pallas = run(make, "xla", x, *args), run(make, "pallas", x, *args)
+        for t, a, b in zip(truth, xla, pallas):
+            if dtype == jnp.float32:
+                assert rel(b, a) < 1e-5
+            else:
+                assert rel(b, t) <= 1.2 * rel(a, t) + 1e-3
+
+    check(lambda dt: vit.Attention(128, 4, dtype=dt, rngs=nnx.Rngs(0)),
+          jax.random.normal(jax.random.key(0), (2, 9, 128)))
+    cfg = beats.BEATsConfig(encoder_embed_dim=128, encoder_attention_heads=2, num_buckets=16,
+                            max_distance=32, gru_rel_pos=True, relative_position_embedding=True)
+    make = lambda dt: beats.MultiheadAttention(cfg, has_bias_table=True, dtype=dt,
+                                               rngs=nnx.Rngs(1))
+    x = jax.random.normal(jax.random.key(1), (2, 7, 128))
+    for positions in ([[0, 2, 3, 5, 8, 9, 12]], [[0, 2, 3, 5, 8, 9, 12], [1, 2, 4, 5, 6, 9, 11]]):
+        check(make, x, make(jnp.float32).compute_bias(jnp.array(positions)))
+
+
+def test_pallas_is_refused_on_gpus():
+    layers.check_attention("pallas", "tpu")
+    layers.check_attention("pallas", "cpu")
+    with pytest.raises(ValueError, match="attention='pallas' runs on TPUs"):
+        layers.check_attention("pallas", "gpu")
+
+
+def test_grouped_qkv_layout():
+    """group_qkv puts each 128-lane head group's q, k, v side by side."""
+    from matpac_jax.models import attention_kernel as ak
+
+    heads, d = 4, 64  # two groups of two heads
+    x = jnp.arange(3 * heads * d, dtype=jnp.float32)[None]
+    g = ak.group_qkv(x, heads)
+    assert [int(g[0, i]) for i in (0, 128, 256, 384)] == [0, 256, 512, 128]
+    np.testing.assert_array_equal(g.reshape(2, 3, 128)[:, 0].reshape(1, -1), x[:, :heads * d])
+    assert ak.heads_per_group(12, 64) == 2 and ak.heads_per_group(16, 32) == 4
+    assert ak.heads_per_group(2, 32) == 2 and ak.heads_per_group(2, 128) == 1
+    with pytest.raises(ValueError, match="128-lane"):
+        ak.heads_per_group(3, 64)
+
+
+def test_kernels_run_per_device_on_their_batch_share_under_a_mesh():
+    """In the training step (a mesh and its batch axes in scope) the Pallas
+    kernels and cuDNN calls run under shard_map, each device on its rows: XLA
+    cannot partition a kernel, and jax's rule for the cuDNN call gathered
+    BEATs' per-example bias. Same values and gradients as unsharded, the
+    shared bias's gradient summed over devices."""
+    from matpac_jax.models import attention_kernel as ak
+    from matpac_jax.training import sharding
+
+    mesh = sharding.make_mesh({"data": 4, "fsdp": 2, "tensor": 1})
+    b, n, heads = 8, 7, 2
+    keys = jax.random.split(jax.random.key(0), 4)
+    qkv = jax.random.normal(keys[0], (b, n, 3 * heads * 32))
+    gate = jax.random.uniform(keys[1], (b, heads, n)) + 0.5
+    pos = jax.random.normal(keys[2], (1, heads, n, n))
+    w = jax.random.normal(keys[3], (b, n, heads * 32))
+
+    def loss(qkv, gate, pos):
+        return jnp.sum(ak.attention(qkv, heads, None, gate, pos) * w)
+
+    def sharded(qkv, gate, pos):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), \
+                layers.batch_axes(sharding.BATCH_AXES):
+            return loss(qkv, gate, pos)
+
+    grad = lambda f: jax.jit(jax.value_and_grad(f, (0, 1, 2)), in_shardings=(
+        sharding.batch_sharding(mesh, 3), sharding.batch_sharding(mesh, 3),
+        sharding.replicated(mesh)))
+    assert "manual_computation" in grad(sharded).lower(qkv, gate, pos).as_text()
+    (la, ga), (lb, gb) = grad(loss)(qkv, gate, pos), grad(sharded)(qkv, gate, pos)
+    np.testing.assert_allclose(lb, la, rtol=1e-5)
+    for x, y in zip(gb, ga):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)

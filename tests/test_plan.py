@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -228,3 +229,96 @@ def test_plan_of_an_init_from_run_has_the_files_architecture(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "model.depth: 4 -> 2" in proc.stdout  # the demo's 4 layers -> the file's 2
     assert "--config.data.crop_frames=64" in json.loads(out.read_text())["command"]
+
+
+def test_traffic_recounts_xla_bytes_and_sorts_them():
+    """hlo_bytes counts what XLA's TPU cost analysis counts (every operation's
+    operands and result at their tiled sizes, a prefetch as its source and
+    result tuple) on small programs, and sorts operations by the
+    code that made them: a name scope, a matmul, a prefetch by its consumer."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from matpac_jax.training import hlo_bytes
+
+    assert hlo_bytes.array_bytes("f32", "190,64", "1,0", "T(8,128)") == 192 * 128 * 4
+    assert hlo_bytes.array_bytes("bf16", "8,190,64", "1,2,0", "T(8,128)(2,1)") == 8 * 64 * 256 * 2
+    assert hlo_bytes.array_bytes("f32", "", "", "T(128)") == 512  # a scalar fills a tile row
+    _, devices = _tpu("v5p-8")
+    one = NamedSharding(Mesh(np.array(devices[:1]), ("d",)), PartitionSpec())
+    arg = lambda shape, dtype=np.float32: jax.ShapeDtypeStruct(shape, dtype, sharding=one)
+
+    def layer_norm(x):
+        with jax.named_scope("layer_norm"):
+            m = x.mean(-1, keepdims=True)
+            return (x - m) * jax.lax.rsqrt(((x - m) ** 2).mean(-1, keepdims=True) + 1e-6)
+
+    programs = {
+        ("matmuls",): (lambda x, w: x @ w, arg((1024, 768), jnp.bfloat16),
+                       arg((768, 3072), jnp.bfloat16)),
+        ("layer_norm",): (layer_norm, arg((4096, 768))),
+        ("elementwise",): (lambda x, b: jnp.sin(x) + b, arg((4096, 768)), arg((768,))),
+        ("elementwise", "layout"): (lambda x: x[:, :100] * 2, arg((4096, 768))),  # reads its slice
+    }
+    for categories, (fn, *args) in programs.items():
+        compiled = jax.jit(fn).lower(*args).compile()
+        t = hlo_bytes.traffic(compiled.as_text())
+        # (XLA counts a prefetch's completion flag as a few KB more)
+        assert t["bytes"] == pytest.approx(compiled.cost_analysis()["bytes accessed"],
+                                           rel=1e-3), categories
+        assert set(t["categories"]) == set(categories), t["categories"]
+        assert 0 < t["hbm_bytes"] <= t["bytes"]
+
+
+@pytest.mark.slow  # two TPU compiles
+def test_a_step_with_the_attention_kernel_counts_its_bytes_and_flops(tmp_path):
+    """attention='pallas': the kernels are custom calls, which XLA's own FLOP
+    count and the lowered program's dots do not see; the plan counts the
+    kernels' FLOPs (the attention maths they replace: the same model FLOPs
+    as attention='xla') and at least the bytes of their q | k | v and output,
+    and the attention category holds them."""
+    target, devices = _tpu("v5p-8")
+    base = dict(batch_size=16, **{"model.dtype": "bfloat16"})
+    hlo = tmp_path / "step.hlo"
+    kernel = plan.analyse(tiny_config("/unused", **base, **{"model.attention": "pallas"}),
+                          target, devices, hlo_path=str(hlo))
+    xla = plan.analyse(tiny_config("/unused", **base), target, devices)
+    assert kernel["flops_per_step"] == pytest.approx(xla["flops_per_step"], rel=1e-9)
+    calls = [c for c in kernel["traffic"]["custom_calls"] if c["name"].startswith("attention_")]
+    assert {c["name"].split(".")[0] for c in calls} == {"attention_fwd", "attention_bwd"}
+    comps, _ = hlo_stats._computations(hlo.read_text())
+    lines = {m[1]: m for m in map(hlo_stats._INSTR.match,
+                                  (line for c in comps.values() for line in c)) if m}
+    for c in calls:  # operands (q | k | v, ...) and results, untiled, are the least it moves
+        _, result, _, rest = lines[c["name"]].groups()
+        shapes = hlo_stats.shapes(result) + [s for o in hlo_stats._operands(rest)
+                                             for s in hlo_stats.shapes(lines[o][2])]
+        assert c["bytes"] >= sum(hlo_stats.nbytes(s) for s in shapes) > 0
+    attention = kernel["traffic"]["categories"]["attention"]["bytes"]
+    assert attention >= sum(c["bytes"] for c in calls)
+    assert kernel["hbm_bytes_accessed_per_device"] >= kernel["traffic"]["bytes"] * 0.9
+    assert kernel["traffic"]["categories"]["attention"]["bytes"] < xla["traffic"][
+        "categories"]["attention"]["bytes"]
+
+
+def test_suite_table_puts_the_measured_step_beside_the_plan(tmp_path):
+    """benchmarks/suite_table.py (the end of gpu_suite.sh / tpu_suite.sh): a
+    run's measured step and MFU beside its plan's roofline; the machine's
+    devices named as plan's targets."""
+    from benchmarks import suite_table
+
+    name = "matpac_as2m_bfloat16_pallas_remat_none_act_bfloat16"
+    (tmp_path / f"{name}.json").write_text(json.dumps(
+        {"device": "TPU v5", "devices": 8, "global_batch": 2048, "step_s": 0.064, "mfu": 0.8,
+         "measured_peak_bytes": 20 * 2**30}))
+    (tmp_path / f"plan_{name}.json").write_text(json.dumps(
+        {"roofline": {"compute_s": 0.0512, "hbm_s": 0.044, "collectives_s": 0.0007},
+         "roofline_step_s": 0.0512, "roofline_mfu": 1.0, "flops_per_step": 188e12,
+         "devices": 8, "hbm_bytes_accessed_per_device": 121e9,
+         "peak_bytes_per_device": 22 * 2**30}))
+    row = suite_table.rows(tmp_path)[-1]
+    assert row.startswith(f"| {name} | TPU v5 x8 | 2048 | 0.0640 / 0.0512 | 80.0% / 100% | "
+                          "compute | 194 | 20.0 / 22.0 |"), row
+    assert targets.name_of("TPU v5 lite", 16) == "v5e-16"
+    assert targets.name_of("TPU v5", 8) == "v5p-16"  # v5p slices count TensorCores
+    assert targets.name_of("NVIDIA H100 80GB HBM3", 16, 2) == "h100x8x2"
+    assert targets.name_of("cpu", 1) is None

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from matpac_jax.models import layers
+from matpac_jax.models import attention_kernel, layers
 from matpac_jax.models.layers import Init, partitioned
 
 LN_EPS = 1e-5
@@ -276,7 +276,11 @@ class ConvPositionalEmbedding(nnx.Module):
         v = self.weight_v[...]
         w = v * (self.weight_g[...] / jnp.sqrt(jnp.sum(v * v, axis=(1, 2))))[:, None, None]
         conv = grouped_conv1d if self.cpu_workaround else _conv1d
-        y = conv(x.astype(jnp.float32), w, self.groups, self.kernel // 2)
+        # Per device on its batch share under the training mesh: XLA's GPU
+        # partitioner all-gathered the batch for this grouped convolution
+        # (4 x 3.2 GB per step on 8 H100s, docs/SCALING.md).
+        y = layers.batch_parallel(lambda x, w: [conv(x, w, self.groups, self.kernel // 2)],
+                                  (x.astype(jnp.float32), w), (True, False, True))[0]
         if self.kernel % 2 == 0:
             y = y[:, :-1]
         return jax.nn.gelu(y + self.bias[...], approximate=False)
@@ -284,7 +288,9 @@ class ConvPositionalEmbedding(nnx.Module):
 
 class MultiheadAttention(nnx.Module):
     """Self-attention with (optionally gated) relative position bias; `attention`
-    ('xla' | 'cudnn', `layers.set_attention`) picks who computes it."""
+    ('xla' | 'cudnn' | 'pallas', `layers.set_attention`) picks who computes it
+    ('pallas': one q | k | v projection, the bias's gate and table applied
+    inside the kernel)."""
 
     def __init__(self, cfg: BEATsConfig, *, has_bias_table: bool, dtype, rngs: nnx.Rngs):
         d, h = cfg.encoder_embed_dim, cfg.encoder_attention_heads
@@ -318,16 +324,46 @@ class MultiheadAttention(nnx.Module):
         table = self.relative_attention_bias[...]
         return jnp.moveaxis(table[buckets], -1, 1)
 
+    def _gate(self, logits: jax.Array) -> jax.Array:
+        """(B, n, H, 8) `grep_linear` outputs -> (B, H, n) gate of the position bias."""
+        b, n = logits.shape[:2]
+        g = logits.astype(jnp.float32).reshape(b, n, self.num_heads, 2, 4)
+        g = jax.nn.sigmoid(g.sum(-1))
+        return jnp.swapaxes(g[..., 0] * (g[..., 1] * self.grep_a[...] - 1.0) + 2.0, 1, 2)
+
+    def _gate_logits(self, x: jax.Array) -> jax.Array:
+        """`grep_linear(q_proj(x))` as one projection of x: both are linear, so
+        `q_proj`'s kernel and bias go through `grep_linear` first (the queries
+        are never sliced out of the kernels' fused q | k | v rows)."""
+        h, d = self.num_heads, self.head_dim
+        wg, bg = self.grep_linear.kernel[...], self.grep_linear.bias[...]
+        w = jnp.einsum("Dhd,de->Dhe", self.q_proj.kernel[...].reshape(-1, h, d), wg)
+        b = self.q_proj.bias[...].reshape(h, d) @ wg + bg
+        dt = self.q_proj.dtype
+        return jnp.einsum("bnD,Dhe->bnhe", x.astype(dt), w.astype(dt),
+                          preferred_element_type=jnp.float32) + b
+
+    def _kernel(self, x: jax.Array, pos_bias: jax.Array | None) -> jax.Array:
+        h, dt = self.num_heads, self.q_proj.dtype
+        group = lambda part: attention_kernel.group_qkv(jnp.concatenate(
+            [getattr(p, part)[...].astype(dt) for p in (self.q_proj, self.k_proj, self.v_proj)],
+            -1), h)
+        qkv, bias = layers.project(x, group("kernel"), None, dt), group("bias")
+        gate = None
+        if pos_bias is not None:
+            gate = (self._gate(self._gate_logits(x)) if self.gated
+                    else jnp.ones((x.shape[0], h, x.shape[1]), jnp.float32))
+        return self.out_proj(attention_kernel.attention(qkv, h, bias, gate, pos_bias))
+
     def __call__(self, x: jax.Array, pos_bias: jax.Array | None) -> jax.Array:
+        if self.attention == "pallas":
+            return self._kernel(x, pos_bias)
         b, n, d = x.shape
         split = lambda y: y.reshape(b, n, self.num_heads, self.head_dim)
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
         bias = pos_bias
         if pos_bias is not None and self.gated:
-            g = self.grep_linear(q).astype(jnp.float32).reshape(b, n, self.num_heads, 2, 4)
-            g = jax.nn.sigmoid(g.sum(-1))
-            gate = g[..., 0] * (g[..., 1] * self.grep_a[...] - 1.0) + 2.0  # (B, n, H)
-            bias = jnp.swapaxes(gate, 1, 2)[..., None] * pos_bias
+            bias = self._gate(self.grep_linear(q))[..., None] * pos_bias
         if bias is not None:
             bias = bias.astype(q.dtype)
         # XLA path computes logits and softmax in float32 for bf16 inputs.
@@ -343,6 +379,8 @@ class TransformerLayer(nnx.Module):
         self.layer_norm_first = cfg.layer_norm_first
         self.alpha = cfg.deep_norm_alpha
         self.act = _activation(cfg.activation_fn)
+        self.act_name = cfg.activation_fn
+        self.activations = "float32"  # layers.set_activations
         self.self_attn = MultiheadAttention(cfg, has_bias_table=has_bias_table, dtype=dtype, rngs=rngs)
         self.self_attn_layer_norm = layer_norm(d, rngs=rngs)
         init = (xavier_normal((8 * cfg.encoder_layers) ** -0.25) if cfg.deep_norm
@@ -355,15 +393,16 @@ class TransformerLayer(nnx.Module):
         self.dropout3 = _dropout(cfg.dropout, rngs)
 
     def _ffn(self, x: jax.Array) -> jax.Array:
-        h = _drop(self.dropout2, self.act(self.fc1(x)))
-        return _drop(self.dropout3, self.fc2(h)).astype(jnp.float32)
+        h = self.fc1(x)
+        h = layers.gelu(h, self.activations) if self.act_name == "gelu" else self.act(h)
+        return _drop(self.dropout3, self.fc2(_drop(self.dropout2, h))).astype(x.dtype)
 
     def __call__(self, x: jax.Array, pos_bias: jax.Array | None) -> jax.Array:
         if self.layer_norm_first:
             x = x + _drop(self.dropout1, self.self_attn(self.self_attn_layer_norm(x), pos_bias)
-                          ).astype(jnp.float32)
+                          ).astype(x.dtype)
             return x + self._ffn(self.final_layer_norm(x))
-        a = _drop(self.dropout1, self.self_attn(x, pos_bias)).astype(jnp.float32)
+        a = _drop(self.dropout1, self.self_attn(x, pos_bias)).astype(x.dtype)
         x = self.self_attn_layer_norm(x * self.alpha + a)
         return self.final_layer_norm(x * self.alpha + self._ffn(x))
 
@@ -383,21 +422,22 @@ class TransformerEncoder(nnx.Module):
             TransformerLayer(cfg, has_bias_table=self.relative and i == 0, dtype=dtype, rngs=rngs)
             for i in range(cfg.encoder_layers)])
         self.remat = "none"  # layers.REMAT_POLICIES, set from config by layers.set_remat
+        self.activations = "float32"  # the residual stream's dtype (layers.set_activations)
 
     def __call__(self, x: jax.Array, positions: jax.Array | None = None,
                  num_patches: int | None = None) -> jax.Array:
         """(B, n, D) -> (B, n, D); see `BEATsEncoder.__call__` for `positions`."""
-        x = x.astype(jnp.float32)
+        x = x.astype(layers.dtype(self.activations))
         b, n, d = x.shape
         if positions is None:
-            x = x + self.pos_conv(x)
+            x = x + self.pos_conv(x).astype(x.dtype)
             positions = jnp.arange(n)[None]
         else:
             if num_patches is None:
                 raise ValueError("num_patches (full grid length) is needed with positions")
             positions = positions.astype(jnp.int32)
             full = scatter_rows(jnp.zeros((b, num_patches, d), jnp.float32), positions, x)
-            x = x + gather_rows(self.pos_conv(full), positions)
+            x = x + gather_rows(self.pos_conv(full), positions).astype(x.dtype)
         if not self.layer_norm_first:
             x = self.layer_norm(x)
         x = _drop(self.dropout, x)

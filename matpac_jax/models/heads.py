@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from matpac_jax.models.layers import XAVIER_UNIFORM, Init, l2_normalize, linear, partitioned
+from matpac_jax.models.layers import (
+    XAVIER_UNIFORM, Init, gelu, l2_normalize, linear, partitioned)
 
 
 class DinoHead(nnx.Module):
@@ -36,11 +37,12 @@ class DinoHead(nnx.Module):
         self.last_g = nnx.Param(partitioned(nnx.initializers.ones_init(), ("vocab",))(
             rngs.params(), (out_dim,)))
         self.dtype = dtype
+        self.activations = "float32"  # layers.set_activations: fused_gelu when not float32
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """(..., in_dim) -> (..., K) float32 logits."""
-        x = jax.nn.gelu(self.fc1(x), approximate=False)
-        x = jax.nn.gelu(self.fc2(x), approximate=False)
+        x = gelu(self.fc1(x), self.activations)
+        x = gelu(self.fc2(x), self.activations)
         x = l2_normalize(self.fc3(x).astype(jnp.float32))
         v = self.last_v[...]
         w = self.last_g[...] * v / jnp.sqrt(jnp.sum(jnp.square(v), axis=0, keepdims=True))

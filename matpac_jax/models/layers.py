@@ -4,6 +4,10 @@ variable kind, attention (XLA or cuDNN), per-layer rematerialisation and the
 XLA:CPU workaround switch."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
+import math
 from typing import Sequence
 
 import jax
@@ -62,14 +66,120 @@ def xavier_linear(din: int, dout: int, names: tuple, *, dtype, rngs: nnx.Rngs,
                   use_bias=use_bias)
 
 
-def layer_norm(dim: int, *, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+# What the layer stacks keep between layers (`config.model.activation_dtype`):
+# 'float32' (the residual stream, layer norms and their outputs in float32:
+# what the trajectory tests check), or 'bfloat16' / 'float16': the residual
+# stream and every layer's output in that dtype, layer norm statistics still
+# in float32, and layer norm and GELU with gradients that keep only their
+# input (`fused_layer_norm`, `fused_gelu`), so XLA recomputes the rest
+# inside the matmuls that read them (docs/SCALING.md: ~25 % less memory
+# traffic per ViT block on TPU).
+ACTIVATION_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class LayerNorm(nnx.LayerNorm):
+    """nnx.LayerNorm under the 'layer_norm' name scope (plan's traffic report
+    finds it there). `activations` (`set_activations`) other than float32
+    switch to `fused_layer_norm` with that output dtype; float32 runs flax's
+    (two-pass variance, as torch), unchanged."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.activations = "float32"
+
+    def __call__(self, x: jax.Array, *, mask=None) -> jax.Array:
+        with jax.named_scope("layer_norm"):
+            if self.activations == "float32":
+                return super().__call__(x, mask=mask)
+            return fused_layer_norm(x, self.scale[...], self.bias[...], self.epsilon,
+                                    dtype(self.activations))
+
+
+def layer_norm(dim: int, *, eps: float, rngs: nnx.Rngs) -> LayerNorm:
     """float32 LayerNorm with two-pass variance (as torch)."""
-    return nnx.LayerNorm(
+    return LayerNorm(
         dim, epsilon=eps, dtype=jnp.float32, param_dtype=jnp.float32,
         use_fast_variance=False,
         scale_init=partitioned(nnx.initializers.ones_init(), ("norm",)),
         bias_init=partitioned(nnx.initializers.zeros_init(), ("norm",)),
         rngs=rngs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def fused_layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float,
+                     out_dtype) -> jax.Array:
+    """LayerNorm over the last axis, statistics in float32 from one pass
+    (E[x], E[x^2], as flax's fast variance), output in `out_dtype`. Its
+    gradient keeps x and the per-row statistics only: autodiff's keeps
+    normalised copies that XLA writes to and reads from HBM."""
+    return _layer_norm_fwd(x, scale, bias, eps, out_dtype)[0]
+
+
+def _stats(x, eps):
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=-1, keepdims=True)
+    var = jnp.maximum(jnp.mean(xf * xf, axis=-1, keepdims=True) - mean * mean, 0.0)
+    return xf, mean, jax.lax.rsqrt(var + eps)
+
+
+def _layer_norm_fwd(x, scale, bias, eps, out_dtype):
+    xf, mean, rstd = _stats(x, eps)
+    y = ((xf - mean) * rstd * scale + bias).astype(out_dtype)
+    return y, (x, scale, mean, rstd)
+
+
+def _layer_norm_bwd(eps, out_dtype, res, g):
+    x, scale, mean, rstd = res
+    g = g.astype(jnp.float32)
+    xhat = (x.astype(jnp.float32) - mean) * rstd
+    rows = tuple(range(g.ndim - 1))
+    gx = g * scale
+    dx = rstd * (gx - jnp.mean(gx, axis=-1, keepdims=True)
+                 - xhat * jnp.mean(gx * xhat, axis=-1, keepdims=True))
+    return dx.astype(x.dtype), jnp.sum(g * xhat, axis=rows), jnp.sum(g, axis=rows)
+
+
+fused_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+@jax.custom_vjp
+def fused_gelu(x: jax.Array) -> jax.Array:
+    """`jax.nn.gelu(x, approximate=False)` (same values) whose gradient keeps
+    x only: autodiff's keeps the erf term too, a second array of the MLP's
+    width written and read per layer."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _gelu_fwd(x):
+    return fused_gelu(x), x
+
+
+def _gelu_bwd(x, g):
+    xf = x.astype(jnp.float32)
+    slope = (0.5 * (1.0 + jax.lax.erf(xf * (2 ** -0.5)))
+             + xf * jnp.exp(-0.5 * xf * xf) * (2 * math.pi) ** -0.5)
+    return ((g.astype(jnp.float32) * slope).astype(x.dtype),)
+
+
+fused_gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
+
+def gelu(x: jax.Array, activations: str = "float32") -> jax.Array:
+    """Exact (erf) GELU; `fused_gelu` when activations are not float32."""
+    if activations == "float32":
+        return jax.nn.gelu(x, approximate=False)
+    return fused_gelu(x)
+
+
+def set_activations(model: nnx.Module, activation_dtype: str) -> None:
+    """Set what every layer stack, layer norm and MLP keeps between layers
+    (`ACTIVATION_DTYPES`; modules that read it have `.activations`)."""
+    if activation_dtype not in ACTIVATION_DTYPES:
+        raise ValueError(f"config.model.activation_dtype={activation_dtype!r}; known: "
+                         f"{ACTIVATION_DTYPES}")
+    for _, module in nnx.iter_modules(model):
+        if hasattr(module, "activations"):
+            module.activations = activation_dtype
 
 
 @jax.custom_vjp
@@ -102,8 +212,10 @@ materialize_grad.defvjp(_materialize_grad_fwd, _materialize_grad_bwd)
 # Who computes softmax(q.k / sqrt(d) + bias) v (`config.model.attention`):
 # 'xla' the plain einsum-softmax-einsum graph (every backend; logits and
 # softmax in float32), 'cudnn' cuDNN's fused flash attention (NVIDIA GPUs,
-# bfloat16 / float16 only). Same maths; tests compare them where both run.
-ATTENTION = ("xla", "cudnn")
+# bfloat16 / float16 only), 'pallas' our TPU kernels whose scores stay in
+# VMEM (models/attention_kernel.py; Pallas' interpreter on CPU, for tests).
+# Same maths; tests compare them where both run.
+ATTENTION = ("xla", "cudnn", "pallas")
 
 
 def check_attention(implementation: str, platform: str | None = None,
@@ -111,9 +223,12 @@ def check_attention(implementation: str, platform: str | None = None,
     """Reject an attention implementation the devices or the dtype cannot run."""
     if implementation not in ATTENTION:
         raise ValueError(f"config.model.attention={implementation!r}; known: {ATTENTION}")
+    platform = platform or jax.default_backend()
+    if implementation == "pallas" and platform not in ("tpu", "cpu"):
+        raise ValueError(f"config.model.attention='pallas' runs on TPUs (and interpreted on "
+                         f"CPUs); the mesh's devices are {platform!r}: use 'xla' or 'cudnn'")
     if implementation != "cudnn":
         return
-    platform = platform or jax.default_backend()
     if platform not in ("gpu", "cuda"):
         raise ValueError(
             f"config.model.attention='cudnn' needs NVIDIA GPUs (cuDNN flash attention); "
@@ -122,6 +237,43 @@ def check_attention(implementation: str, platform: str | None = None,
         raise ValueError(
             f"config.model.attention='cudnn' runs in bfloat16 or float16 only; "
             f"config.model.dtype={compute_dtype!r}: use 'xla' or a half-precision dtype")
+
+
+_BATCH_AXES: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "batch_axes", default=())
+
+
+@contextlib.contextmanager
+def batch_axes(axes: Sequence[str]):
+    """While tracing under a mesh: the mesh axes that split the batch
+    (training/step.py sets them), for `batch_parallel`."""
+    token = _BATCH_AXES.set(tuple(axes))
+    try:
+        yield
+    finally:
+        _BATCH_AXES.reset(token)
+
+
+def batch_parallel(fn, args, batched, summed=()):
+    """`fn(*args)` (a list of results), run by each device on its share of
+    the batch when the caller traces under a mesh and `batch_axes` (the
+    training step sets both): for kernels XLA's partitioner cannot split by
+    itself (Pallas calls, cuDNN attention with a per-example bias). `batched`
+    says which arguments, then which results, have the batch as their first
+    axis (the others are whole on every device); results in `summed` are
+    sums over the batch."""
+    mesh = jax.sharding.get_abstract_mesh()
+    axes = tuple(a for a in _BATCH_AXES.get() if not mesh.empty and a in mesh.axis_names)
+    if not axes or mesh.size == 1:
+        return fn(*args)
+    spec = lambda b: jax.sharding.PartitionSpec(axes) if b else jax.sharding.PartitionSpec()
+
+    def local(*a):
+        return [jax.lax.psum(o, axes) if i in summed else o for i, o in enumerate(fn(*a))]
+
+    return jax.shard_map(local, mesh=mesh, in_specs=tuple(spec(b) for b in batched[:len(args)]),
+                         out_specs=[spec(b) for b in batched[len(args):]],
+                         check_vma=False)(*args)
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
@@ -135,11 +287,25 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     "Unsupported sequence length" at trace time for odd ones, e.g. MATPAC's
     191-token predictor input): those calls run on inputs padded by one token,
     the pad hidden from every query by the key length, and the pad's output
-    row dropped (`padded_attention`)."""
-    if implementation == "cudnn" and (q.shape[1] % 2 or k.shape[1] % 2):
-        return padded_attention(q, k, v, bias=bias, mask=mask, implementation=implementation)
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask,
-                                        implementation=implementation)
+    row dropped (`padded_attention`). Under a mesh, cuDNN calls run per device
+    on its share of the batch: jax's partitioning of the call all-gathers a
+    per-example bias (BEATs: 3.2 GB per step on 8 GPUs, docs/SCALING.md)."""
+    if implementation != "cudnn":
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask,
+                                            implementation=implementation)
+    extra = [a for a in (bias, mask) if a is not None]
+
+    def local(q, k, v, *rest):
+        rest = iter(rest)
+        b = next(rest) if bias is not None else None
+        m = next(rest) if mask is not None else None
+        if q.shape[1] % 2 or k.shape[1] % 2:
+            return [padded_attention(q, k, v, bias=b, mask=m, implementation=implementation)]
+        return [jax.nn.dot_product_attention(q, k, v, bias=b, mask=m,
+                                             implementation=implementation)]
+
+    batched = (True, True, True, *(a.shape[0] > 1 for a in extra), True)
+    return batch_parallel(local, (q, k, v, *extra), batched)[0]
 
 
 def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias=None, mask=None,
@@ -162,6 +328,13 @@ def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias=None, mas
         query_seq_lengths=jnp.full((batch,), n, jnp.int32),
         key_value_seq_lengths=jnp.full((batch,), s, jnp.int32))
     return out[:, :n]
+
+
+def project(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, dtype) -> jax.Array:
+    """`x @ kernel + bias` in `dtype`, as `nnx.Linear` computes it (for a
+    kernel assembled from Linear parameters, e.g. `attention_kernel.group_qkv`)."""
+    y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
+    return y if bias is None else y + bias.astype(dtype)
 
 
 def set_attention(model: nnx.Module, implementation: str) -> None:

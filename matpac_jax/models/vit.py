@@ -2,7 +2,8 @@
 
 Parameters are float32 and carry logical axis names (docs/ARCHITECTURE.md);
 `dtype` is the compute dtype of the matmuls. LayerNorm and softmax run in
-float32 and the residual stream stays float32. Modules are built without a
+float32 and the residual stream stays float32 (unless
+`config.model.activation_dtype` says otherwise, layers.set_activations). Modules are built without a
 mesh; the trainer lays the variables out from their logical names
 (training/sharding.py).
 """
@@ -15,9 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from matpac_jax.models import attention_kernel
 from matpac_jax.models.layers import (
-    call_layer, dot_product_attention, layer_norm, materialize_grad, partitioned,
+    call_layer, dot_product_attention, gelu, layer_norm, materialize_grad, partitioned, project,
     xavier_linear)
+from matpac_jax.models.layers import dtype as layer_dtype
 
 
 def sincos_pos_table(grid_f: int, grid_t: int, dim: int) -> np.ndarray:
@@ -55,7 +58,9 @@ def _layer_norm(dim: int, *, eps: float = 1e-6, rngs: nnx.Rngs) -> nnx.LayerNorm
 class Attention(nnx.Module):
     """Fused-qkv multi-head self-attention (rows [q | k | v], head-major).
 
-    `attention` ('xla' | 'cudnn', `layers.set_attention`) picks who computes it.
+    `attention` ('xla' | 'cudnn' | 'pallas', `layers.set_attention`) picks who
+    computes it; 'pallas' takes the projection with its columns grouped per
+    head group (`attention_kernel.group_qkv`), same parameters.
     """
 
     def __init__(self, dim: int, num_heads: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
@@ -67,8 +72,15 @@ class Attention(nnx.Module):
         self.attention = "xla"
 
     def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
-        """key_mask (B, n) bool: False keys are ignored (padding)."""
+        """key_mask (B, n) bool: False keys are ignored (padding; the 'pallas'
+        kernels take none, so those calls run the XLA path)."""
         b, n, d = x.shape
+        if self.attention == "pallas" and key_mask is None:
+            group = lambda a: attention_kernel.group_qkv(a.astype(self.qkv.dtype),
+                                                         self.num_heads)
+            qkv = project(x, group(self.qkv.kernel[...]), None, self.qkv.dtype)
+            return self.proj(attention_kernel.attention(qkv, self.num_heads,
+                                                        group(self.qkv.bias[...])))
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
         mask = None if key_mask is None else key_mask[:, None, None, :]
         # XLA path computes logits and softmax in float32 for bf16 inputs.
@@ -81,9 +93,10 @@ class Mlp(nnx.Module):
     def __init__(self, dim: int, hidden: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.fc1 = xavier_linear(dim, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
         self.fc2 = xavier_linear(hidden, dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+        self.activations = "float32"  # layers.set_activations
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+        return self.fc2(gelu(self.fc1(x), self.activations))
 
 
 class Block(nnx.Module):
@@ -123,9 +136,10 @@ class TransformerStack(nnx.Module):
             [Block(dim, num_heads, mlp_ratio, dtype=dtype, rngs=rngs) for _ in range(depth)])
         self.norm = _layer_norm(dim, rngs=rngs)
         self.remat = "none"
+        self.activations = "float32"  # the residual stream's dtype (layers.set_activations)
 
     def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
-        x = x.astype(jnp.float32)
+        x = x.astype(layer_dtype(self.activations))
         for blk in self.blocks:
             x = call_layer(blk, x, key_mask, remat=self.remat)
         return self.norm(x)

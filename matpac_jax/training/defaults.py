@@ -64,7 +64,9 @@ def vit_b(c: ml_collections.ConfigDict, dtype: str = "bfloat16") -> None:
         pred_dim=512, pred_depth=8, pred_heads=16,
         head_out_dim=2048, head_hidden_dim=2048, head_bottleneck_dim=256,
         dtype=dtype, remat="none",  # or "full" / "dots": less activation memory
-        attention="xla",  # or "cudnn": cuDNN flash attention (NVIDIA GPU, bf16/fp16)
+        attention="xla",  # or "cudnn": cuDNN flash attention (NVIDIA GPU, bf16/fp16),
+        # "pallas": TPU kernels whose scores stay in VMEM (models/attention_kernel.py)
+        activation_dtype="float32",  # or "bfloat16": residual stream and layer outputs
         cpu_workarounds="auto",  # XLA:CPU-only code paths: "auto" (on for CPU) | "on" | "off"
     ))
 
@@ -105,7 +107,8 @@ def beats(c: ml_collections.ConfigDict, dtype: str = "bfloat16") -> None:
         layer_wise_gradient_decay_ratio=0.6, dropout=0.0, attention_dropout=0.0,
         activation_dropout=0.0, dropout_input=0.0, encoder_layerdrop=0.0,
         conv_bias=False, activation_fn="gelu", quant_n=1024, quant_dim=256, dtype=dtype,
-        remat="none", attention="xla",
+        remat="none", attention="xla",  # or "cudnn" (GPU) / "pallas" (TPU), as vit_b
+        activation_dtype="float32",  # or "bfloat16", as vit_b
         cpu_workarounds="auto",
     ))
     c.tokenizer_checkpoint = ""

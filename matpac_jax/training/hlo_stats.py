@@ -31,20 +31,22 @@ def nbytes(shape: tuple[str, tuple[int, ...]]) -> int:
 
 
 def _computations(hlo: str) -> tuple[dict[str, list[str]], str | None]:
-    """{computation name: its instruction lines}, and the entry's name."""
+    """{computation name: its instructions, one line each}, and the entry's
+    name. An instruction whose attributes span lines (a Pallas kernel's
+    metadata and cost estimate) is joined into one line."""
     comps, entry, name = {}, None, None
     for line in hlo.splitlines():
         if _IS_INSTR.match(line):
             if name is not None:
                 comps[name].append(line)
-        elif line.rstrip().endswith("{"):
-            m = _HEADER.match(line)
-            if m:
-                name = m[2]
-                comps[name] = []
-                entry = name if m[1] else entry
+        elif line.rstrip().endswith("{") and (m := _HEADER.match(line)):
+            name = m[2]
+            comps[name] = []
+            entry = name if m[1] else entry
         elif line.strip() == "}":
             name = None
+        elif name is not None and comps[name] and line.strip():
+            comps[name][-1] += " " + line.strip()
     return comps, entry
 
 
@@ -85,6 +87,8 @@ def _op_flops(op: str, result: str, rest: str, known: dict) -> float:
             return 0.0
         per_output = math.prod(s for s, c in zip(kernel[1], m[1]) if c != "o")
         return 2.0 * math.prod(out[0][1]) * per_output
+    if op == "custom-call" and (m := re.search(r'"cost_estimate": \{[^}]*"flops":\s*(\d+)', rest)):
+        return float(m[1])  # a Pallas kernel's declared cost (models/attention_kernel.py)
     if op == "custom-call" and "__cudnn$fmha" in rest:
         q, k = operand(0), operand(1)  # BTNH: 4 B N T S H per forward pass
         if q is None or k is None:
@@ -111,11 +115,35 @@ def matmul_flops(lowered_hlo: str) -> float:
             if op in ("call", "conditional", "while", "async-start") and depth < 64:
                 for callee in re.findall(r"(?:to_apply|body|calls|branch_computations)="
                                          r"\{?%?([\w.\-]+)", rest):
-                    flops += total(callee, depth + 1)
+                    flops += total(callee, depth + 1) * _shards(callee, rest, comps.get(name, ()))
         memo[name] = flops
         return flops
 
     return total(entry) if entry else 0.0
+
+
+def _shards(callee: str, call_rest: str, caller: list[str]) -> int:
+    """How many devices run a `shard_map` body (its shapes are one device's
+    share): the largest ratio of global to local size among the arrays the
+    `xla.sdy.GlobalToLocalShape` feeding the call hands over; 1 for any
+    other callee."""
+    if not callee.startswith("xla.sdy.manual_computation_body"):
+        return 1
+    instr = {m[1]: m.groups() for m in map(_INSTR.match, caller) if m}
+    todo = _operands(call_rest)
+    for name in todo:
+        if name not in instr:
+            continue
+        _, result, op, rest = instr[name]
+        if op == "get-tuple-element":
+            todo += _operands(rest)[:1]
+        elif "xla.sdy.GlobalToLocalShape" in rest:
+            local = shapes(result)
+            glob = [instr[o][1] for o in _operands(rest) if o in instr]
+            ratios = [math.prod(shapes(g)[0][1]) // max(1, math.prod(lo[1]))
+                      for g, lo in zip(glob, local) if shapes(g)]
+            return max(ratios + [1])
+    return 1
 
 
 def _group_size(rest: str, devices: int) -> int:

@@ -107,6 +107,9 @@ def validate(config: ml_collections.ConfigDict, devices=None,
             f"config.grad_accum_steps={accum} microbatches, each divisible by the "
             f"data-parallel size {dp}"
         )
+    act = config.model.get("activation_dtype", "float32")
+    require(act in layers.ACTIVATION_DTYPES, "model.activation_dtype", act,
+            " or ".join(map(repr, layers.ACTIVATION_DTYPES)))
     try:
         layers.check_remat(config.model.get("remat", "none"))
         layers.check_attention(config.model.get("attention", "xla"),
@@ -183,6 +186,7 @@ def build(config: ml_collections.ConfigDict, method: Method, devices=None, *,
         model = method.build(nnx.Rngs(config.seed))
         layers.set_remat(model, config.model.get("remat", "none"))
         layers.set_attention(model, config.model.get("attention", "xla"))
+        layers.set_activations(model, config.model.get("activation_dtype", "float32"))
         layers.set_cpu_workarounds(model, workarounds)
         return TrainState(model, tx, method.trainable)
 
@@ -207,6 +211,13 @@ def build(config: ml_collections.ConfigDict, method: Method, devices=None, *,
     skip_nonfinite = config.nonfinite == "skip"
 
     def train_step(state, batch, rng, accum=accum):
+        # The mesh in scope while tracing: kernels XLA cannot partition
+        # (attention='pallas') run per device on its share of the batch.
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), \
+                layers.batch_axes(sharding.BATCH_AXES):
+            return _train_step(state, batch, rng, accum)
+
+    def _train_step(state, batch, rng, accum):
         # merge() reuses the Variables of `state`, which the update mutates:
         # keep a snapshot of the old values for the skip-update path.
         old = jax.tree.map(lambda a: a, state) if skip_nonfinite else None

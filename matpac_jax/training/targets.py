@@ -132,6 +132,35 @@ class Target:
         return self.chip.hbm_bytes
 
 
+def roofline(target: Target, flops: float, hbm_bytes: float | None,
+             resident_bytes: float | None, collectives: dict) -> dict:
+    """Lower bounds of one device's step time: `flops` at the chip's peak,
+    `hbm_bytes` at its HBM bandwidth (`resident_bytes`: the part in HBM,
+    hlo_bytes.traffic), and each collective's ring traffic at the link (GPU
+    rings across hosts: the InfiniBand NIC per GPU). Adds 'ring_bytes' and
+    'seconds' to each entry of `collectives`."""
+    from matpac_jax.training.hlo_stats import ring_bytes
+
+    chip = target.chip
+    comm_s = 0.0
+    for kind, c in collectives.items():
+        bw = chip.link_bandwidth
+        if chip.platform == "gpu" and target.hosts > 1 and c["group"] > target.per_host:
+            bw = chip.dcn_bandwidth
+        c["ring_bytes"] = ring_bytes(kind, c["bytes"], c["group"])
+        c["seconds"] = c["ring_bytes"] / bw
+        comm_s += c["seconds"]
+    per_second = lambda b: b / chip.hbm_bandwidth if b else None
+    compute_s = flops / chip.peak_flops
+    # the step bound and the MFU it allows, also with the HBM-resident bytes only
+    resident = max(compute_s, per_second(resident_bytes) or 0.0, comm_s)
+    return {"compute_s": compute_s, "hbm_s": per_second(hbm_bytes),
+            "hbm_resident_s": per_second(resident_bytes), "collectives_s": comm_s,
+            "resident_step_s": resident, "resident_mfu": compute_s / resident if resident else None,
+            "peak_flops_per_chip": chip.peak_flops, "hbm_bandwidth": chip.hbm_bandwidth,
+            "link_bandwidth": chip.link_bandwidth, "source": chip.source}
+
+
 class UnknownTarget(ValueError):
     pass
 
@@ -185,6 +214,21 @@ def parse(name: str) -> Target:
         f"unknown target {name!r}; known forms: v4-N and v5p-N (N TensorCores, 2 per chip), "
         f"v5e-N and v6e-N (N chips), a100xG, h100xG, h200xG (G GPUs on one host) and "
         f"h100xGxH (H hosts); e.g. {', '.join(EXAMPLES)}")
+
+
+def name_of(device_kind: str, count: int, hosts: int = 1) -> str | None:
+    """The target name of `count` devices of `device_kind` (jax's name for
+    them) on `hosts` hosts, as `parse` reads it; None for other kinds. TPU v4
+    and v5p devices are chips of two TensorCores, which name their slices."""
+    kind = device_kind.lower()
+    for key, gen in (("v6 lite", "v6e"), ("v6e", "v6e"), ("v5 lite", "v5e"), ("v5e", "v5e"),
+                     ("v5", "v5p"), ("v4", "v4")):
+        if "tpu" in kind and key in kind:
+            return f"{gen}-{2 * count if gen in ('v4', 'v5p') else count}"
+    for gpu in ("h200", "h100", "a100"):
+        if gpu in kind:
+            return f"{gpu}x{count // hosts}" + (f"x{hosts}" if hosts > 1 else "")
+    return None
 
 
 def devices(target: Target) -> list:
