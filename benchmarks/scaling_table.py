@@ -22,7 +22,7 @@ import sys
 from absl import flags
 
 from matpac_jax import cli
-from matpac_jax.training import targets
+from matpac_jax.planning import targets
 
 GiB = 2**30
 # Slice sizes a user can rent, smallest first (TPU: chips; GPU: GPUs).
@@ -66,7 +66,7 @@ def traffic_table(files: list[str]) -> list[str]:
     """Memory traffic per sample by category (plan's `traffic`), the model
     FLOPs per byte and the roofline MFU cap by XLA's count and for the
     arrays in HBM, one row per plan."""
-    from matpac_jax.training.hlo_bytes import CATEGORIES
+    from matpac_jax.planning.hlo_bytes import CATEGORIES
 
     plans = {f: json.load(open(f, encoding="utf-8")) for f in files}
     cats = [c for c in CATEGORIES if any(c in (p.get("traffic") or {}).get("categories", {})

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     if FLAGS.target:
         import jax
 
-        from matpac_jax.training import targets
+        from matpac_jax.planning import targets
 
         name = targets.name_of(jax.devices()[0].device_kind, jax.device_count(),
                                jax.process_count())

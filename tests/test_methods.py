@@ -15,6 +15,7 @@ from matpac_jax import cli, export, methods, restore
 from matpac_jax import main as main_cmd
 from matpac_jax.data import demo
 from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method
+from matpac_jax.planning import analysis, targets
 from matpac_jax.models.layers import xavier_linear
 
 
@@ -110,12 +111,10 @@ def test_a_toy_method_trains_through_main_and_is_refused_by_export_and_init_from
 def test_a_toy_method_compiles_for_a_tpu_slice(toy):  # a second or two: the toy is tiny
     if importlib.util.find_spec("libtpu") is None:
         pytest.skip("libtpu is not installed: pip install -e '.[dev]' brings it")
-    from matpac_jax import plan
-    from matpac_jax.training import targets
 
     spec = importlib.util.spec_from_file_location("toy_config", toy)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     target = targets.parse("v5p-8")
-    p = plan.analyse(module.get_config(), target, targets.devices(target))
+    p = analysis.analyse(module.get_config(), target, targets.devices(target))
     assert p["devices"] == 4 and p["fits"] and p["flops_per_step"] > 0

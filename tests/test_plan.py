@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from matpac_jax import methods, plan
-from matpac_jax.training import hlo_stats, sharding, step, targets
+from matpac_jax.planning import analysis, hlo_stats, targets
+from matpac_jax.training import sharding, step
 
 from helpers import override
 from test_training import tiny_config
@@ -75,7 +76,7 @@ METHOD_CONFIGS = {
 @pytest.mark.parametrize("name", sorted(METHOD_CONFIGS))
 def test_every_method_compiles_for_a_tpu_slice(name):
     target, devices = _tpu("v5p-8")
-    p = plan.analyse(METHOD_CONFIGS[name](), target, devices)
+    p = analysis.analyse(METHOD_CONFIGS[name](), target, devices)
     assert p["devices"] == 4 and p["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
     assert p["fits"] and 0 < p["peak_bytes_per_device"] < p["hbm_bytes_per_device"]
     assert p["peak_bytes_per_device"] >= p["argument_bytes_per_device"]
@@ -104,7 +105,7 @@ def test_plan_flops_and_shardings_agree_with_the_training_build():
     assert any(sharding.MESH_AXES[1] in str(s) for s in specs(real))  # something is sharded
     assert [a.sharding.spec for a in jax.tree.leaves(abstract.state)] == specs(real)
 
-    p = plan.analyse(c, target, devices)
+    p = analysis.analyse(c, target, devices)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
                                      sharding=sharding.batch_sharding(real.mesh, len(v.shape)))
              for k, v in step.abstract_batch(real).items()}
@@ -125,33 +126,33 @@ def test_oversized_batch_is_reported_as_not_fitting():
     the plan reports it with the memory it asked for."""
     target, devices = _tpu("v5e-4")
     c = tiny_config("/unused", batch_size=4 * 2**20)
-    p = plan.analyse(c, target, devices)
+    p = analysis.analyse(c, target, devices)
     assert not p["fits"] and p["margin_bytes"] < 0
     assert p["peak_bytes_per_device"] > 2 * p["memory_budget_bytes"]
     assert p["collectives"] == {} and p["flops_per_step"] > 0
-    assert "DOES NOT FIT, over by" in plan.format_plan(p)
+    assert "DOES NOT FIT, over by" in analysis.format_plan(p)
 
 
 def test_fit_stops_at_the_first_plan_that_fits_in_expected_speed_order():
     target, devices = _tpu("v5p-8")
-    order = plan.candidates(tiny_config("/unused", batch_size=512), 4)
+    order = analysis.candidates(tiny_config("/unused", batch_size=512), 4)
     assert order[0] == ("none", 1, False) and order[1] == ("none", 1, True)
     # Microbatches cost little compute; recomputing activations costs more ...
     assert order.index(("none", 2, False)) < order.index(("dots", 1, False)) \
         < order.index(("full", 1, False))
     # ... unless they get tiny (2 examples per device here).
-    order = plan.candidates(tiny_config("/unused", batch_size=16), 4)
+    order = analysis.candidates(tiny_config("/unused", batch_size=16), 4)
     assert order.index(("dots", 1, False)) < order.index(("none", 2, False))
     assert {accum for _, accum, _ in order} == {1, 2, 4}  # whole microbatches only
-    best, tried = plan.fit(tiny_config("/unused", batch_size=16), target, devices, 0.1,
+    best, tried = analysis.fit(tiny_config("/unused", batch_size=16), target, devices, 0.1,
                            report=lambda s: None)
     assert tried == [best] and (best["remat"], best["grad_accum_steps"], best["fsdp"]) == \
         ("none", 1, False)
     over = dict(best, fits=False, temp_bytes_per_device=10 * best["memory_budget_bytes"],
                 peak_bytes_per_device=10 * best["memory_budget_bytes"])
-    assert plan._predicted_over([over], "none", 2, False, target, 0.1)  # 5x budget: skip
-    assert not plan._predicted_over([over], "none", 2, True, target, 0.1)  # unknown: compile
-    fsdp = plan.command("configs/m2d_as2m.py", dict(best, remat="dots", grad_accum_steps=4,
+    assert analysis._predicted_over([over], "none", 2, False, target, 0.1)  # 5x budget: skip
+    assert not analysis._predicted_over([over], "none", 2, True, target, 0.1)  # unknown: compile
+    fsdp = analysis.command("configs/m2d_as2m.py", dict(best, remat="dots", grad_accum_steps=4,
                                                     fsdp=True), ["--config.batch_size=16"])
     assert fsdp == ("python -m matpac_jax.main --config=configs/m2d_as2m.py --workdir=WORKDIR "
                     "--config.batch_size=16 --config.model.remat=dots "
@@ -238,7 +239,7 @@ def test_traffic_recounts_xla_bytes_and_sorts_them():
     code that made them: a name scope, a matmul, a prefetch by its consumer."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    from matpac_jax.training import hlo_bytes
+    from matpac_jax.planning import hlo_bytes
 
     assert hlo_bytes.array_bytes("f32", "190,64", "1,0", "T(8,128)") == 192 * 128 * 4
     assert hlo_bytes.array_bytes("bf16", "8,190,64", "1,2,0", "T(8,128)(2,1)") == 8 * 64 * 256 * 2
@@ -279,9 +280,9 @@ def test_a_step_with_the_attention_kernel_counts_its_bytes_and_flops(tmp_path):
     target, devices = _tpu("v5p-8")
     base = dict(batch_size=16, **{"model.dtype": "bfloat16"})
     hlo = tmp_path / "step.hlo"
-    kernel = plan.analyse(tiny_config("/unused", **base, **{"model.attention": "pallas"}),
+    kernel = analysis.analyse(tiny_config("/unused", **base, **{"model.attention": "pallas"}),
                           target, devices, hlo_path=str(hlo))
-    xla = plan.analyse(tiny_config("/unused", **base), target, devices)
+    xla = analysis.analyse(tiny_config("/unused", **base), target, devices)
     assert kernel["flops_per_step"] == pytest.approx(xla["flops_per_step"], rel=1e-9)
     calls = [c for c in kernel["traffic"]["custom_calls"] if c["name"].startswith("attention_")]
     assert {c["name"].split(".")[0] for c in calls} == {"attention_fwd", "attention_bwd"}
@@ -322,3 +323,19 @@ def test_suite_table_puts_the_measured_step_beside_the_plan(tmp_path):
     assert targets.name_of("TPU v5", 8) == "v5p-16"  # v5p slices count TensorCores
     assert targets.name_of("NVIDIA H100 80GB HBM3", 16, 2) == "h100x8x2"
     assert targets.name_of("cpu", 1) is None
+
+
+def test_importing_the_planning_code_sets_no_environment_variables():
+    """The command sets libtpu's compile-only variables when it starts
+    (plan.COMPILE_ONLY_ENV); importing planning/ or the command sets nothing
+    (what its dependencies set on import is imported first)."""
+    code = ("import os, matpac_jax.inference, matpac_jax.methods.init_from, "
+            "matpac_jax.training.step, matpac_jax.training.xla_flags, ml_collections.config_flags;"
+            "before = dict(os.environ);"
+            "import matpac_jax.planning.analysis, matpac_jax.plan;"
+            "print(sorted(k for k in os.environ if os.environ.get(k) != before.get(k)))")
+    env = {k: v for k, v in os.environ.items() if k not in plan.COMPILE_ONLY_ENV}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -28,7 +28,7 @@ import math
 import re
 from collections import defaultdict
 
-from matpac_jax.training.hlo_stats import BYTES, _computations, _operands
+from matpac_jax.planning.hlo_stats import BYTES, _computations, _operands
 
 CATEGORIES = {
     "attention": "attention scores, softmax and their gradients (kernels included)",

@@ -139,7 +139,7 @@ def roofline(target: Target, flops: float, hbm_bytes: float | None,
     hlo_bytes.traffic), and each collective's ring traffic at the link (GPU
     rings across hosts: the InfiniBand NIC per GPU). Adds 'ring_bytes' and
     'seconds' to each entry of `collectives`."""
-    from matpac_jax.training.hlo_stats import ring_bytes
+    from matpac_jax.planning.hlo_stats import ring_bytes
 
     chip = target.chip
     comm_s = 0.0
