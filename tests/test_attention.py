@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from matpac_jax.models import beats, layers, vit
+from matpac_jax.models import beats_layers, layers, vit
 from matpac_jax.training import step as step_lib
 
 
@@ -55,9 +55,9 @@ def test_vit_attention_xla_path_is_the_reference_formula(masked, monkeypatch):
 
 
 def test_beats_attention_with_gated_bias_xla_path_is_the_reference_formula(monkeypatch):
-    cfg = beats.BEATsConfig(encoder_embed_dim=32, encoder_attention_heads=4, num_buckets=16,
+    cfg = beats_layers.BEATsConfig(encoder_embed_dim=32, encoder_attention_heads=4, num_buckets=16,
                             max_distance=32, gru_rel_pos=True, relative_position_embedding=True)
-    attn = beats.MultiheadAttention(cfg, has_bias_table=True, dtype=jnp.float32,
+    attn = beats_layers.MultiheadAttention(cfg, has_bias_table=True, dtype=jnp.float32,
                                     rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (2, 7, 32))
     bias = attn.compute_bias(jnp.array([[0, 2, 3, 5, 8, 9, 12]]))
@@ -175,9 +175,9 @@ def test_pallas_kernels_match_the_xla_path(dtype):
 
     check(lambda dt: vit.Attention(128, 4, dtype=dt, rngs=nnx.Rngs(0)),
           jax.random.normal(jax.random.key(0), (2, 9, 128)))
-    cfg = beats.BEATsConfig(encoder_embed_dim=128, encoder_attention_heads=2, num_buckets=16,
+    cfg = beats_layers.BEATsConfig(encoder_embed_dim=128, encoder_attention_heads=2, num_buckets=16,
                             max_distance=32, gru_rel_pos=True, relative_position_embedding=True)
-    make = lambda dt: beats.MultiheadAttention(cfg, has_bias_table=True, dtype=dt,
+    make = lambda dt: beats_layers.MultiheadAttention(cfg, has_bias_table=True, dtype=dt,
                                                rngs=nnx.Rngs(1))
     x = jax.random.normal(jax.random.key(1), (2, 7, 128))
     for positions in ([[0, 2, 3, 5, 8, 9, 12]], [[0, 2, 3, 5, 8, 9, 12], [1, 2, 4, 5, 6, 9, 11]]):

@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from matpac_jax.models.beats import BEATsConfig, BEATsEncoder, Estimator, LabelPredictor
+from matpac_jax.models.beats import BEATsEncoder, Estimator, LabelPredictor
+from matpac_jax.models.beats_layers import BEATsConfig
 from matpac_jax.models.codebook import (
     BEATsTokenizer, CodebookState, RandomProjectionTokenizer, VectorQuantizer, spherical_kmeans)
 from matpac_jax.objectives.beats_mam import MaskIndices, mam_loss, random_mask

@@ -10,7 +10,8 @@ from matpac_jax.conversion import torch_pickle
 from matpac_jax.conversion.beats import load_beats
 from matpac_jax.conversion.layout import CheckpointMismatchError
 from matpac_jax.data import frontends
-from matpac_jax.models.beats import BEATsConfig, BEATsEncoder, relative_position_bucket
+from matpac_jax.models.beats import BEATsEncoder
+from matpac_jax.models.beats_layers import BEATsConfig, relative_position_bucket
 from matpac_jax.models.codebook import BEATsTokenizer
 
 
@@ -165,7 +166,7 @@ def test_grouped_conv_gradients_equal_autodiff(kernel, pad):
     convolution, fast on XLA:CPU) equals autodiff of lax.conv_general_dilated."""
     import jax
 
-    from matpac_jax.models.beats import _conv1d, grouped_conv1d
+    from matpac_jax.models.beats_layers import _conv1d, grouped_conv1d
 
     rng = np.random.default_rng(kernel)
     x = jnp.asarray(rng.standard_normal((3, 11, 12)), jnp.float32)

@@ -27,7 +27,8 @@ from matpac_jax import errors
 from matpac_jax.conversion import torch_pickle
 from matpac_jax.conversion.layout import (
     Entry, check_and_assign, layer_norm_entries, linear_entries)
-from matpac_jax.models.beats import BEATsConfig, BEATsEncoder
+from matpac_jax.models.beats import BEATsEncoder
+from matpac_jax.models.beats_layers import BEATsConfig
 from matpac_jax.models.codebook import BEATsTokenizer
 
 _IGNORED_TOKENIZER_KEYS = ("quantize.embedding.cluster_size", "quantize.embedding.embed_avg")

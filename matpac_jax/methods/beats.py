@@ -26,7 +26,8 @@ from matpac_jax import errors, restore, storage
 from matpac_jax.conversion.beats import load_beats
 from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method, require
 from matpac_jax.methods.pretrained import copy_parts
-from matpac_jax.models.beats import BEATsConfig, BEATsEncoder, Estimator, LabelPredictor
+from matpac_jax.models.beats import BEATsEncoder, Estimator, LabelPredictor
+from matpac_jax.models.beats_layers import BEATsConfig
 from matpac_jax.models.codebook import BEATsTokenizer, RandomProjectionTokenizer, codebook_usage
 from matpac_jax.models.layers import dtype
 from matpac_jax.objectives import beats_mam, beats_tokenizer

@@ -25,7 +25,8 @@ from flax import nnx
 from matpac_jax import errors, storage
 from matpac_jax.data import frontends
 from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method, require
-from matpac_jax.models.beats import RELEASED, BEATsConfig, BEATsEncoder
+from matpac_jax.models.beats import BEATsEncoder
+from matpac_jax.models.beats_layers import RELEASED, BEATsConfig
 from matpac_jax.models.classifier import HEAD_NORMS, POOLINGS, Classifier
 from matpac_jax.models.layers import dtype
 from matpac_jax.models.vit import ViTEncoder

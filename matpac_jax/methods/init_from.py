@@ -39,7 +39,7 @@ from matpac_jax.conversion.beats import load_beats
 from matpac_jax.conversion.official import load_official
 from matpac_jax.data import frontends
 from matpac_jax.methods.pretrained import Pretrained, describe
-from matpac_jax.models.beats import BEATsConfig
+from matpac_jax.models.beats_layers import BEATsConfig
 from matpac_jax.models.codebook import BEATsTokenizer
 
 INIT_TEACHER = ("file", "student")

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from matpac_jax.models.beats import BEATsConfig, BEATsEncoder, linear, patchify, xavier_normal
+from matpac_jax.models.beats import BEATsEncoder, patchify
+from matpac_jax.models.beats_layers import BEATsConfig, linear, xavier_normal
 from matpac_jax.models.layers import l2_normalize
 
 _HI = jax.lax.Precision.HIGHEST
