@@ -52,7 +52,9 @@ def prepare(config, per_device_batch: int, compile_only: bool = False):
     each blocked on its metrics; None with `compile_only`."""
     config.batch_size = per_device_batch * jax.device_count()
     t0 = time.perf_counter()
-    run = step_lib.build(config, methods.get(config), materialize=not compile_only)
+    method = methods.get(config)
+    step_lib.validate(config, method=method)
+    run = step_lib.build(config, method, materialize=not compile_only)
     init_s = time.perf_counter() - t0
     if compile_only:  # shapes only: no state or batch is put on a device
         x = step_lib.abstract_batch(run)

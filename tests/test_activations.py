@@ -10,7 +10,7 @@ from flax import nnx
 
 from matpac_jax import errors
 from matpac_jax.models import layers, vit
-from matpac_jax.training import trainer
+from matpac_jax.training import step as step_lib
 
 
 def test_fused_layer_norm_is_layer_norm_with_its_gradients():
@@ -84,4 +84,4 @@ def test_activation_dtype_is_checked_before_compilation():
     config = tiny_config("unused")
     config.model.activation_dtype = "float8"
     with pytest.raises(errors.ConfigError, match="model.activation_dtype='float8'"):
-        trainer.validate(config)
+        step_lib.validate(config)

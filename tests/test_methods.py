@@ -57,8 +57,9 @@ CONFIG = textwrap.dedent('''
 
     def get_config():
         c = defaults.base(method="toy", frontend="matpac")
-        c.model = ml_collections.ConfigDict(dict(dtype="float32", remat="none",
-                                                 attention="xla", cpu_workarounds="auto"))
+        c.model = ml_collections.ConfigDict(dict(dtype="float32", remat="none", attention="xla",
+                                                 activation_dtype="float32",
+                                                 cpu_workarounds="auto"))
         c.data.crop_frames, c.batch_size, c.total_steps = 64, 8, 2
         c.log_every = c.checkpoint_every = 1
         c.opt.warmup_steps = 1

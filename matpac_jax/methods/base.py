@@ -135,7 +135,7 @@ class Method(abc.ABC):
     def validate_config(self, config: ml_collections.ConfigDict) -> None:
         """Raise errors.ConfigError (`require`) for a value of the method's own keys
         (`config.objective`, model shapes) that is out of range; called before
-        anything is compiled. The loop's keys are checked by trainer.validate."""
+        anything is compiled. The loop's keys are checked by step.validate."""
 
     def architecture(self) -> dict:
         """JSON-able shapes of the pretrained parts, saved with checkpoints."""

@@ -40,7 +40,9 @@ def analyse(config, target: targets.Target, devices, headroom: float = 0.1,
 
 
     t0 = time.perf_counter()
-    run = step.build(config, plan_method(config), devices, materialize=False)
+    method = plan_method(config)
+    step.validate(config, devices, method)
+    run = step.build(config, method, devices, materialize=False)
     batch = step.abstract_batch(run)
     key = jax.eval_shape(lambda: jax.random.key(0))
     key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(run.mesh))
@@ -81,7 +83,7 @@ def analyse(config, target: targets.Target, devices, headroom: float = 0.1,
                             traffic["hbm_bytes"] if traffic else None, colls)
     compute_s, memory_s, comm_s = roof["compute_s"], roof["hbm_s"], roof["collectives_s"]
     bound = max(compute_s, memory_s or 0.0, comm_s)
-    accum = config.get("grad_accum_steps", 1)
+    accum = config.grad_accum_steps
     fits = peak <= (1 - headroom) * budget
     return {
         "target": target.name,
@@ -90,15 +92,15 @@ def analyse(config, target: targets.Target, devices, headroom: float = 0.1,
         "hosts": target.hosts,
         "mesh": {k: int(v) for k, v in run.mesh.shape.items()},
         "fsdp": bool(config.fsdp),
-        "remat": config.model.get("remat", "none"),
+        "remat": config.model.remat,
         "grad_accum_steps": accum,
         "global_batch": config.batch_size,
         "total_steps": config.total_steps,
         "per_device_batch": config.batch_size // sharding.data_parallel_size(run.mesh),
         "microbatch_per_device": config.batch_size // sharding.data_parallel_size(run.mesh)
         // accum,
-        "dtype": config.model.get("dtype", "float32"),
-        "attention": config.model.get("attention", "xla"),
+        "dtype": config.model.dtype,
+        "attention": config.model.attention,
         "placement": placement(run),
         "argument_bytes_per_device": int(mem.argument_size_in_bytes),
         "temp_bytes_per_device": int(mem.temp_size_in_bytes),

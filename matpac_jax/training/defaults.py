@@ -144,7 +144,8 @@ def finetune() -> ml_collections.ConfigDict:
     c.opt.optimizer = "adam"  # or "sgd" (heavy-ball momentum `opt.momentum`)
     c.opt.momentum = 0.9
     c.opt.end_lr = 0.0
-    c.model = ml_collections.ConfigDict(dict(dtype="float32", remat="none",
+    c.model = ml_collections.ConfigDict(dict(dtype="float32", remat="none", attention="xla",
+                                             activation_dtype="float32",
                                              cpu_workarounds="auto"))
     c.finetune = ml_collections.ConfigDict(dict(
         checkpoint="",          # anything matpac_jax.load accepts (set by the command)

@@ -22,6 +22,14 @@ _METADATA_KEYS = ("out_sharding", "sharding_names", "logical_axes")
 def make_mesh(shape: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
     """A (data, fsdp, tensor) mesh; one axis may be -1 to take the remaining devices."""
     devices = list(jax.devices() if devices is None else devices)
+    sizes = mesh_sizes(shape, len(devices))
+    return jax.make_mesh(tuple(sizes[a] for a in MESH_AXES), MESH_AXES,
+                         axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def mesh_sizes(shape: Mapping[str, int], num_devices: int) -> dict[str, int]:
+    """The axis sizes `make_mesh` gives `num_devices` devices; ValueError naming
+    the problem when `shape` does not fit them."""
     unknown = set(shape) - set(MESH_AXES)
     if unknown:
         raise ValueError(f"config.mesh has unknown axes {sorted(unknown)}; use {MESH_AXES}")
@@ -30,20 +38,18 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[Any] | None = None) ->
         raise ValueError(f"config.mesh: at most one axis may be -1, got {dict(shape)}")
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
-        if len(devices) % known:
+        if num_devices % known:
             raise ValueError(
-                f"config.mesh {dict(shape)} does not fit {len(devices)} devices "
-                f"({len(devices)} is not divisible by {known})"
+                f"config.mesh {dict(shape)} does not fit {num_devices} devices "
+                f"({num_devices} is not divisible by {known})"
             )
-        sizes[sizes.index(-1)] = len(devices) // known
-    if int(np.prod(sizes)) != len(devices):
+        sizes[sizes.index(-1)] = num_devices // known
+    if int(np.prod(sizes)) != num_devices:
         raise ValueError(
             f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} "
-            f"devices but {len(devices)} are available"
+            f"devices but {num_devices} are available"
         )
-    return jax.make_mesh(
-        tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices
-    )
+    return dict(zip(MESH_AXES, sizes))
 
 
 def logical_rules(fsdp: bool, tensor_parallel: bool) -> dict[str, Any]:

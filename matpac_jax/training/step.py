@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 from flax import nnx
@@ -59,10 +60,11 @@ class Run:
 
 
 def validate(config: ml_collections.ConfigDict, devices=None,
-             method: Method | None = None) -> jax.sharding.Mesh:
-    """Config errors that must surface before any compilation (errors.ConfigError
-    naming the key and what it must be); `method`'s own keys through
-    `Method.validate_config`. Returns the mesh."""
+             method: Method | None = None) -> None:
+    """Config errors that must surface before anything is built or compiled
+    (errors.ConfigError naming the key and what it must be), for `devices`
+    (default: all); `method`'s own keys through `Method.validate_config`.
+    Only checks: `build` makes the mesh."""
     c, o, d = config, config.opt, config.data
     require(c.total_steps > 0, "total_steps", c.total_steps, "> 0")
     require(c.batch_size > 0, "batch_size", c.batch_size, "> 0")
@@ -73,9 +75,8 @@ def validate(config: ml_collections.ConfigDict, devices=None,
     require(d.workers >= 0, "data.workers", d.workers, ">= 0")
     require(d.short_clips in ("pad", "drop"), "data.short_clips", d.short_clips,
             "'pad' or 'drop'")
-    corrupt = d.get("corrupt_records", "stop")
-    require(corrupt in data_loader.CORRUPT_RECORDS, "data.corrupt_records", corrupt,
-            " or ".join(map(repr, data_loader.CORRUPT_RECORDS)))
+    require(d.corrupt_records in data_loader.CORRUPT_RECORDS, "data.corrupt_records",
+            d.corrupt_records, " or ".join(map(repr, data_loader.CORRUPT_RECORDS)))
     require(o.adam in optim.ADAM_FORMS, "opt.adam", o.adam, " or ".join(map(repr, optim.ADAM_FORMS)))
     require(o.lr >= 0, "opt.lr", o.lr, ">= 0")
     require(o.warmup_steps >= 0, "opt.warmup_steps", o.warmup_steps, ">= 0")
@@ -84,42 +85,43 @@ def validate(config: ml_collections.ConfigDict, devices=None,
     require(o.eps > 0, "opt.eps", o.eps, "> 0")
     require(o.weight_decay >= 0, "opt.weight_decay", o.weight_decay, ">= 0")
     require(o.clip_grad_norm >= 0, "opt.clip_grad_norm", o.clip_grad_norm, ">= 0 (0: off)")
+    devices = list(jax.devices() if devices is None else devices)
     try:
-        mesh = sharding.make_mesh(config.mesh, devices)  # raises if it does not fit
+        sizes = sharding.mesh_sizes(config.mesh, len(devices))
     except ValueError as e:
         raise errors.ConfigError(str(e)) from None
-    mesh_devices = mesh.size
-    dp = sharding.data_parallel_size(mesh)
+    dp = int(np.prod([sizes[a] for a in sharding.BATCH_AXES]))
     if config.batch_size % dp:
         raise errors.ConfigError(
             f"config.batch_size={config.batch_size} is not divisible by the data-parallel "
-            f"size {dp} (mesh {dict(mesh.shape)} on {mesh_devices} devices)"
+            f"size {dp} (mesh {sizes} on {len(devices)} devices)"
         )
     if config.batch_size % jax.process_count():
         raise errors.ConfigError(
             f"config.batch_size={config.batch_size} is not divisible by the "
             f"{jax.process_count()} processes"
         )
-    accum = config.get("grad_accum_steps", 1)
+    accum = config.grad_accum_steps
     if accum < 1 or config.batch_size % (dp * accum):
         raise errors.ConfigError(
             f"config.batch_size={config.batch_size} must split into "
             f"config.grad_accum_steps={accum} microbatches, each divisible by the "
             f"data-parallel size {dp}"
         )
-    act = config.model.get("activation_dtype", "float32")
-    require(act in layers.ACTIVATION_DTYPES, "model.activation_dtype", act,
-            " or ".join(map(repr, layers.ACTIVATION_DTYPES)))
+    m = config.model
+    require(m.activation_dtype in layers.ACTIVATION_DTYPES, "model.activation_dtype",
+            m.activation_dtype, " or ".join(map(repr, layers.ACTIVATION_DTYPES)))
     try:
-        layers.check_remat(config.model.get("remat", "none"))
-        layers.check_attention(config.model.get("attention", "xla"),
-                               mesh.devices.flat[0].platform, config.model.get("dtype"))
-        layers.cpu_workarounds_enabled(config.model.get("cpu_workarounds", "auto"))
+        layers.check_remat(m.remat)
+        layers.check_attention(m.attention, devices[0].platform, m.dtype)
+        layers.cpu_workarounds_enabled(m.cpu_workarounds)
     except ValueError as e:
         raise errors.ConfigError(str(e)) from None
     if method is not None:
+        if accum > 1 and not method.supports_grad_accum:
+            raise errors.ConfigError(f"config.grad_accum_steps={accum}: not supported by "
+                                     f"method {config.method!r} ({method.grad_accum_note})")
         method.validate_config(config)
-    return mesh
 
 
 def loss_and_grads(method: Method, model: nnx.Module, batch: dict[str, jax.Array],
@@ -171,22 +173,20 @@ def build(config: ml_collections.ConfigDict, method: Method, devices=None, *,
     `devices`: the mesh's devices (default: all), real or compile-only
     (`jax.experimental.topologies`). `materialize=False` leaves the state
     abstract (shapes, dtypes, shardings): no initialisation runs and no
-    pretrained part is copied in, so nothing touches a device."""
-    mesh = validate(config, devices, method)
-    accum = config.get("grad_accum_steps", 1)
-    if accum > 1 and not method.supports_grad_accum:
-        raise errors.ConfigError(f"config.grad_accum_steps={accum}: not supported by "
-                         f"method {config.method!r} ({method.grad_accum_note})")
-    rules = sharding.logical_rules(config.fsdp, config.mesh.get("tensor", 1) != 1)
+    pretrained part is copied in, so nothing touches a device. `validate`
+    the config first (the training loop does, before taking the workdir)."""
+    mesh = sharding.make_mesh(config.mesh, devices)
+    accum = config.grad_accum_steps
+    rules = sharding.logical_rules(config.fsdp, config.mesh.tensor != 1)
     tx, lr_schedule = optim.make_optimizer(config.opt, config.total_steps, method.lr_scale)
-    workarounds = layers.cpu_workarounds_enabled(config.model.get("cpu_workarounds", "auto"),
+    workarounds = layers.cpu_workarounds_enabled(config.model.cpu_workarounds,
                                                  mesh.devices.flat[0].platform)
 
     def init():
         model = method.build(nnx.Rngs(config.seed))
-        layers.set_remat(model, config.model.get("remat", "none"))
-        layers.set_attention(model, config.model.get("attention", "xla"))
-        layers.set_activations(model, config.model.get("activation_dtype", "float32"))
+        layers.set_remat(model, config.model.remat)
+        layers.set_attention(model, config.model.attention)
+        layers.set_activations(model, config.model.activation_dtype)
         layers.set_cpu_workarounds(model, workarounds)
         return TrainState(model, tx, method.trainable)
 
