@@ -46,11 +46,10 @@ from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
-from matpac_jax import cli, errors, methods, restore, storage
+from matpac_jax import cli, errors, inference, methods, restore, storage
 from matpac_jax.data import audio, frontends
 from matpac_jax.data.audio import check_files
 from matpac_jax.evaluation import datasets, embeddings, protocol, runner, suites
-from matpac_jax.inference import embedder_for, load
 
 RANDOM_INIT, LOGMEL = "random-init", "logmel-baseline"
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "matpac_jax", "embeddings")
@@ -61,7 +60,8 @@ def random_init_embedder(config, seed: int | None = None, batch_size: int = 16,
     """Embedder over the freshly initialised encoder of `config`'s method."""
     method = methods.get(config)
     model = method.build(nnx.Rngs(config.seed if seed is None else seed))
-    return embedder_for(method, model, batch_size=batch_size, freq_tokens=freq_tokens)
+    return inference.embedder_for(method, model, batch_size=batch_size,
+                                  freq_tokens=freq_tokens)
 
 
 def logmel_stats(waves: Sequence[np.ndarray | str]) -> np.ndarray:
@@ -105,7 +105,7 @@ def make_embed(checkpoint: str, config, seed: int | None, batch_size: int,
             raise SystemExit(f"error: --checkpoint={checkpoint}: no such file or directory")
 
         def loader():
-            return load(path, batch_size=batch_size, freq_tokens=freq_tokens)
+            return inference.load(path, batch_size=batch_size, freq_tokens=freq_tokens)
 
     if freq_tokens:
         ckpt_id += f":freq_tokens={freq_tokens}"

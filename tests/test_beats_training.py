@@ -90,4 +90,4 @@ def test_tokenizer_stage_from_official_beats_file(shards, tmp_path, fixtures_dir
     assert np.isfinite(out["loss"])
     c.grad_accum_steps, c.batch_size = 2, 16  # the codebook k-means/EMA need the whole batch
     with pytest.raises(ValueError, match="grad_accum_steps=2: not supported by method"):
-        step_lib.build(c, methods.get(c))
+        step_lib.validate(c, method=methods.get(c))
