@@ -113,6 +113,9 @@ def _launch(workdir, shards, tmp_path, total_steps, kill_at=None):
 @pytest.mark.slow
 def test_two_processes_on_gs_sigkill_resume_bitwise_then_export_embed(
         local_shards, gcs_bucket, tmp_path):
+    """Real jax.distributed on localhost (2 processes x 4 CPU devices, gloo
+    collectives), data and workdir on the bucket; also the project's
+    multi-process resume test (each process restores its own data state)."""
     shards = _upload(local_shards, storage.join(gcs_bucket, "shards"))
     ref, run = storage.join(gcs_bucket, "ref"), storage.join(gcs_bucket, "run")
     _launch(ref, shards, tmp_path, total_steps=6)
@@ -120,6 +123,7 @@ def test_two_processes_on_gs_sigkill_resume_bitwise_then_export_embed(
     killed_at = restore.finished_steps(run)[0]
     assert killed_at < 6
     outs = _launch(run, shards, tmp_path, total_steps=6)  # the same command again
+    assert "process 0 of 2, 4 local / 8 global devices" in outs[0]
     assert all(f"Resuming from step {killed_at}" in o for o in outs)
     (ref_step, ref_params), (step, params) = tt._params(ref), tt._params(run)
     assert step == ref_step == 6
