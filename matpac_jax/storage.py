@@ -28,6 +28,7 @@ import functools
 import glob as glob_lib
 import io
 import json
+import logging
 import os
 import posixpath
 import re
@@ -71,6 +72,9 @@ def check(path: str | os.PathLike, what: str = "path") -> str:
     text = os.fspath(path)
     kind = scheme(text)
     if kind is None:
+        if slip := re.match(r"^(gs|s3|gcs|az|hf|https?):/(?!/)", text, re.I):
+            raise errors.PathError(f"{what} {text}: did you mean {slip.group(1)}://...? "
+                                   "(one slash would make a local folder of that name)")
         return text[len("file://"):] if text.lower().startswith("file://") else text
     if kind not in SCHEMES:
         raise errors.PathError(f"{what} {text}: the {kind}:// scheme is not supported "
@@ -88,8 +92,16 @@ def configure() -> None:
     _configure(os.environ.get(EMULATOR_ENV, ""))
 
 
+def _without_traceback(record: logging.LogRecord) -> bool:
+    """gcsfs logs each failed request with its whole traceback; its message is
+    enough (the error the caller sees says what to do)."""
+    record.exc_info = record.exc_text = None
+    return True
+
+
 @functools.lru_cache(maxsize=None)
 def _configure(host: str) -> None:
+    logging.getLogger("gcsfs").addFilter(_without_traceback)
     os.environ.setdefault("EPATH_USE_TF", "false")  # one layer: gcsfs, not tf.io.gfile
     # No cached listings in any gcsfs client (orbax's through epath too): other
     # processes and hosts write the same folders (checkpoint steps, shards).
@@ -137,19 +149,35 @@ def absolute(p: str | os.PathLike) -> str:
     return p if is_remote(p) else os.path.abspath(p)
 
 
+def _kind(p: str) -> str | None:
+    """'file', 'directory' or None (missing) of a gs:// path; a server that does
+    not answer (network, credentials) is one errors.PathError line, not a
+    'no such file' (gcsfs's own exists/isdir would say False)."""
+    try:
+        return filesystem(p).info(p).get("type")
+    except FileNotFoundError:
+        return None
+    except Exception as err:  # noqa: BLE001  (aiohttp, auth and HTTP errors alike)
+        reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+        raise errors.PathError(
+            f"{p}: Cloud Storage refused or did not answer ({reason}); check the network and the "
+            "credentials (a TPU VM's service account, or `gcloud auth "
+            "application-default login`)") from None
+
+
 def exists(p: str | os.PathLike) -> bool:
     p = check(p)
-    return filesystem(p).exists(p) if is_remote(p) else os.path.exists(p)
+    return _kind(p) is not None if is_remote(p) else os.path.exists(p)
 
 
 def isdir(p: str | os.PathLike) -> bool:
     p = check(p)
-    return filesystem(p).isdir(p) if is_remote(p) else os.path.isdir(p)
+    return _kind(p) == "directory" if is_remote(p) else os.path.isdir(p)
 
 
 def isfile(p: str | os.PathLike) -> bool:
     p = check(p)
-    return filesystem(p).isfile(p) if is_remote(p) else os.path.isfile(p)
+    return _kind(p) == "file" if is_remote(p) else os.path.isfile(p)
 
 
 def size(p: str | os.PathLike) -> int:

@@ -1,11 +1,13 @@
 """Everything on Cloud Storage, against a real GCS server (fake-gcs-server on
 localhost; conftest.gcs_server): STORAGE_EMULATOR_HOST alone sends every gs://
 path of the project there, in this process and in the CLIs it starts."""
+import http.server
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -38,9 +40,49 @@ def test_paths_of_other_schemes_are_one_error_line(tmp_path, monkeypatch):
             storage.check(bad, "--output")
     with pytest.raises(errors.PathError, match="needs a bucket"):
         storage.check("gs://", "--workdir")
+    with pytest.raises(errors.PathError, match="did you mean gs://"):
+        storage.check("gs:/bucket/x", "--out")
     with pytest.raises(errors.PathError):
         tt.train(tt.tiny_config("unused"), "s3://bucket/run")
     assert list(tmp_path.iterdir()) == []  # nothing named after the scheme
+
+
+class _Forbidden(http.server.BaseHTTPRequestHandler):
+    """A storage server that refuses every request, as GCS does to a caller
+    without access."""
+
+    def _refuse(self):
+        body = b'{"error": {"code": 403, "message": "caller has no storage.objects.get access"}}'
+        self.send_response(403)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _refuse
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_refusing_server_is_one_error_line_not_a_missing_file(tmp_path):
+    """gcsfs's own exists() answers False when the server refuses; a user would
+    read "no such input" and look for a typo instead of their credentials."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Forbidden)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {**os.environ, storage.EMULATOR_ENV: f"http://127.0.0.1:{server.server_address[1]}"}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "matpac_jax.data.prepare", "--input=gs://bucket/audio",
+             f"--output={tmp_path}/out", "--frontend=matpac"],
+            capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        server.shutdown()
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1 and last.startswith(
+        "error: gs://bucket/audio: Cloud Storage refused or did not answer ("), done.stderr
+    assert "Forbidden" in last and "credentials" in last
+    assert "Traceback" not in done.stderr
 
 
 def test_loader_gives_the_same_batches_from_gs_as_from_disk(local_shards, gcs_bucket):
