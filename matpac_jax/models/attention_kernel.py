@@ -37,6 +37,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
 
 from matpac_jax.models import layers
 
@@ -193,8 +194,6 @@ def _forward_call(heads, interpret, qkv, b, gate=None, pos=None):
 
 
 def _backward_call(heads, interpret, qkv, b, *rest):
-    from jax.experimental.pallas import tpu as pltpu
-
     gate, pos, do = rest if len(rest) == 3 else (None, None, rest[0])
     lay, biased = _Layout(qkv, heads, pos), gate is not None
     kernel = functools.partial(_backward_kernel, group=lay.group, scale=lay.scale,

@@ -14,9 +14,15 @@ bandwidth a ring collective gets per chip (one direction).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import re
+
+import jax
+from jax.experimental import topologies
+
+from matpac_jax.planning.hlo_stats import ring_bytes
 
 GiB = 2**30
 
@@ -139,8 +145,6 @@ def roofline(target: Target, flops: float, hbm_bytes: float | None,
     hlo_bytes.traffic), and each collective's ring traffic at the link (GPU
     rings across hosts: the InfiniBand NIC per GPU). Adds 'ring_bytes' and
     'seconds' to each entry of `collectives`."""
-    from matpac_jax.planning.hlo_stats import ring_bytes
-
     chip = target.chip
     comm_s = 0.0
     for kind, c in collectives.items():
@@ -238,8 +242,6 @@ def devices(target: Target) -> list:
     (`pip install 'jax[cuda12]'`) with a target description of the GPU
     (`gpu_target_config`).
     Raises `MissingRuntime` with the pip command when the package is absent."""
-    from jax.experimental import topologies
-
     if target.chip.platform == "tpu":
         _need("libtpu", "pip install 'jax[tpu]=={jax}'")
         gen = {"TPU v4": "v4", "TPU v5": "v5", "TPU v5 lite": "v5e",
@@ -264,10 +266,6 @@ class MissingRuntime(RuntimeError):
 
 
 def _need(module: str, pip: str) -> None:
-    import importlib.util
-
-    import jax
-
     if importlib.util.find_spec(module) is None:
         raise MissingRuntime(f"compiling for this target needs the {module} package: "
                              + pip.format(jax=jax.__version__))
