@@ -5,8 +5,10 @@ The kernel drops the lock when its process ends, however it ends, so a run
 killed with SIGKILL never blocks the next one. The file says who holds it
 (host, pid, since when) for the refusal message of a second run.
 
-Cloud workdirs (`gs://...`): object stores have no locks, so none is taken
-and a warning says so; on a cloud workdir, keeping to one run is up to you.
+Cloud workdirs (`gs://...`): Cloud Storage has no lock its holder's death
+releases (an exclusively created object outlives a SIGKILLed run and would
+hold up its resume until a lease ran out), so none is taken and a warning
+says so; on a cloud workdir, keeping to one run is up to you.
 A local path on a network filesystem gets the filesystem's flock semantics
 (NFS v4: real locks; some FUSE mounts: none).
 """
