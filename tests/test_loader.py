@@ -2,6 +2,8 @@
 
 import os
 import re
+import subprocess
+import sys
 
 import grain
 import numpy as np
@@ -138,17 +140,36 @@ def test_process_sharding_covers_each_record_once(shards, count):
     assert sorted(ids) == sorted(f"clip{i:03d}" for i in range(len(LENGTHS)))
 
 
-@pytest.mark.slow
-def test_grain_worker_process_gives_same_batches(shards):
-    from absl import flags  # pylint: disable=g-import-not-at-top
+_WORKER_SCRIPT = """
+import sys
+import numpy as np
+from matpac_jax.data import loader
 
-    flags.FLAGS.mark_as_parsed()
-    it = _loader(shards, seed=5, worker_count=1)
-    try:
-        _same(_take(it, 3), _take(_loader(shards, seed=5), 3))
-    finally:
-        if hasattr(it, "close"):
-            it.close()
+def batches(workers):
+    it = loader.make_loader(sys.argv[1], frontend="matpac", crop_frames=100, batch_size=4,
+                            seed=5, shard_index=0, shard_count=1, with_ids=True,
+                            worker_count=workers)
+    got = [next(it) for _ in range(3)]
+    getattr(it, "close", lambda: None)()
+    return got
+
+if __name__ == "__main__":  # grain's workers start this file again
+    for a, b in zip(batches(1), batches(0)):
+        np.testing.assert_array_equal(a["x"], b["x"])
+        assert list(a["id"]) == list(b["id"])
+    print("same")
+"""
+
+
+@pytest.mark.slow
+def test_grain_worker_process_gives_same_batches(shards, tmp_path):
+    """In a process that never parsed absl's global flags, as every command but
+    `main` (finetune, tokenize, the benchmarks): grain's workers need them."""
+    script = tmp_path / "workers.py"
+    script.write_text(_WORKER_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(shards)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.split() == ["same"], done.stderr[-2000:]
 
 
 def test_corrupt_shard_names_file_and_offset(shards, tmp_path):

@@ -29,7 +29,7 @@ from typing import Any
 import grain
 import jax
 import numpy as np
-from absl import logging
+from absl import flags, logging
 
 from matpac_jax import errors
 from matpac_jax.data import frontends, tfrecord
@@ -378,6 +378,11 @@ def make_dataset(
     if drop:  # batches with dropped clips are topped up; state = parent + rows used
         ds = grain.experimental.RebatchIterDataset(ds, batch_size, drop_remainder)
     if worker_count > 0:
+        # grain's workers read absl's global flags; the project's commands other
+        # than `main` parse their own FlagValues and leave those unparsed, which
+        # grain refuses: take their defaults.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return _CountCorrupt(ds, skip=corrupt_records == "skip")
 
