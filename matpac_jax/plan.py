@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import sys
 
+import jax
 from absl import flags
 from ml_collections import config_flags
 
@@ -66,6 +67,9 @@ flags.DEFINE_string("hlo", None, "also write the compiled step's HLO text here",
 def main(argv: list[str] | None = None) -> int:
     for name, value in COMPILE_ONLY_ENV.items():  # before JAX's first backend starts
         os.environ.setdefault(name, value)
+    # JAX read JAX_PLATFORMS when it was imported (above, through the planning
+    # modules); the others are read when its backend starts.
+    jax.config.update("jax_platforms", os.environ["JAX_PLATFORMS"])
     xla_flags.apply_defaults()
     cli.parse(FLAGS, argv, "python -m matpac_jax.plan", __doc__)
     if _CONFIG.value is None or not FLAGS.target:
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             p["command"] = None
             print(analysis.format_plan(p))
             print(f"no plan fits {target.name} at global batch {config.batch_size}: the "
-                  "smallest peak was " + (f"{min(t['peak_bytes_per_device'] for t in tried) / analysis.GiB:.2f} analysis.GiB"
+                  "smallest peak was " + (f"{min(t['peak_bytes_per_device'] for t in tried) / analysis.GiB:.2f} GiB"
                                           if tried else "unknown")
                   + "; use more devices (a larger slice) or a smaller --config.batch_size.")
             _write(p)
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if p["fits"]:
         print("run it with:\n  " + p["command"])
     else:
-        print(f"does not fit: over by {-p['margin_bytes'] / analysis.GiB:.2f} analysis.GiB per device. "
+        print(f"does not fit: over by {-p['margin_bytes'] / analysis.GiB:.2f} GiB per device. "
               f"`--fit` searches remat, grad_accum_steps and FSDP for a plan that does; "
               f"or use a larger slice.")
     _write(p)

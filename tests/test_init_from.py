@@ -112,6 +112,19 @@ def test_a_matpac_workdir_gives_heads_teacher_and_center(tmp_path):
     assert float(old.center[...][0, 0, 0]) == 1 / 32
 
 
+def test_a_tokenizer_workdir_starts_a_tokenizer_run(fixtures_dir, tmp_path):
+    teacher = str(fixtures_dir / "BEATs_small.pt")
+    small = {"teacher_checkpoint": teacher, "data.crop_frames": 64}
+    source = saved_at_start(config("beats_tokenizer_as2m", **small,
+                                   init_from=str(fixtures_dir / "Tokenizer_small.pt")),
+                            tmp_path / "tok")
+    old_method, old, _ = methods.load_workdir(source)
+    _, pretrained, method, model = _built(config("beats_tokenizer_as2m", **small,
+                                                 init_from=source))
+    assert pretrained.family == "beats_tokenizer"
+    assert _equal(method.encoder(model), old_method.encoder(old))
+
+
 def test_files_of_another_method_are_refused_before_anything_is_built(fixtures_dir, tmp_path):
     cases = [("m2d_as2m", "BEATs_small.pt", "official BEATs checkpoint"),
              ("matpac_as2m", "Tokenizer_small.pt", "tokenizer"),

@@ -339,3 +339,15 @@ def test_importing_the_planning_code_sets_no_environment_variables():
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_command_keeps_jax_off_the_accelerators_though_jax_is_imported_first():
+    """JAX reads JAX_PLATFORMS when imported, before the command sets it: on a
+    GPU host a plan would otherwise start CUDA (and preallocate its memory)."""
+    code = ("import jax, matpac_jax.plan as p\n"
+            "try:\n    p.main(['--target=v5p-8'])\nexcept Exception as e:\n    print(type(e).__name__)\n"
+            "print(jax.config.jax_platforms)")
+    env = {k: v for k, v in os.environ.items() if k not in plan.COMPILE_ONLY_ENV}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.stdout.split() == ["ConfigError", "cpu"], done.stderr[-2000:]

@@ -104,7 +104,7 @@ def _read_workdir(path: str, config_model) -> Pretrained:
     fields those parts fix."""
     method, model, config = methods.load_workdir(path)
     family, parts = method.parts_for_init(model)
-    enc, spec = parts["encoder"], method.embedding
+    enc, spec = method.encoder(model), method.embedding
     if family == "vit":
         fields = _vit_fields(enc, spec.frontend, spec.stats)
         if "predictor" in parts:
