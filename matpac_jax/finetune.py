@@ -41,8 +41,8 @@ from ml_collections import config_flags
 
 from matpac_jax import cli, errors, restore, storage
 from matpac_jax.data import frontends, prepare, sources, tfrecord
-from matpac_jax.data.shards import (check_frontend, find_shards, held_out, record_ids,
-                                    record_labels, split_labels)
+from matpac_jax.data.shards import (ShardSource, check_frontend, find_shards, held_out,
+                                    record_ids, record_labels, split_labels)
 from matpac_jax.evaluate import format_table
 from matpac_jax.evaluation import linear_probe as lp
 from matpac_jax.evaluation import protocol, tasks
@@ -89,14 +89,13 @@ def task_shards(task_dir: str, data_dir: str, frontend: str, write: bool = True
     splits = {s: storage.join(task_dir, s) for s in SPLITS}
     missing = [s for s, p in splits.items() if not storage.isdir(p)]
     holdout = 0.0
-    if missing == ["valid"]:  # AudioSet has none: carve it from train
-        train = find_shards(splits["train"])
-        holdout = min(VALID_FRACTION, VALID_CLIPS / max(1, len(record_ids(train))))
-        splits["valid"] = splits["train"]
-    elif missing:
+    if missing and missing != ["valid"]:
         raise errors.TaskFileError(f"--task {task_dir}: no meta.csv, and no {missing} shard "
                                    f"folder(s) (python -m matpac_jax.data.prepare --labels=...)")
     labels = record_labels(find_shards(splits["train"]))
+    if missing:  # AudioSet has no valid split: carve it from train
+        holdout = min(VALID_FRACTION, VALID_CLIPS / max(1, len(labels)))
+        splits["valid"] = splits["train"]
     if not any(labels):
         raise errors.TaskFileError(f"{splits['train']}: the shards carry no labels "
                                    "(python -m matpac_jax.data.prepare --labels=CSV)")
@@ -111,15 +110,19 @@ def labelled_records(folder: str, frontend: str, holdout: float = 0.0
                      ) -> Iterator[tuple[np.ndarray, list[str]]]:
     """(features (front-end layout, float32, not normalised), labels) of each
     record; with `holdout`, only the records the loader's holdout leaves out."""
-
     shards = find_shards(folder)
     check_frontend(shards, frontend)
-    for path in shards:
-        for data in tfrecord.read_records(path):
-            ex = tfrecord.decode_example(data)
-            if holdout and not held_out([ex["id"]], holdout)[0]:
-                continue
-            yield ex["logmel"].astype(np.float32), split_labels(ex.get("label"))
+    if not holdout:
+        for path in shards:
+            for data in tfrecord.read_records(path):
+                ex = tfrecord.decode_example(data)
+                yield ex["logmel"].astype(np.float32), split_labels(ex.get("label"))
+        return
+    # The held-out records only (AS-2M: at most 5,000 of 2 M), picked by the
+    # sidecars' ids and read where they lie.
+    source = ShardSource(shards).keep(held_out(record_ids(shards), holdout))
+    for ex in source.examples():
+        yield ex["logmel"].astype(np.float32), split_labels(ex.get("label"))
 
 
 # -- scoring -----------------------------------------------------------------
