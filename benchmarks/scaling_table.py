@@ -81,10 +81,9 @@ def traffic_table(files: list[str]) -> list[str]:
         cells = [f"{t['categories'].get(c, {}).get('bytes', 0) / per / 1e6:.0f}" for c in cats]
         xla = p["hbm_bytes_accessed_per_device"]
         r = p["roofline"]
-        resident = max(r["compute_s"], t["hbm_bytes"] / r["hbm_bandwidth"], r["collectives_s"])
         lines.append(f"| {f} | " + " | ".join(cells) + f" | {xla / per / 1e6:.0f} | "
                      f"{flops / xla:.0f}, {flops / t['hbm_bytes']:.0f} | "
-                     f"{100 * p['roofline_mfu']:.0f} %, {100 * r['compute_s'] / resident:.0f} % | "
+                     f"{100 * p['roofline_mfu']:.0f} %, {100 * r['resident_mfu']:.0f} % | "
                      f"{p['peak_bytes_per_device'] / GiB:.1f} |")
     return lines
 

@@ -48,7 +48,6 @@ from ml_collections import config_flags
 
 from matpac_jax import cli, errors, inference, methods, restore, storage
 from matpac_jax.data import audio, frontends
-from matpac_jax.data.audio import check_files
 from matpac_jax.evaluation import datasets, embeddings, protocol, runner, suites
 
 RANDOM_INIT, LOGMEL = "random-init", "logmel-baseline"
@@ -195,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "overwrite each other)")
     plans = [protocol.for_task(t, lrs, seeds, FLAGS.epochs) for t in todo]
     for task, plan in zip(todo, plans):  # every row, before any embedding
-        check_files(task.files, storage.display(task.source))
+        audio.check_files(task.files, storage.display(task.source))
         print(f"{task.name}: {len(task.files)} clips; {plan.summary(task)}", file=sys.stderr)
     embed, ckpt_id = make_embed(FLAGS.checkpoint, _CONFIG.value, FLAGS.init_seed,
                                 FLAGS.batch_size, FLAGS.freq_tokens)

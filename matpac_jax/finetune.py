@@ -67,7 +67,6 @@ def task_shards(task_dir: str, data_dir: str, frontend: str, write: bool = True
     A `meta.csv` task is prepared into `data_dir/<split>` (resumable: done
     shards are kept; `write=False`: only read the task); a folder of prepared
     splits is used as it is."""
-
     name = os.path.basename(os.path.normpath(task_dir.rstrip("/")))
     if storage.exists(storage.join(task_dir, "meta.csv")):
         task = tasks.load_folder(task_dir)
@@ -132,8 +131,6 @@ class Scorer:
     per clip weighted by their valid frames."""
 
     def __init__(self, method, batch: int):
-
-
         self.method, self.batch = method, batch
         spec = method.input
         self.mean, self.std = spec.stats
@@ -167,7 +164,6 @@ class Scorer:
 
     def __call__(self, model, records) -> tuple[np.ndarray, list[list[str]]]:
         """(clips, classes) float32 logits and each clip's labels."""
-
         self._graphdef, state = nnx.split(model)
         sums, weights, labels, pending = [], [], [], []
 
@@ -203,7 +199,6 @@ class Scorer:
 def metric(logits: np.ndarray, labels: list[list[str]], classes: list[str],
            multilabel: bool) -> float:
     """mAP (multi-label) or accuracy, as the linear probe scores them."""
-
     index = {c: i for i, c in enumerate(classes)}
     y = np.zeros((len(labels), len(classes)), np.float32)
     for i, ls in enumerate(labels):
@@ -224,7 +219,6 @@ class BestKeeper:
             self.record = storage.read_json(self.path)
 
     def update(self, step: int, score: float, model) -> bool:
-
         scores = self.record["scores"]
         best = old = self.record["best_step"]
         improved = best is None or score > scores[str(best)]
@@ -243,7 +237,6 @@ class BestKeeper:
 
     def restore(self, model) -> int:
         """Load the best step's weights into `model`; returns that step."""
-
         step = self.record["best_step"]
         if step is None:
             raise errors.CheckpointError(f"{self.path}: no valid score recorded (did training "
@@ -259,7 +252,6 @@ class BestKeeper:
 def check_resumable(workdir: str, config) -> None:
     """A seed workdir holding another task's or checkpoint's run is refused
     before anything is read (its head would not fit)."""
-
     latest = restore.latest_checkpoint(workdir)
     if latest is None:
         return
@@ -284,8 +276,6 @@ def check_resumable(workdir: str, config) -> None:
 def run(config, checkpoint: str, task_dir: str, workdir: str,
         seeds: list[int]) -> dict[str, Any]:
     """Fine-tune for each seed; the task's entry of OUT.json."""
-
-
     config = copy.deepcopy(config)
     config.unlock()
     config.finetune.checkpoint = storage.absolute(checkpoint)
@@ -354,7 +344,6 @@ def _metric_name(config) -> str:
 
 def default_recipe(checkpoint: str) -> str:
     """The small-task recipe for the checkpoint's family (BEATs or ViT), as --config."""
-
     return f"{RECIPE}:{'beats' if load(checkpoint).family == 'beats' else 'm2d'}"
 
 

@@ -88,10 +88,7 @@ class HearModel:
             audio = np.ascontiguousarray(
                 audio_lib.resample(np.ascontiguousarray(audio.T), self.sample_rate,
                                    frontends.SR).T)
-        e = self.embedder
-        audio = frontends.pad_to_frames(audio, e.frontend, e.min_frames)
-        return frontends.normalize(frontends.compute(e.frontend, audio), e.frontend,
-                                   e.norm_stats)
+        return self.embedder.front_end(audio)
 
     @property
     def _time_axis(self) -> int:

@@ -157,8 +157,13 @@ class Embedder:
             if w.ndim != 1:
                 raise ValueError(f"expected a mono 1-D waveform, got shape {w.shape}")
             w = audio.resample(w, sr, frontends.SR)
-        w = frontends.pad_to_frames(w, self.frontend, self.min_frames)
-        return frontends.normalize(frontends.compute(self.frontend, w), self.frontend,
+        return self.front_end(w)
+
+    def front_end(self, waves: np.ndarray) -> np.ndarray:
+        """Normalised features of (..., samples) 16 kHz waves, padded to the
+        encoder's shortest input."""
+        waves = frontends.pad_to_frames(waves, self.frontend, self.min_frames)
+        return frontends.normalize(frontends.compute(self.frontend, waves), self.frontend,
                                    self.norm_stats)
 
     def _encode_groups(self, items: list[tuple[Any, np.ndarray, int]]) -> dict[Any, np.ndarray]:

@@ -217,6 +217,18 @@ def find(root: str | os.PathLike, suffixes: tuple[str, ...] | None = None,
     return {k: items[k] for k in keep} if detail else keep
 
 
+def sizes(paths: list[str]) -> dict[str, int | None]:
+    """Byte size of each path (None: missing); on gs:// from one listing per
+    folder, not one request per file."""
+    checked = {p: check(p) for p in paths}
+    listed: dict[str, dict] = {}
+    for folder in sorted({parent(c) for c in checked.values() if is_remote(c)}):
+        listed.update(find(folder, detail=True))
+    return {p: (listed.get(c, {}).get("size") if is_remote(c)
+                else os.path.getsize(c) if os.path.isfile(c) else None)
+            for p, c in checked.items()}
+
+
 def listdir(p: str | os.PathLike) -> list[str]:
     """The paths directly inside a folder, sorted."""
     p = check(p)
@@ -286,26 +298,16 @@ def read_many(paths: list[str]) -> list[bytes | Exception]:
 
 def read_ranges(paths: list[str], starts: list[int], ends: list[int]
                 ) -> list[bytes | Exception]:
-    """Byte ranges [start, end) of files, each its bytes or the exception that
-    stopped it: on gs:// all requested at once (gcsfs, `READ_CONCURRENCY` in
-    flight), locally with os.pread."""
-    if paths and is_remote(paths[0]):
-        return filesystem(paths[0]).cat_ranges([check(p) for p in paths], list(starts),
-                                               list(ends), on_error="return",
-                                               batch_size=READ_CONCURRENCY)
-    out: list[bytes | Exception] = []
-    fds: dict[str, int] = {}
-    try:
-        for p, s, e in zip(paths, starts, ends):
-            try:
-                fd = fds.get(p) or fds.setdefault(p, os.open(p, os.O_RDONLY))
-                out.append(os.pread(fd, e - s, s))
-            except OSError as err:
-                out.append(err)
-    finally:
-        for fd in fds.values():
-            os.close(fd)
-    return out
+    """Byte ranges [start, end) of gs:// objects, each its bytes or the exception
+    that stopped it, all requested at once (gcsfs, `READ_CONCURRENCY` in
+    flight). Local files are read with os.pread where they are open
+    (shards.ShardSource)."""
+    if not paths:
+        return []
+    checked = {p: check(p) for p in set(paths)}  # a batch names few shards
+    return filesystem(paths[0]).cat_ranges([checked[p] for p in paths], list(starts),
+                                           list(ends), on_error="return",
+                                           batch_size=READ_CONCURRENCY)
 
 
 @contextlib.contextmanager
@@ -353,6 +355,13 @@ def write_json(p: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
     write_text(p, json.dumps(obj, indent=indent))
 
 
+def write_npy(p: str | os.PathLike, array: np.ndarray) -> None:
+    """np.save to a local or gs:// path (whole, atomically)."""
+    buf = io.BytesIO()
+    np.save(buf, array)
+    write_bytes(p, buf.getvalue())
+
+
 def write_npz(p: str | os.PathLike, **arrays) -> None:
     """np.savez to a local or gs:// path (whole, atomically)."""
     buf = io.BytesIO()
@@ -380,14 +389,14 @@ def remove(p: str | os.PathLike, recursive: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def local_file(p: str | os.PathLike, suffix: str | None = None) -> Iterator[str]:
+def local_file(p: str | os.PathLike) -> Iterator[str]:
     """A local file name with `p`'s bytes, for readers that need one (audioread,
     zipfile on a whole checkpoint): `p` itself when local, else a temporary copy."""
     p = check(p)
     if not is_remote(p):
         yield p
         return
-    suffix = os.path.splitext(p)[1] if suffix is None else suffix
+    suffix = os.path.splitext(p)[1]
     with tempfile.TemporaryDirectory(prefix="matpac_jax_") as tmp:
         local = os.path.join(tmp, "file" + suffix)
         filesystem(p).get_file(p, local)

@@ -18,8 +18,7 @@ from absl import flags
 from flax import nnx
 
 from matpac_jax import cli, storage
-from matpac_jax.data.audio import check_files
-from matpac_jax.data.audio import load_audio
+from matpac_jax.data.audio import check_files, load_audio
 from matpac_jax.data.frontends import beats_fbank, normalize
 from matpac_jax.methods.beats import load_pretrained
 from matpac_jax.models.codebook import BEATsTokenizer

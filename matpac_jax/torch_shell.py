@@ -15,9 +15,7 @@ import os
 
 import numpy as np
 
-GPU_MEMORY_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-for _name, _value in GPU_MEMORY_ENV.items():
-    os.environ.setdefault(_name, _value)
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 def torch_available() -> bool:

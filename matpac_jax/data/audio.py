@@ -50,7 +50,7 @@ def check_files(paths: list[str], what: str, show: int = 5) -> None:
     to `load_audio`, which names a file that still fails. gs:// files are
     checked from one listing of each folder, not one request per file."""
     readable = {f".{fmt.lower()}" for fmt in sf.available_formats()}
-    sizes = _sizes(paths)
+    sizes = storage.sizes([os.fspath(p) for p in paths])
     bad = []
     for path in paths:
         path = os.fspath(path)
@@ -67,21 +67,6 @@ def check_files(paths: list[str], what: str, show: int = 5) -> None:
         more = f", and {len(bad) - show} more" if len(bad) > show else ""
         raise errors.AudioError(f"{what}: {len(bad)} of {len(paths)} audio files cannot be "
                                 f"used: {', '.join(bad[:show])}{more}")
-
-
-def _sizes(paths: list[str]) -> dict[str, int | None]:
-    """Byte size of each path (None: missing)."""
-    remote = sorted({storage.parent(p) for p in map(os.fspath, paths) if storage.is_remote(p)})
-    listed: dict[str, int] = {}
-    for folder in remote:
-        listed.update({k: v["size"] for k, v in storage.find(folder, detail=True).items()})
-    out = {}
-    for p in map(os.fspath, paths):
-        if storage.is_remote(p):
-            out[p] = listed.get(p)
-        else:
-            out[p] = os.path.getsize(p) if os.path.isfile(p) else None
-    return out
 
 
 def load_audio(path: str | os.PathLike, sr: int = 16000) -> np.ndarray:

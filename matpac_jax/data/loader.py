@@ -154,15 +154,15 @@ class CropNormalize:
         y[[self.classes[c] for c in names]] = 1.0
         return y
 
-    def _read(self, source: ShardSource, i: int, first=None) -> tuple[np.ndarray, dict, int]:
+    def _read(self, source: ShardSource, i: int, first) -> tuple[np.ndarray, dict, int]:
         """(logmel, example, corrupt records skipped) for record i (`first`: its
-        `read_many` result, if fetched already); with skip_corrupt, a corrupt
+        `read_many` result); with skip_corrupt, a corrupt
         record's slot takes the next intact record in file order (the batch
         keeps its shape and the iterator its state)."""
         for skipped in range(_MAX_SKIPS):
             k = (i + skipped) % len(source)
             try:
-                got = first if skipped == 0 and first is not None else source.read(k)
+                got = first if skipped == 0 else source.read(k)
                 if isinstance(got, Exception):
                     raise got
                 data, path, offset = got

@@ -41,7 +41,6 @@ import json
 import logging
 import math
 import multiprocessing
-import io
 import sys
 import time
 
@@ -108,9 +107,7 @@ def write_shard(path: str, unit: sources.Unit, frontend: str, labels: Labels,
             if progress is not None:
                 progress(1)
     index = np.asarray(writer.offsets, np.int64).reshape(-1, 2)
-    buf = io.BytesIO()
-    np.save(buf, index)
-    storage.write_bytes(path + ".index.npy", buf.getvalue())
+    storage.write_npy(path + ".index.npy", index)
     if any(found_labels):
         info["labels"] = found_labels
     storage.write_json(path + ".json", info)
@@ -118,10 +115,12 @@ def write_shard(path: str, unit: sources.Unit, frontend: str, labels: Labels,
 
 
 def _finished(path: str, fingerprint: str) -> dict | None:
-    side = path + ".json"
-    if not storage.exists(side) or not storage.exists(path):
+    try:  # the sidecar is written last: one request says whether a shard is done
+        info = storage.read_json(path + ".json")
+    except FileNotFoundError:
         return None
-    info = storage.read_json(side)
+    if not storage.exists(path):
+        return None
     if info.get("fingerprint") != fingerprint:
         raise errors.DataError(
             f"{path} was written from other inputs or another front end; "

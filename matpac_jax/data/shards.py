@@ -66,8 +66,6 @@ def load_index(path: str, skip_corrupt: bool = False) -> np.ndarray:
     `skip_corrupt` becomes a row that fails when read (skipped and counted like
     a bad payload); the old cache, if it still ends at the file's end, says where
     the next record starts."""
-    if storage.is_remote(path):
-        return load_indexes([path], skip_corrupt)[0]
     cache = path + ".index.npy"
     size = os.path.getsize(path)
     hint = None
@@ -95,9 +93,7 @@ def load_indexes(paths: list[str], skip_corrupt: bool = False) -> list[np.ndarra
     a cache that still ends at the shard's end is current)."""
     if not paths or not storage.is_remote(paths[0]):
         return [load_index(p, skip_corrupt) for p in paths]
-    sizes: dict[str, int] = {}
-    for folder in sorted({storage.parent(p) for p in paths}):
-        sizes.update({k: v["size"] for k, v in storage.find(folder, detail=True).items()})
+    sizes = storage.sizes(paths)
     caches = storage.read_many([p + ".index.npy" for p in paths])
     out = []
     for path, cached in zip(paths, caches):
@@ -105,10 +101,8 @@ def load_indexes(paths: list[str], skip_corrupt: bool = False) -> list[np.ndarra
         if index is None or not _ends_at(index, sizes[path]):
             hint = None if index is None else index[:, 0]
             index = tfrecord.build_index(path, resync=skip_corrupt, hint=hint)
-            buf = io.BytesIO()
-            np.save(buf, index)
             try:
-                storage.write_bytes(path + ".index.npy", buf.getvalue())
+                storage.write_npy(path + ".index.npy", index)
             except Exception:  # read-only bucket: rebuilt next time
                 pass
         out.append(index)

@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import posixpath
 import sys
 from typing import Callable
 
@@ -112,20 +111,12 @@ def _progress(name: str, total: int):
                 mininterval=10, disable=total < 2 * CHUNK)
 
 
-def _sizes(files: list[str]) -> list[int | None]:
-    """Byte sizes of `files` (one listing for gs://, not one request per file)."""
-    if not files or not storage.is_remote(files[0]):
-        return [storage.size(f) if storage.isfile(f) else None for f in files]
-    root = "gs://" + posixpath.commonpath([f[len("gs://"):] for f in files])
-    found = storage.find(root, detail=True)
-    return [found.get(f, {}).get("size") for f in files]
-
-
 def cache_key(checkpoint_id: str, task: Task, protocol: Protocol) -> str:
     """Hash of the checkpoint, the task's clips (paths and sizes), their roles
     and the crop rule: anything that changes an embedding changes the key."""
     need_start, need_random = roles_needed(task)
-    blob = json.dumps([checkpoint_id, task.name, list(zip(task.files, _sizes(task.files))),
+    sizes = storage.sizes(task.files)
+    blob = json.dumps([checkpoint_id, task.name, [(f, sizes[f]) for f in task.files],
                        protocol.unit_sec, protocol.crop_seed if protocol.unit_sec else None,
                        need_start.tolist(), need_random.tolist()])
     return hashlib.sha1(blob.encode()).hexdigest()[:20]
@@ -145,9 +136,6 @@ def cached_embed_task(embed: Callable[[list[np.ndarray]], np.ndarray], checkpoin
                 return Embedded(z["emb"], z["start_row"], z["random_row"]), True
     out = embed_task(embed, task, protocol, threads)
     if path:
-        buf = io.BytesIO()
-        np.savez(buf, emb=out.emb, start_row=out.start_row, random_row=out.random_row,
-                 files=np.asarray(task.files), checkpoint=checkpoint_id)
-        storage.makedirs(cache_dir)
-        storage.write_bytes(path, buf.getvalue())
+        storage.write_npz(path, emb=out.emb, start_row=out.start_row, random_row=out.random_row,
+                          files=np.asarray(task.files), checkpoint=checkpoint_id)
     return out, False

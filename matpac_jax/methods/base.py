@@ -33,7 +33,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from matpac_jax import errors
+from matpac_jax import errors, storage
 from matpac_jax.data import frontends
 
 
@@ -168,3 +168,8 @@ class Method(abc.ABC):
     def encoder(self, model: nnx.Module) -> nnx.Module:
         """The part of `model` that embeddings come from."""
 
+
+def on_this_machine(path: str) -> bool:
+    """A pretrained file `for_planning` reads: a local one (a plan fetches no
+    gs:// file; the config's shapes stand in)."""
+    return bool(path) and not storage.is_remote(path) and storage.exists(path)

@@ -24,7 +24,7 @@ from flax import nnx
 
 from matpac_jax import errors, restore, storage
 from matpac_jax.conversion.beats import load_beats
-from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method, require
+from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method, on_this_machine, require
 from matpac_jax.methods.pretrained import copy_parts
 from matpac_jax.models.beats import BEATsEncoder, Estimator, LabelPredictor
 from matpac_jax.models.beats_layers import BEATsConfig
@@ -121,7 +121,7 @@ class BeatsMamMethod(_BeatsMethod):
     @classmethod
     def for_planning(cls, config: ml_collections.ConfigDict,
                      load_encoder=None) -> "BeatsMamMethod":
-        if config.tokenizer_checkpoint and not _on_this_machine(config.tokenizer_checkpoint):
+        if config.tokenizer_checkpoint and not on_this_machine(config.tokenizer_checkpoint):
             return cls.from_config(config, {"tokenizer": _config_cfg(config)})
         return cls.from_config(config)
 
@@ -175,7 +175,7 @@ class BeatsMamMethod(_BeatsMethod):
         return model.student.encoder
 
     def parts_for_init(self, model: BeatsMamModel) -> tuple[str, dict]:
-        return "beats", {"encoder": model.student.encoder,
+        return self.init_family, {"encoder": model.student.encoder,
                          "label_predictor": model.student.predictor}
 
 
@@ -219,7 +219,7 @@ class BeatsTokenizerMethod(_BeatsMethod):
     @classmethod
     def for_planning(cls, config: ml_collections.ConfigDict,
                      load_encoder=None) -> "BeatsTokenizerMethod":
-        if not _on_this_machine(config.teacher_checkpoint):
+        if not on_this_machine(config.teacher_checkpoint):
             return cls.from_config(config, {"teacher": _config_cfg(config)})
         return cls.from_config(config)
 
@@ -268,14 +268,8 @@ class BeatsTokenizerMethod(_BeatsMethod):
         return model.student.tokenizer
 
     def parts_for_init(self, model: BeatsTokenizerModel) -> tuple[str, dict]:
-        return "beats_tokenizer", {"tokenizer": model.student.tokenizer,
-                                   "estimator": model.student.estimator}
-
-
-def _on_this_machine(path: str) -> bool:
-    """A pretrained file `for_planning` reads: a local one (a plan fetches no
-    gs:// file; the config's shapes stand in)."""
-    return bool(path) and not storage.is_remote(path) and storage.exists(path)
+        return self.init_family, {"tokenizer": model.student.tokenizer,
+                                  "estimator": model.student.estimator}
 
 
 def _config_cfg(config: ml_collections.ConfigDict) -> dict:

@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from matpac_jax import errors, storage
+from matpac_jax import errors
 from matpac_jax.data import frontends
-from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method, require
+from matpac_jax.methods.base import EmbeddingSpec, InputSpec, Method, on_this_machine, require
 from matpac_jax.models.beats import BEATsEncoder
 from matpac_jax.models.beats_layers import RELEASED, BEATsConfig
 from matpac_jax.models.classifier import HEAD_NORMS, POOLINGS, Classifier
@@ -96,8 +96,7 @@ class FinetuneMethod(Method):
         if config.finetune.classes == ("",):
             config.finetune.classes = tuple(f"class_{i}" for i in range(527))
         path = config.finetune.checkpoint
-        if load_encoder is not None and path and not storage.is_remote(path) \
-                and storage.exists(path):
+        if load_encoder is not None and on_this_machine(path):
             return cls(config, *load_encoder(path))
         if "layer_wise_gradient_decay_ratio" in config.model:
             arch = dict(family="beats", frontend="beats", encoder=dataclasses.asdict(

@@ -224,7 +224,7 @@ class MaskedLatentMethod(Method):
         parts = {"encoder": s.encoder, "predictor": s.predictor, "teacher": t.stack}
         if s.head is not None:
             parts |= {"head": s.head, "teacher_head": t.head, "center": model.center[...]}
-        return "vit", parts
+        return self.init_family, parts
 
 
 class M2DMethod(MaskedLatentMethod):

@@ -333,7 +333,7 @@ class TransformerLayer(nnx.Module):
         d, f = cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim
         self.layer_norm_first = cfg.layer_norm_first
         self.alpha = cfg.deep_norm_alpha
-        self.act = _activation(cfg.activation_fn)
+        _activation(cfg.activation_fn)  # refuses a name it does not know
         self.act_name = cfg.activation_fn
         self.activations = "float32"  # layers.set_activations
         self.self_attn = MultiheadAttention(cfg, has_bias_table=has_bias_table, dtype=dtype, rngs=rngs)
@@ -349,7 +349,8 @@ class TransformerLayer(nnx.Module):
 
     def _ffn(self, x: jax.Array) -> jax.Array:
         h = self.fc1(x)
-        h = layers.gelu(h, self.activations) if self.act_name == "gelu" else self.act(h)
+        h = (layers.gelu(h, self.activations) if self.act_name == "gelu"
+             else _activation(self.act_name)(h))
         return drop(self.dropout3, self.fc2(drop(self.dropout2, h))).astype(x.dtype)
 
     def __call__(self, x: jax.Array, pos_bias: jax.Array | None) -> jax.Array:

@@ -28,7 +28,6 @@ def plan_method(config):
     """The config's method for planning (`Method.for_planning`): a pretrained
     part on this machine is read as training reads it; one that is not (a
     gs:// path, the config's placeholder) takes the shapes the config says."""
-
     return methods.get_class(config).for_planning(config, inference.encoder_with_architecture)
 
 
@@ -37,8 +36,6 @@ def analyse(config, target: targets.Target, devices, headroom: float = 0.1,
             hlo_path: str | None = None) -> dict:
     """Build and compile `config`'s step for `devices`; the facts of the plan.
     `hlo_path`: also write the compiled (partitioned, optimised) HLO there."""
-
-
     t0 = time.perf_counter()
     method = plan_method(config)
     step.validate(config, devices, method)
@@ -154,8 +151,6 @@ def _out_of_memory(message: str) -> _Memory | None:
 
 def placement(run) -> dict:
     """Bytes per device and partition specs of each part of the state, and the batch's."""
-
-
     groups: dict[str, dict] = {}
     for path, leaf in nnx.to_flat_state(run.state):
         value = leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf

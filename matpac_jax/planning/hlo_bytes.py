@@ -28,7 +28,7 @@ import math
 import re
 from collections import defaultdict
 
-from matpac_jax.planning.hlo_stats import BYTES, _computations, _operands
+from matpac_jax.planning.hlo_stats import BYTES, COLLECTIVES, _INSTR, _computations, _operands
 
 CATEGORIES = {
     "attention": "attention scores, softmax and their gradients (kernels included)",
@@ -44,15 +44,12 @@ CATEGORIES = {
 }
 _SHAPE = re.compile(r"\b(" + "|".join(sorted(BYTES, key=len, reverse=True))
                     + r")\[([\d,]*)\](?:\{([\d,]*)(?::([^}]*))?\})?")
-_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s([a-z][\w\-]*)\((.*)$")
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all",
          "partition-id", "replica-id", "opt-barrier", "while", "conditional", "call"}
 _PASS = {"bitcast", "get-tuple-element", "copy-done"}  # no data moved (or counted once)
 _LAYOUT = {"copy", "transpose", "reshape", "concatenate", "pad", "slice", "dynamic-slice",
            "dynamic-update-slice", "broadcast", "reverse", "slice-start", "slice-done",
            "copy-start", "copy-done", "bitcast-convert", "iota"}
-_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
-                "collective-permute")
 # Functions of this project that traced an operation -> its category: any
 # frame of the stack for the parts that run inside models and losses, the
 # innermost frame only for functions that call models (a loss calls the
@@ -208,7 +205,7 @@ def traffic(compiled_hlo: str) -> dict:
             return category(target) if target else "layout"
         base = op[:-len("-start")] if op.endswith("-start") else op
         base = base[:-len("-done")] if base.endswith("-done") else base
-        if base in _COLLECTIVES:
+        if base in COLLECTIVES:
             return "collectives"
         if op in _LAYOUT:
             return "layout"

@@ -107,8 +107,10 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
 
-def data_parallel_size(mesh: Mesh) -> int:
-    return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+def data_parallel_size(mesh: Mesh | Mapping[str, int]) -> int:
+    """Devices the batch is split over: of a mesh, or of its axis sizes."""
+    shape = mesh.shape if isinstance(mesh, Mesh) else mesh
+    return int(np.prod([shape[a] for a in BATCH_AXES]))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -16,7 +16,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
 from flax import nnx
@@ -90,7 +89,7 @@ def validate(config: ml_collections.ConfigDict, devices=None,
         sizes = sharding.mesh_sizes(config.mesh, len(devices))
     except ValueError as e:
         raise errors.ConfigError(str(e)) from None
-    dp = int(np.prod([sizes[a] for a in sharding.BATCH_AXES]))
+    dp = sharding.data_parallel_size(sizes)
     if config.batch_size % dp:
         raise errors.ConfigError(
             f"config.batch_size={config.batch_size} is not divisible by the data-parallel "
