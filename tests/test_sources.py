@@ -157,6 +157,13 @@ def test_segment_csvs_label_folder_clips_and_eval_is_scored_on_the_official_clas
     assert m["classes"] == [c for c, _ in CLASSES]
 
 
+def test_a_missing_labels_or_classes_file_is_named(tmp_path):
+    for flag, kw in (("--labels", {"labels": [str(tmp_path / "no.csv")]}),
+                     ("--classes", {"classes": str(tmp_path / "no.csv")})):
+        with pytest.raises(errors.TaskFileError, match=f"^{flag} .*no.csv: no such file$"):
+            prepare.prepare(str(tmp_path), str(tmp_path / "out"), "matpac", **kw)
+
+
 def test_adding_to_an_existing_output_and_refusals(tmp_path):
     src = tmp_path / "src"
     for part, rows in (("bal", CLIPS[:2]), ("unbal", CLIPS[3:4])):

@@ -23,9 +23,16 @@ import os
 from matpac_jax import errors, storage
 
 
+def _text(path: str, flag: str) -> str:
+    try:
+        return storage.read_text(storage.check(path, flag))
+    except FileNotFoundError:
+        raise errors.TaskFileError(f"{flag} {storage.display(path)}: no such file") from None
+
+
 def read_labels(path: str) -> dict[str, str]:
     """id -> ';'-joined labels from a `file,label` CSV or an AudioSet segment CSV."""
-    lines = storage.read_text(storage.check(path, "--labels")).splitlines()
+    lines = _text(path, "--labels").splitlines()
     body = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     if not body:
         raise errors.TaskFileError(f"--labels {path}: no rows")
@@ -47,7 +54,7 @@ def read_labels(path: str) -> dict[str, str]:
 
 def read_classes(path: str) -> tuple[list[str], list[str]]:
     """(MIDs, display names) in `class_labels_indices.csv` order."""
-    text = storage.read_text(storage.check(path, "--classes"))
+    text = _text(path, "--classes")
     rows = list(csv.DictReader(io.StringIO(text)))
     if not rows or not {"index", "mid", "display_name"} <= set(rows[0]):
         raise errors.TaskFileError(f"--classes {path}: expected AudioSet's "
